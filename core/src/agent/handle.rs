@@ -1,0 +1,239 @@
+//! The agent's input handlers.
+
+use super::*;
+
+impl Agent {
+    /// `disks`: (disk, size, durable seq reservation). Starting reserves a fresh range of seqs
+    /// above the stored one, so that a crash never reuses a seq.
+    pub fn new(settings: AgentSettings, disks: Vec<(DiskId, u64, Seq)>, now: Timestamp) -> Agent {
+        let n = disks.len();
+        let mut agent = Agent {
+            settings,
+            streams: disks.into_iter().map(|(d, size, reserved)| Stream::new(d, size, reserved)).collect(),
+            links: vec![Link::Idle; n],
+            ps_addrs: vec![None; n],
+            busy_until: vec![Timestamp::ZERO; n],
+            cs: Link::Idle,
+            held: VecDeque::new(),
+            pending: VecDeque::new(),
+            batch_deadline: vec![None; n],
+            next_heartbeat: now,
+            next_token: 1,
+            out: VecDeque::new(),
+            now,
+        };
+        for disk in 0..n {
+            agent.reserve_more(disk);
+        }
+        agent.connect_cs();
+        agent
+    }
+
+    pub fn handle(&mut self, now: Timestamp, input: Input) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Net(ev) => self.on_net(ev),
+            Input::Write { .. } | Input::Flush { .. } | Input::CopyChunk { .. } => {
+                if self.held.is_empty() && self.can_start(&input) {
+                    self.start(input);
+                } else {
+                    self.held.push_back(input);
+                }
+            }
+            Input::CopyDone { disk } => {
+                self.streams[disk].close_batch();
+                self.streams[disk].copying = false;
+                self.pump(disk);
+            }
+            Input::SourceDone { io, data } => self.on_source_done(io, data),
+            Input::SourceFailed { io, error } => self.on_source_failed(io, error),
+            Input::Synced { io } => self.out.push_back(Output::Complete { io, result: Ok(()) }),
+            Input::Reserved { disk, reserved } => {
+                let s = &mut self.streams[disk];
+                s.reserved = s.reserved.max(reserved);
+                s.reserving = false;
+            }
+            Input::Tick => {}
+        }
+        self.on_timers();
+        self.release_held();
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let mut t = Some(self.next_heartbeat);
+        for d in &self.batch_deadline {
+            t = earliest(t, *d);
+        }
+        for link in self.links.iter().chain(std::iter::once(&self.cs)) {
+            if let Link::Backoff(at) = link {
+                t = earliest(t, Some(*at));
+            }
+        }
+        for (i, b) in self.busy_until.iter().enumerate() {
+            if *b > self.now && self.streams[i].queue.iter().any(|q| !q.sent) {
+                t = earliest(t, Some(*b));
+            }
+        }
+        t
+    }
+
+    pub fn stats(&self) -> AgentStats {
+        let disks = self
+            .streams
+            .iter()
+            .zip(&self.links)
+            .map(|(s, l)| s.stats(self.now, matches!(l, Link::Ready(_))))
+            .collect();
+        AgentStats { disks }
+    }
+
+    /// True when the driver may feed another initial-copy chunk for `disk` without it being held.
+    pub fn has_room(&self, disk: usize) -> bool {
+        self.held.is_empty() && self.streams[disk].buffered_bytes() < self.settings.buffer_bytes_max
+    }
+
+    fn can_start(&self, input: &Input) -> bool {
+        let disk = match input {
+            Input::Write { disk, .. } | Input::CopyChunk { disk, .. } => *disk,
+            Input::Flush { .. } => return true,
+            _ => unreachable!("only writes are held"),
+        };
+        let s = &self.streams[disk];
+        // One seq per op; an op may not start until its seq is durably reserved.
+        s.next_seq <= s.reserved && s.buffered_bytes() < self.settings.buffer_bytes_max
+    }
+
+    fn release_held(&mut self) {
+        while let Some(input) = self.held.front() {
+            if !self.can_start(input) {
+                break;
+            }
+            let input = self.held.pop_front().expect("front exists");
+            self.start(input);
+        }
+    }
+
+    fn start(&mut self, input: Input) {
+        match input {
+            Input::Write { io, disk, op, fua } => {
+                let span = op.block_span();
+                self.pending.push_back((io, Pending { disk, fua, span }));
+                self.out.push_back(Output::SourceWrite { io, disk, op });
+            }
+            Input::Flush { io, disk } => {
+                // A flush is a natural consistency point: close the batch so it ends there.
+                self.streams[disk].close_batch();
+                self.batch_deadline[disk] = None;
+                self.pump(disk);
+                self.out.push_back(Output::SourceSync { io, disk });
+            }
+            Input::CopyChunk { disk, block, data } => {
+                let blocks = (data.len() as u64 / BLOCK_BYTES) as u32;
+                self.streams[disk].copying = true;
+                self.record(disk, block, blocks, Some(data));
+            }
+            _ => unreachable!("only writes start"),
+        }
+    }
+
+    fn on_source_done(&mut self, io: IoId, data: Option<Vec<u8>>) {
+        let (pio, p) = self.pending.pop_front().expect("SourceDone without a pending SourceWrite");
+        assert_eq!(pio, io, "the driver must complete source writes in emission order");
+        if let Some(d) = &data {
+            assert_eq!(d.len() as u64, p.span.1 as u64 * BLOCK_BYTES, "SourceDone data must cover the op's blocks");
+        }
+        self.record(p.disk, p.span.0, p.span.1, data);
+        if p.fua {
+            self.out.push_back(Output::SourceSync { io, disk: p.disk });
+        } else {
+            self.out.push_back(Output::Complete { io, result: Ok(()) });
+        }
+    }
+
+    fn on_source_failed(&mut self, io: IoId, error: String) {
+        let (pio, _) = self.pending.pop_front().expect("SourceFailed without a pending SourceWrite");
+        assert_eq!(pio, io, "the driver must complete source writes in emission order");
+        // The source disk refused the write: nothing changed that must be replicated. The
+        // workload sees the error, as it would without Haven.
+        self.out.push_back(Output::Complete { io, result: Err(error) });
+    }
+
+    fn record(&mut self, disk: usize, block: u64, blocks: u32, data: Option<Vec<u8>>) {
+        let now = self.now;
+        let max = self.settings.batch_bytes_max;
+        let full = self.streams[disk].record(now, block, blocks, data, max);
+        if full {
+            self.streams[disk].close_batch();
+            self.batch_deadline[disk] = None;
+            self.pump(disk);
+        } else if self.batch_deadline[disk].is_none() {
+            self.batch_deadline[disk] = Some(now.plus_millis(self.settings.batch_delay_ms));
+        }
+        self.reserve_more(disk);
+    }
+
+    /// Asks for the next seq reservation once half of the current one is used.
+    fn reserve_more(&mut self, disk: usize) {
+        let s = &mut self.streams[disk];
+        if !s.reserving && s.next_seq + SEQ_RESERVE_CHUNK / 2 > s.reserved {
+            s.reserving = true;
+            let reserved = s.reserved.max(s.next_seq - 1) + SEQ_RESERVE_CHUNK;
+            self.out.push_back(Output::Reserve { disk, reserved });
+        }
+    }
+
+    fn on_timers(&mut self) {
+        let now = self.now;
+        for disk in 0..self.streams.len() {
+            if self.batch_deadline[disk].is_some_and(|t| t <= now) {
+                self.batch_deadline[disk] = None;
+                self.streams[disk].close_batch();
+            }
+            if let Link::Backoff(at) = self.links[disk] {
+                if at <= now {
+                    self.links[disk] = Link::Idle;
+                }
+            }
+            self.connect_ps(disk);
+            self.pump(disk);
+        }
+        if matches!(self.cs, Link::Backoff(at) if at <= now) {
+            self.connect_cs();
+        }
+        if self.next_heartbeat <= now {
+            self.next_heartbeat = now.plus_millis(self.settings.heartbeat_interval_ms);
+            if let Link::Ready(conn) = self.cs {
+                let msg = Message::AgentHeartbeat(self.stats());
+                self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
+            }
+        }
+    }
+
+    /// Sends unsent batches in seq order while the window allows.
+    pub(super) fn pump(&mut self, disk: usize) {
+        let Link::Ready(conn) = self.links[disk] else { return };
+        if self.busy_until[disk] > self.now {
+            return;
+        }
+        let window = self.settings.window_batches_max;
+        let s = &mut self.streams[disk];
+        let mut in_flight = s.in_flight();
+        for b in s.queue.iter_mut() {
+            if in_flight >= window {
+                break;
+            }
+            if b.sent {
+                continue;
+            }
+            b.sent = true;
+            in_flight += 1;
+            let msg = Message::Batch(b.header.clone());
+            self.out.push_back(Output::Net(NetCommand::Send { conn, msg, data: b.data.clone() }));
+        }
+    }
+}
+

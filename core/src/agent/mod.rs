@@ -1,0 +1,146 @@
+//! The agent: intercepts every write to its protected disks and streams them, in order, to a
+//! process server.
+//!
+//! Flow of one write: the NBD server hands it in as `Input::Write`; the agent emits
+//! `Output::SourceWrite`, which the driver carries out on the source disk *in emission order*
+//! and answers with `Input::SourceDone` carrying the whole blocks the write touched, as the disk
+//! holds them right after it. Only then is the next seq assigned, so seq order is the order in
+//! which writes reached the disk. The write completes (`Output::Complete`) at once, or after
+//! `SourceSync`/`Synced` for FUA. Batches close on size, on time and on FLUSH, are sent to the
+//! process server in order, and are dropped only when it says they are cached.
+//!
+//! Backpressure: when buffered batches pass `buffer_bytes_max`, new writes are held (not
+//! failed) until the process server acknowledges enough.
+
+mod stream;
+
+pub use stream::{Stream, RPO_MARKS_MAX};
+
+use crate::batch::BLOCK_BYTES;
+use crate::ids::{ComponentId, ConnId, DiskId, Seq};
+use crate::net::{ConnectToken, NetCommand, NetEvent};
+use crate::protocol::{DiskInfo, Message, Registration};
+use crate::stats::AgentStats;
+use crate::time::{earliest, Timestamp};
+use std::collections::VecDeque;
+
+/// Seqs reserved per durable reservation; a crash skips at most this many.
+pub const SEQ_RESERVE_CHUNK: u64 = 1 << 20;
+const CS_TOKEN: ConnectToken = u64::MAX;
+
+#[derive(Clone, Debug)]
+pub struct AgentSettings {
+    pub component: ComponentId,
+    pub config_server_addr: String,
+    /// A batch closes when its data reaches this size.
+    pub batch_bytes_max: u64,
+    /// A batch closes this long after its first write.
+    pub batch_delay_ms: u64,
+    /// Writes are held while batches not yet cached by the process server exceed this.
+    pub buffer_bytes_max: u64,
+    /// Batches sent to the process server and not yet acknowledged, per disk.
+    pub window_batches_max: usize,
+    pub heartbeat_interval_ms: u64,
+    pub reconnect_delay_ms: u64,
+}
+
+/// An NBD request or initial-copy chunk, named by the driver.
+pub type IoId = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceOp {
+    Write { offset: u64, data: Vec<u8> },
+    /// Zero `len` bytes; `punch` deallocates (trim) where the disk can.
+    Zero { offset: u64, len: u64, punch: bool },
+}
+
+impl SourceOp {
+    /// The whole blocks this op touches: (first block, block count).
+    pub fn block_span(&self) -> (u64, u32) {
+        let (offset, len) = match self {
+            SourceOp::Write { offset, data } => (*offset, data.len() as u64),
+            SourceOp::Zero { offset, len, .. } => (*offset, *len),
+        };
+        let first = offset / BLOCK_BYTES;
+        let end = (offset + len).div_ceil(BLOCK_BYTES);
+        (first, (end - first) as u32)
+    }
+    /// True when the op covers whole blocks, so its result is known without reading back.
+    pub fn aligned(&self) -> bool {
+        let (offset, len) = match self {
+            SourceOp::Write { offset, data } => (*offset, data.len() as u64),
+            SourceOp::Zero { offset, len, .. } => (*offset, *len),
+        };
+        offset % BLOCK_BYTES == 0 && len % BLOCK_BYTES == 0
+    }
+}
+
+#[derive(Debug)]
+pub enum Input {
+    Net(NetEvent),
+    /// A workload write (already bounds-checked by the NBD server).
+    Write { io: IoId, disk: usize, op: SourceOp, fua: bool },
+    Flush { io: IoId, disk: usize },
+    /// A chunk of the initial copy: `data` is whole blocks read from the source at `block`.
+    CopyChunk { disk: usize, block: u64, data: Vec<u8> },
+    /// The initial copy of a disk is done.
+    CopyDone { disk: usize },
+    /// The driver carried out `SourceWrite{io}`; `data` holds the touched blocks as they are
+    /// now (None when the op was aligned zeroing).
+    SourceDone { io: IoId, data: Option<Vec<u8>> },
+    SourceFailed { io: IoId, error: String },
+    Synced { io: IoId },
+    /// A seq reservation is durable.
+    Reserved { disk: usize, reserved: Seq },
+    /// Timers may have expired.
+    Tick,
+}
+
+#[derive(Debug)]
+pub enum Output {
+    Net(NetCommand),
+    /// Carry out `op` on the source disk, in emission order, then answer `SourceDone`.
+    SourceWrite { io: IoId, disk: usize, op: SourceOp },
+    /// fsync the source disk, then answer `Synced`.
+    SourceSync { io: IoId, disk: usize },
+    /// Reply to the NBD request.
+    Complete { io: IoId, result: Result<(), String> },
+    /// Persist `reserved` as the disk's seq reservation, then answer `Reserved`.
+    Reserve { disk: usize, reserved: Seq },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Idle,
+    Connecting(ConnectToken),
+    Opening(ConnId),
+    Ready(ConnId),
+    Backoff(Timestamp),
+}
+
+#[derive(Debug)]
+struct Pending {
+    disk: usize,
+    fua: bool,
+    span: (u64, u32),
+}
+
+pub struct Agent {
+    settings: AgentSettings,
+    streams: Vec<Stream>,
+    links: Vec<Link>,
+    ps_addrs: Vec<Option<String>>,
+    busy_until: Vec<Timestamp>,
+    cs: Link,
+    held: VecDeque<Input>,
+    /// Source writes emitted and not yet done, in emission order.
+    pending: VecDeque<(IoId, Pending)>,
+    batch_deadline: Vec<Option<Timestamp>>,
+    next_heartbeat: Timestamp,
+    next_token: ConnectToken,
+    out: VecDeque<Output>,
+    now: Timestamp,
+}
+
+mod handle;
+mod net;

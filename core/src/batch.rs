@@ -1,0 +1,251 @@
+//! Batches: the unit of the change stream.
+//!
+//! The agent turns every intercepted write into one or more block-aligned ops (an unaligned write
+//! carries the whole blocks it touches, read back from the source disk right after the write, so
+//! the stream carries exactly the bytes the disk holds). A batch is a run of ops with consecutive
+//! seqs `[first_seq, last_seq]`; its data part is the blocks of its data ops, in op order,
+//! optionally zstd-compressed by the process server.
+
+use crate::ids::{DiskId, Epoch, Seq};
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// The replication block size: dirty tracking, replica indexing and op granularity.
+pub const BLOCK_BYTES: u64 = 4096;
+/// Most ops one batch may carry.
+pub const BATCH_OPS_MAX: usize = 65_536;
+/// Most data bytes one batch may carry (before compression).
+pub const BATCH_DATA_BYTES_MAX: u64 = 64 << 20;
+/// Size of the sample compressed first to decide whether a payload is worth compressing.
+pub const COMPRESS_SAMPLE_BYTES: usize = 64 << 10;
+/// A payload is sent compressed only if it shrinks below this fraction (percent) of its size.
+pub const COMPRESS_WORTH_PERCENT: usize = 90;
+const ZSTD_LEVEL: i32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpKind {
+    /// `blocks` blocks of data follow in the batch's data part.
+    Data,
+    /// The blocks read as zeros (trim, write-zeroes).
+    Zero,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    pub seq: Seq,
+    pub block: u64,
+    pub blocks: u32,
+    pub kind: OpKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encoding {
+    Raw,
+    Zstd,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchHeader {
+    pub disk: DiskId,
+    pub epoch: Epoch,
+    pub first_seq: Seq,
+    pub last_seq: Seq,
+    /// Source time of the first and the last write in the batch.
+    pub first_time: Timestamp,
+    pub last_time: Timestamp,
+    /// True when the batch ends on a crash-consistent point (data mode).
+    pub consistent: bool,
+    pub ops: Vec<Op>,
+    pub encoding: Encoding,
+    /// Length of the data part once decoded.
+    pub raw_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch has seqs {first}..={last}: first must be >= 1 and <= last")]
+    BadRange { first: Seq, last: Seq },
+    #[error("batch has {0} ops, more than the limit of {BATCH_OPS_MAX}")]
+    TooManyOps(usize),
+    #[error("batch op {index} is malformed: {what}")]
+    BadOp { index: usize, what: String },
+    #[error("batch data is {actual} bytes but its ops need {expected}")]
+    DataLength { expected: u64, actual: u64 },
+    #[error("batch op {index} reaches block {end}, past the end of the {disk_bytes}-byte disk")]
+    PastEnd { index: usize, end: u64, disk_bytes: u64 },
+    #[error("batch data does not decompress: {0}")]
+    Decompress(String),
+}
+
+impl BatchHeader {
+    /// Bytes of data the ops need, once decoded.
+    pub fn data_bytes_needed(ops: &[Op]) -> u64 {
+        ops.iter().filter(|o| o.kind == OpKind::Data).map(|o| o.blocks as u64 * BLOCK_BYTES).sum()
+    }
+
+    /// Checks the header's own consistency: the seq range, the ops (every seq of the range is
+    /// present, in order), and `raw_bytes`. A peer's batch is validated before anything else.
+    pub fn validate(&self) -> Result<(), BatchError> {
+        if self.first_seq == 0 || self.first_seq > self.last_seq {
+            return Err(BatchError::BadRange { first: self.first_seq, last: self.last_seq });
+        }
+        if self.ops.len() > BATCH_OPS_MAX {
+            return Err(BatchError::TooManyOps(self.ops.len()));
+        }
+        let mut expect = self.first_seq;
+        for (index, op) in self.ops.iter().enumerate() {
+            let bad = |what: &str| BatchError::BadOp { index, what: what.to_string() };
+            if op.blocks == 0 {
+                return Err(bad("covers no blocks"));
+            }
+            if op.block.checked_add(op.blocks as u64).is_none() {
+                return Err(bad("block range overflows"));
+            }
+            // Several ops may share a seq (one write split in pieces); seqs never skip.
+            if op.seq != expect && op.seq != expect + 1 || (index == 0 && op.seq != self.first_seq) {
+                return Err(bad("seqs must be consecutive from first_seq"));
+            }
+            expect = op.seq;
+        }
+        if expect != self.last_seq {
+            return Err(BatchError::BadRange { first: self.first_seq, last: self.last_seq });
+        }
+        let needed = Self::data_bytes_needed(&self.ops);
+        if needed != self.raw_bytes || needed > BATCH_DATA_BYTES_MAX {
+            return Err(BatchError::DataLength { expected: needed, actual: self.raw_bytes });
+        }
+        Ok(())
+    }
+
+    /// Checks that every op lies inside a disk of `disk_bytes`.
+    pub fn check_bounds(&self, disk_bytes: u64) -> Result<(), BatchError> {
+        let disk_blocks = disk_bytes.div_ceil(BLOCK_BYTES);
+        for (index, op) in self.ops.iter().enumerate() {
+            let end = op.block + op.blocks as u64;
+            if end > disk_blocks {
+                return Err(BatchError::PastEnd { index, end, disk_bytes });
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of source data the batch represents (data and zeroed blocks).
+    pub fn covered_bytes(&self) -> u64 {
+        self.ops.iter().map(|o| o.blocks as u64 * BLOCK_BYTES).sum()
+    }
+}
+
+/// Compresses a raw data part if that pays: a sample is compressed first, so incompressible data
+/// (already compressed or encrypted) costs little. Returns the encoding and the bytes to send.
+pub fn compress(raw: Vec<u8>) -> (Encoding, Vec<u8>) {
+    if raw.is_empty() {
+        return (Encoding::Raw, raw);
+    }
+    let sample = &raw[..raw.len().min(COMPRESS_SAMPLE_BYTES)];
+    let worth = |packed: usize, plain: usize| packed * 100 < plain * COMPRESS_WORTH_PERCENT;
+    match zstd::bulk::compress(sample, ZSTD_LEVEL) {
+        Ok(s) if worth(s.len(), sample.len()) => {}
+        _ => return (Encoding::Raw, raw),
+    }
+    match zstd::bulk::compress(&raw, ZSTD_LEVEL) {
+        Ok(packed) if worth(packed.len(), raw.len()) => (Encoding::Zstd, packed),
+        _ => (Encoding::Raw, raw),
+    }
+}
+
+/// Decodes a data part to its raw bytes, checking the length the header promises.
+pub fn decompress(header: &BatchHeader, data: Vec<u8>) -> Result<Vec<u8>, BatchError> {
+    let raw = match header.encoding {
+        Encoding::Raw => data,
+        Encoding::Zstd => zstd::bulk::decompress(&data, header.raw_bytes as usize)
+            .map_err(|e| BatchError::Decompress(e.to_string()))?,
+    };
+    if raw.len() as u64 != header.raw_bytes {
+        return Err(BatchError::DataLength { expected: header.raw_bytes, actual: raw.len() as u64 });
+    }
+    Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn header(first: Seq, ops: Vec<Op>) -> BatchHeader {
+        let last = ops.last().map(|o| o.seq).unwrap_or(first);
+        let raw_bytes = BatchHeader::data_bytes_needed(&ops);
+        BatchHeader {
+            disk: DiskId::new("d").unwrap(),
+            epoch: Epoch(1),
+            first_seq: first,
+            last_seq: last,
+            first_time: Timestamp(1),
+            last_time: Timestamp(2),
+            consistent: true,
+            ops,
+            encoding: Encoding::Raw,
+            raw_bytes,
+        }
+    }
+
+    fn op(seq: Seq, block: u64, blocks: u32, kind: OpKind) -> Op {
+        Op { seq, block, blocks, kind }
+    }
+
+    #[test]
+    fn valid_batches_pass() {
+        let h = header(5, vec![op(5, 0, 2, OpKind::Data), op(6, 9, 1, OpKind::Zero), op(6, 3, 1, OpKind::Data)]);
+        h.validate().unwrap();
+        assert_eq!(h.raw_bytes, 3 * BLOCK_BYTES);
+        h.check_bounds(10 * BLOCK_BYTES).unwrap();
+        assert!(h.check_bounds(9 * BLOCK_BYTES).is_err());
+    }
+
+    #[test]
+    fn malformed_batches_are_refused() {
+        let mut h = header(5, vec![op(5, 0, 1, OpKind::Data), op(7, 0, 1, OpKind::Data)]);
+        assert!(h.validate().is_err(), "skipped seq");
+        h = header(5, vec![op(5, 0, 0, OpKind::Data)]);
+        assert!(h.validate().is_err(), "empty op");
+        h = header(5, vec![op(5, u64::MAX, 2, OpKind::Data)]);
+        assert!(h.validate().is_err(), "overflow");
+        h = header(5, vec![op(5, 0, 1, OpKind::Data)]);
+        h.raw_bytes += 1;
+        assert!(h.validate().is_err(), "length");
+        h = header(0, vec![op(0, 0, 1, OpKind::Data)]);
+        assert!(h.validate().is_err(), "seq 0");
+        h = header(5, vec![op(6, 0, 1, OpKind::Data)]);
+        h.first_seq = 5;
+        assert!(h.validate().is_err(), "first op must carry first_seq");
+    }
+
+    #[test]
+    fn compression_round_trips_and_skips_noise() {
+        let text: Vec<u8> = b"haven replicates every write ".iter().cycle().take(1 << 20).copied().collect();
+        let (enc, packed) = compress(text.clone());
+        assert_eq!(enc, Encoding::Zstd);
+        assert!(packed.len() < text.len() / 4);
+        let mut h = header(1, vec![op(1, 0, 256, OpKind::Data)]);
+        h.encoding = enc;
+        assert_eq!(decompress(&h, packed).unwrap(), text);
+
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        let noise: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let (enc, out) = compress(noise.clone());
+        assert_eq!(enc, Encoding::Raw);
+        assert_eq!(out, noise);
+    }
+
+    #[test]
+    fn corrupt_compressed_data_is_an_error() {
+        let mut h = header(1, vec![op(1, 0, 1, OpKind::Data)]);
+        h.encoding = Encoding::Zstd;
+        assert!(decompress(&h, vec![1, 2, 3, 4]).is_err());
+    }
+}

@@ -1,0 +1,294 @@
+//! The master target: keeps each replica as a base image plus a retention journal.
+//!
+//! A batch forwarded by a process server is validated (header, bounds against the replica's
+//! size, epoch), decompressed, and handed to the driver as `JournalAppend`. The driver appends it
+//! to the disk's journal, fsyncs, indexes its blocks and records the recovery point at its last
+//! seq; only when it reports `JournalPersisted` does the process server get `Applied`. Batches
+//! at or below the applied seq are duplicates and only re-acknowledged. Batches from an older
+//! epoch are refused (fencing). A stream that resumes past a gap marks the replica inconsistent.
+
+use crate::batch::{decompress, BatchHeader};
+use crate::ids::{ComponentId, ConnId, DiskId, Epoch, Seq};
+use crate::net::{ConnectToken, NetCommand, NetEvent};
+use crate::protocol::{Message, Registration};
+use crate::stats::{MasterTargetStats, ReplicaStats};
+use crate::time::{earliest, Timestamp};
+use std::collections::{BTreeMap, VecDeque};
+
+const CS_TOKEN: ConnectToken = u64::MAX;
+/// Appends in flight per replica (handed to the driver, not yet durable).
+pub const APPENDS_IN_FLIGHT_MAX: usize = 64;
+
+#[derive(Clone, Debug)]
+pub struct MasterTargetSettings {
+    pub component: ComponentId,
+    pub config_server_addr: String,
+    pub data_addr: String,
+    pub api_addr: String,
+    pub heartbeat_interval_ms: u64,
+    pub reconnect_delay_ms: u64,
+}
+
+/// What the master target persists about a replica (besides its base, journal and points).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaMeta {
+    pub disk: DiskId,
+    pub epoch: Epoch,
+    pub size_bytes: u64,
+    pub applied_seq: Seq,
+    pub points: u64,
+    pub journal_bytes: u64,
+    pub inconsistent: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum Input {
+    Net(NetEvent),
+    /// `JournalAppend{id}` is appended, synced and indexed; `journal_bytes` is the new total.
+    JournalPersisted { id: u64, journal_bytes: u64 },
+    Tick,
+}
+
+#[derive(Debug)]
+pub enum Output {
+    Net(NetCommand),
+    /// Create an empty replica (sparse base, empty journal) and persist `meta`.
+    CreateReplica(ReplicaMeta),
+    /// Persist changed replica metadata (epoch, inconsistency).
+    SaveReplica(ReplicaMeta),
+    /// Append this batch (raw data) to the replica's journal, fsync, index it and record its
+    /// recovery point; then answer `JournalPersisted`.
+    JournalAppend { id: u64, header: BatchHeader, data: Vec<u8> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Idle,
+    Connecting,
+    Ready(ConnId),
+    Backoff(Timestamp),
+}
+
+#[derive(Debug)]
+struct Replica {
+    meta: ReplicaMeta,
+    /// Next seq expected from the stream (past what is applied or being appended).
+    expect_seq: Seq,
+    stream: Option<ConnId>,
+    appending: usize,
+}
+
+pub struct MasterTarget {
+    settings: MasterTargetSettings,
+    replicas: BTreeMap<DiskId, Replica>,
+    /// id -> (disk, last seq, consistent)
+    appending: BTreeMap<u64, (DiskId, Seq, bool)>,
+    next_append: u64,
+    cs: Link,
+    next_heartbeat: Timestamp,
+    out: VecDeque<Output>,
+    now: Timestamp,
+}
+
+impl MasterTarget {
+    pub fn new(settings: MasterTargetSettings, replicas: Vec<ReplicaMeta>, now: Timestamp) -> Self {
+        let replicas = replicas
+            .into_iter()
+            .map(|m| (m.disk.clone(), Replica { expect_seq: m.applied_seq + 1, meta: m, stream: None, appending: 0 }))
+            .collect();
+        let mut mt = MasterTarget {
+            settings,
+            replicas,
+            appending: BTreeMap::new(),
+            next_append: 1,
+            cs: Link::Idle,
+            next_heartbeat: now,
+            out: VecDeque::new(),
+            now,
+        };
+        mt.connect_cs();
+        mt
+    }
+
+    pub fn handle(&mut self, now: Timestamp, input: Input) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Net(ev) => self.on_net(ev),
+            Input::JournalPersisted { id, journal_bytes } => self.on_persisted(id, journal_bytes),
+            Input::Tick => {}
+        }
+        self.on_timers();
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let backoff = match self.cs {
+            Link::Backoff(at) => Some(at),
+            _ => None,
+        };
+        earliest(Some(self.next_heartbeat), backoff)
+    }
+
+    pub fn stats(&self) -> MasterTargetStats {
+        let replicas = self
+            .replicas
+            .values()
+            .map(|r| ReplicaStats {
+                disk: r.meta.disk.clone(),
+                size_bytes: r.meta.size_bytes,
+                applied_seq: r.meta.applied_seq,
+                points: r.meta.points,
+                journal_bytes: r.meta.journal_bytes,
+                inconsistent: r.meta.inconsistent.clone(),
+            })
+            .collect();
+        MasterTargetStats { replicas }
+    }
+
+    fn on_timers(&mut self) {
+        if matches!(self.cs, Link::Backoff(at) if at <= self.now) {
+            self.connect_cs();
+        }
+        if self.next_heartbeat <= self.now {
+            self.next_heartbeat = self.now.plus_millis(self.settings.heartbeat_interval_ms);
+            if let Link::Ready(conn) = self.cs {
+                let msg = Message::MasterTargetHeartbeat(self.stats());
+                self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
+            }
+        }
+    }
+
+    fn connect_cs(&mut self) {
+        self.cs = Link::Connecting;
+        let addr = self.settings.config_server_addr.clone();
+        self.out.push_back(Output::Net(NetCommand::Connect { token: CS_TOKEN, addr }));
+    }
+
+    fn on_net(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Connected { conn, .. } => {
+                self.cs = Link::Ready(conn);
+                let s = &self.settings;
+                let reg = Registration { data_addr: s.data_addr.clone(), api_addr: s.api_addr.clone(), disks: vec![] };
+                self.out.push_back(Output::Net(NetCommand::send(conn, Message::Register(reg))));
+            }
+            NetEvent::ConnectFailed { .. } => {
+                self.cs = Link::Backoff(self.now.plus_millis(self.settings.reconnect_delay_ms));
+            }
+            NetEvent::Accepted { .. } => {}
+            NetEvent::Received { conn, msg, data } => self.on_message(conn, msg, data),
+            NetEvent::Closed { conn, .. } => {
+                if self.cs == Link::Ready(conn) {
+                    self.cs = Link::Backoff(self.now.plus_millis(self.settings.reconnect_delay_ms));
+                }
+                for r in self.replicas.values_mut().filter(|r| r.stream == Some(conn)) {
+                    r.stream = None;
+                }
+            }
+        }
+    }
+
+    fn refuse(&mut self, conn: ConnId, reason: String) {
+        self.out.push_back(Output::Net(NetCommand::send(conn, Message::reject(reason))));
+        self.out.push_back(Output::Net(NetCommand::Close { conn }));
+    }
+
+    fn on_message(&mut self, conn: ConnId, msg: Message, data: Vec<u8>) {
+        match msg {
+            Message::OpenStream { disk, epoch, size_bytes, first_seq } => self.on_open(conn, disk, epoch, size_bytes, first_seq),
+            Message::Batch(header) => self.on_batch(conn, header, data),
+            Message::Reject { .. } => {}
+            other => self.refuse(conn, format!("unexpected {} on a master target connection", other.kind())),
+        }
+    }
+
+    fn on_open(&mut self, conn: ConnId, disk: DiskId, epoch: Epoch, size_bytes: u64, first_seq: Seq) {
+        if size_bytes == 0 || size_bytes % crate::batch::BLOCK_BYTES != 0 {
+            return self.refuse(conn, format!("disk {disk}: size {size_bytes} is not a positive multiple of 4096"));
+        }
+        let r = self.replicas.entry(disk.clone()).or_insert_with(|| {
+            let meta = ReplicaMeta { disk: disk.clone(), epoch, size_bytes, applied_seq: 0, points: 0, journal_bytes: 0, inconsistent: None };
+            self.out.push_back(Output::CreateReplica(meta.clone()));
+            Replica { meta, expect_seq: 1, stream: None, appending: 0 }
+        });
+        if epoch < r.meta.epoch {
+            let reason = format!("disk {disk}: epoch {epoch} is older than the replica's {}; fenced", r.meta.epoch);
+            return self.refuse(conn, reason);
+        }
+        if size_bytes != r.meta.size_bytes {
+            let reason = format!("disk {disk}: source is {size_bytes} bytes but the replica is {}; resize is not supported", r.meta.size_bytes);
+            return self.refuse(conn, reason);
+        }
+        let mut changed = epoch != r.meta.epoch;
+        r.meta.epoch = epoch;
+        if first_seq > r.expect_seq {
+            let why = format!("writes {}..={} were lost before reaching the process server; a resync is needed", r.expect_seq, first_seq - 1);
+            r.meta.inconsistent.get_or_insert(why);
+            r.expect_seq = first_seq;
+            changed = true;
+        }
+        r.stream = Some(conn);
+        let msg = Message::StreamState { disk, epoch, cached_seq: r.meta.applied_seq, applied_seq: r.meta.applied_seq };
+        if changed {
+            self.out.push_back(Output::SaveReplica(r.meta.clone()));
+        }
+        self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
+    }
+
+    fn on_batch(&mut self, conn: ConnId, header: BatchHeader, data: Vec<u8>) {
+        if let Err(e) = header.validate() {
+            return self.refuse(conn, format!("malformed batch: {e}"));
+        }
+        let Some(r) = self.replicas.get_mut(&header.disk).filter(|r| r.stream == Some(conn)) else {
+            return self.refuse(conn, format!("batch for disk {} before OpenStream", header.disk));
+        };
+        if header.epoch < r.meta.epoch {
+            let reason = format!("disk {}: batch of epoch {} is older than {}; fenced", header.disk, header.epoch, r.meta.epoch);
+            return self.refuse(conn, reason);
+        }
+        if let Err(e) = header.check_bounds(r.meta.size_bytes) {
+            return self.refuse(conn, format!("batch out of bounds: {e}"));
+        }
+        if header.last_seq < r.expect_seq {
+            if header.last_seq <= r.meta.applied_seq {
+                let msg = Message::Applied { disk: header.disk, epoch: r.meta.epoch, applied_seq: r.meta.applied_seq };
+                self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
+            }
+            return;
+        }
+        if header.first_seq != r.expect_seq || r.appending >= APPENDS_IN_FLIGHT_MAX {
+            let reason = format!("disk {}: expected seq {}, got {}..={}", header.disk, r.expect_seq, header.first_seq, header.last_seq);
+            return self.refuse(conn, reason);
+        }
+        let raw = match decompress(&header, data) {
+            Ok(raw) => raw,
+            Err(e) => return self.refuse(conn, format!("batch data: {e}")),
+        };
+        r.expect_seq = header.last_seq + 1;
+        r.appending += 1;
+        let id = self.next_append;
+        self.next_append += 1;
+        self.appending.insert(id, (header.disk.clone(), header.last_seq, header.consistent));
+        let mut header = header;
+        header.encoding = crate::batch::Encoding::Raw;
+        self.out.push_back(Output::JournalAppend { id, header, data: raw });
+    }
+
+    fn on_persisted(&mut self, id: u64, journal_bytes: u64) {
+        let (disk, last_seq, consistent) = self.appending.remove(&id).expect("JournalPersisted for an unknown append");
+        let r = self.replicas.get_mut(&disk).expect("appending replica exists");
+        r.appending -= 1;
+        r.meta.applied_seq = r.meta.applied_seq.max(last_seq);
+        r.meta.journal_bytes = journal_bytes;
+        if consistent {
+            r.meta.points += 1;
+        }
+        if let Some(conn) = r.stream {
+            let msg = Message::Applied { disk, epoch: r.meta.epoch, applied_seq: r.meta.applied_seq };
+            self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
+        }
+    }
+}

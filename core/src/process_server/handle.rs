@@ -1,0 +1,357 @@
+//! The process server's input handlers.
+
+use super::*;
+use crate::batch::{compress, Encoding};
+use crate::protocol::{Registration, Route};
+use crate::stats::{CacheDiskStats, ProcessServerStats};
+use crate::time::earliest;
+
+impl ProcessServer {
+    /// `disks` and `cached` are what the driver recovered from its metadata and cache, in order.
+    pub fn new(settings: ProcessServerSettings, disks: Vec<CacheDiskMeta>, cached: Vec<CachedBatch>, now: Timestamp) -> Self {
+        let mut ps = ProcessServer {
+            settings,
+            disks: BTreeMap::new(),
+            appending: BTreeMap::new(),
+            appending_bytes: 0,
+            next_append: 1,
+            cs: Link::Idle,
+            next_token: 1,
+            next_heartbeat: now,
+            bytes_in: 0,
+            bytes_out: 0,
+            out: VecDeque::new(),
+            now,
+        };
+        for meta in disks {
+            ps.disk_entry(meta);
+        }
+        for b in cached {
+            let d = ps.disk_entry(CacheDiskMeta { disk: b.disk.clone(), epoch: b.epoch, size_bytes: 0, applied_seq: 0 });
+            if b.last_seq <= d.meta.applied_seq {
+                continue; // Applied before the crash; its segment will be released.
+            }
+            d.cached_seq = d.cached_seq.max(b.last_seq);
+            d.expect_seq = d.cached_seq + 1;
+            d.cached_bytes += b.bytes;
+            d.entries.push_back(b);
+        }
+        ps.connect_cs();
+        ps
+    }
+
+    fn disk_entry(&mut self, meta: CacheDiskMeta) -> &mut DiskCache {
+        self.disks.entry(meta.disk.clone()).or_insert_with(|| DiskCache {
+            cached_seq: meta.applied_seq,
+            expect_seq: meta.applied_seq + 1,
+            meta,
+            entries: VecDeque::new(),
+            sent: 0,
+            agent: None,
+            route: None,
+            link: Link::Idle,
+            cached_bytes: 0,
+        })
+    }
+
+    pub fn handle(&mut self, now: Timestamp, input: Input) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Net(ev) => self.on_net(ev),
+            Input::CachePersisted { id, loc, bytes } => self.on_persisted(id, loc, bytes),
+            Input::Tick => {}
+        }
+        self.on_timers();
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let mut t = Some(self.next_heartbeat);
+        for link in self.disks.values().map(|d| &d.link).chain(std::iter::once(&self.cs)) {
+            if let Link::Backoff(at) = link {
+                t = earliest(t, Some(*at));
+            }
+        }
+        t
+    }
+
+    pub fn cache_bytes(&self) -> u64 {
+        self.disks.values().map(|d| d.cached_bytes).sum::<u64>() + self.appending_bytes
+    }
+
+    pub fn stats(&self) -> ProcessServerStats {
+        let disks = self
+            .disks
+            .values()
+            .map(|d| CacheDiskStats {
+                disk: d.meta.disk.clone(),
+                cached_seq: d.cached_seq,
+                applied_seq: d.meta.applied_seq,
+                cached_batches: d.entries.len() as u64,
+                cached_bytes: d.cached_bytes,
+                master_target_connected: matches!(d.link, Link::Ready(_)),
+            })
+            .collect();
+        ProcessServerStats {
+            disks,
+            cache_bytes: self.cache_bytes(),
+            cache_bytes_max: self.settings.cache_bytes_max,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+        }
+    }
+
+    fn on_timers(&mut self) {
+        let now = self.now;
+        let ids: Vec<DiskId> = self.disks.keys().cloned().collect();
+        for id in ids {
+            let d = self.disks.get_mut(&id).expect("listed");
+            if matches!(d.link, Link::Backoff(at) if at <= now) {
+                d.link = Link::Idle;
+            }
+            self.connect_mt(&id);
+        }
+        if matches!(self.cs, Link::Backoff(at) if at <= now) {
+            self.connect_cs();
+        }
+        if self.next_heartbeat <= now {
+            self.next_heartbeat = now.plus_millis(self.settings.heartbeat_interval_ms);
+            if let Link::Ready(conn) = self.cs {
+                let msg = Message::ProcessServerHeartbeat(self.stats());
+                self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
+            }
+        }
+    }
+
+    fn connect_cs(&mut self) {
+        self.cs = Link::Connecting(CS_TOKEN);
+        let addr = self.settings.config_server_addr.clone();
+        self.out.push_back(Output::Net(NetCommand::Connect { token: CS_TOKEN, addr }));
+    }
+
+    fn connect_mt(&mut self, id: &DiskId) {
+        let d = self.disks.get_mut(id).expect("known disk");
+        let Some(addr) = d.route.clone() else { return };
+        if d.link != Link::Idle {
+            return;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        d.link = Link::Connecting(token);
+        self.out.push_back(Output::Net(NetCommand::Connect { token, addr }));
+    }
+
+    fn on_net(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Connected { token, conn, .. } => self.on_connected(token, conn),
+            NetEvent::ConnectFailed { token, .. } => {
+                let backoff = Link::Backoff(self.now.plus_millis(self.settings.reconnect_delay_ms));
+                if token == CS_TOKEN {
+                    self.cs = backoff;
+                } else if let Some(d) = self.disks.values_mut().find(|d| d.link == Link::Connecting(token)) {
+                    d.link = backoff;
+                }
+            }
+            NetEvent::Accepted { .. } => {} // Agents open streams with OpenStream.
+            NetEvent::Received { conn, msg, data } => self.on_message(conn, msg, data),
+            NetEvent::Closed { conn, .. } => self.on_closed(conn),
+        }
+    }
+
+    fn on_connected(&mut self, token: ConnectToken, conn: ConnId) {
+        if token == CS_TOKEN {
+            self.cs = Link::Ready(conn);
+            let reg = Registration { data_addr: self.settings.data_addr.clone(), api_addr: String::new(), disks: vec![] };
+            self.out.push_back(Output::Net(NetCommand::send(conn, Message::Register(reg))));
+            return;
+        }
+        let Some(d) = self.disks.values_mut().find(|d| d.link == Link::Connecting(token)) else {
+            self.out.push_back(Output::Net(NetCommand::Close { conn }));
+            return;
+        };
+        d.link = Link::Opening(conn);
+        let first_seq = d.entries.front().map_or(d.cached_seq + 1, |e| e.first_seq);
+        let m = &d.meta;
+        let msg = Message::OpenStream { disk: m.disk.clone(), epoch: m.epoch, size_bytes: m.size_bytes, first_seq };
+        self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
+    }
+
+    fn on_closed(&mut self, conn: ConnId) {
+        let backoff = Link::Backoff(self.now.plus_millis(self.settings.reconnect_delay_ms));
+        if matches!(self.cs, Link::Ready(c) | Link::Opening(c) if c == conn) {
+            self.cs = backoff;
+        }
+        for d in self.disks.values_mut() {
+            if d.agent == Some(conn) {
+                d.agent = None;
+            }
+            if matches!(d.link, Link::Opening(c) | Link::Ready(c) if c == conn) {
+                d.link = backoff;
+                d.sent = 0;
+            }
+        }
+    }
+
+    fn on_message(&mut self, conn: ConnId, msg: Message, data: Vec<u8>) {
+        match msg {
+            Message::OpenStream { disk, epoch, size_bytes, first_seq } => self.on_open(conn, disk, epoch, size_bytes, first_seq),
+            Message::Batch(header) => self.on_batch(conn, header, data),
+            Message::StreamState { disk, applied_seq, .. } => self.on_stream_state(conn, disk, applied_seq),
+            Message::Applied { disk, applied_seq, .. } => self.on_applied(conn, disk, applied_seq),
+            Message::Routes(routes) if matches!(self.cs, Link::Ready(c) if c == conn) => self.on_routes(routes),
+            Message::Reject { .. } => {}
+            other => self.refuse(conn, format!("unexpected {} on a process server connection", other.kind())),
+        }
+    }
+
+    fn refuse(&mut self, conn: ConnId, reason: String) {
+        self.out.push_back(Output::Net(NetCommand::send(conn, Message::reject(reason))));
+        self.out.push_back(Output::Net(NetCommand::Close { conn }));
+    }
+
+    fn on_open(&mut self, conn: ConnId, disk: DiskId, epoch: Epoch, size_bytes: u64, first_seq: Seq) {
+        let meta = CacheDiskMeta { disk: disk.clone(), epoch, size_bytes, applied_seq: 0 };
+        let d = self.disk_entry(meta);
+        if epoch < d.meta.epoch {
+            let reason = format!("disk {disk}: epoch {epoch} is older than {}; this stream is fenced", d.meta.epoch);
+            return self.refuse(conn, reason);
+        }
+        let changed = d.meta.epoch != epoch || d.meta.size_bytes != size_bytes;
+        d.meta.epoch = epoch;
+        d.meta.size_bytes = size_bytes;
+        d.agent = Some(conn);
+        if first_seq > d.expect_seq {
+            // The agent no longer has the writes in between (it crashed). Take what it has; the
+            // master target records the gap and the replica is marked for resync.
+            d.expect_seq = first_seq;
+        }
+        let msg = Message::StreamState { disk, epoch, cached_seq: d.cached_seq, applied_seq: d.meta.applied_seq };
+        let save = changed.then(|| d.meta.clone());
+        self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
+        if let Some(m) = save {
+            self.out.push_back(Output::SaveDisk(m));
+        }
+    }
+
+    fn on_batch(&mut self, conn: ConnId, header: BatchHeader, data: Vec<u8>) {
+        if let Err(e) = header.validate() {
+            return self.refuse(conn, format!("malformed batch: {e}"));
+        }
+        let over_quota = self.cache_bytes() + data.len() as u64 > self.settings.cache_bytes_max;
+        let retry = self.settings.busy_retry_ms;
+        let Some(d) = self.disks.get_mut(&header.disk).filter(|d| d.agent == Some(conn)) else {
+            return self.refuse(conn, format!("batch for disk {} before OpenStream", header.disk));
+        };
+        if header.epoch != d.meta.epoch || header.encoding != Encoding::Raw || data.len() as u64 != header.raw_bytes {
+            return self.refuse(conn, "batch epoch or encoding does not match its stream".into());
+        }
+        if header.last_seq < d.expect_seq {
+            if header.last_seq <= d.cached_seq {
+                let m = &d.meta;
+                let ack = Message::BatchAck { disk: m.disk.clone(), epoch: m.epoch, cached_seq: d.cached_seq, applied_seq: m.applied_seq };
+                self.out.push_back(Output::Net(NetCommand::send(conn, ack)));
+            }
+            return; // A resend of what we have or are appending.
+        }
+        if header.first_seq != d.expect_seq || over_quota {
+            // Out of order (an earlier batch was refused) or no room: have the agent resend from
+            // what we expect, later.
+            let wait = if over_quota { retry } else { 0 };
+            let msg = Message::Busy { disk: header.disk.clone(), first_seq: d.expect_seq, retry_after_ms: wait };
+            self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
+            return;
+        }
+        d.expect_seq = header.last_seq + 1;
+        self.bytes_in += data.len() as u64;
+        let id = self.next_append;
+        self.next_append += 1;
+        let (encoding, packed) = compress(data);
+        let mut header = header;
+        header.encoding = encoding;
+        self.appending_bytes += packed.len() as u64;
+        self.appending.insert(id, (header.disk.clone(), header.first_seq, header.last_seq, header.epoch));
+        self.out.push_back(Output::CacheAppend { id, header, data: packed });
+    }
+
+    fn on_persisted(&mut self, id: u64, loc: CacheLoc, bytes: u64) {
+        let (disk, first_seq, last_seq, epoch) = self.appending.remove(&id).expect("CachePersisted for an unknown append");
+        self.appending_bytes = self.appending_bytes.saturating_sub(bytes);
+        let d = self.disks.get_mut(&disk).expect("appending disk is known");
+        d.cached_seq = d.cached_seq.max(last_seq);
+        d.cached_bytes += bytes;
+        d.entries.push_back(CachedBatch { disk: disk.clone(), epoch, first_seq, last_seq, bytes, loc });
+        if let Some(agent) = d.agent {
+            let ack = Message::BatchAck { disk: disk.clone(), epoch, cached_seq: d.cached_seq, applied_seq: d.meta.applied_seq };
+            self.out.push_back(Output::Net(NetCommand::send(agent, ack)));
+        }
+        self.pump(&disk);
+    }
+
+    fn on_routes(&mut self, routes: Vec<Route>) {
+        for r in routes {
+            let meta = CacheDiskMeta { disk: r.disk.clone(), epoch: r.epoch, size_bytes: r.size_bytes, applied_seq: 0 };
+            let d = self.disk_entry(meta);
+            if d.route.as_deref() != Some(r.master_target_addr.as_str()) {
+                if let Link::Opening(c) | Link::Ready(c) = d.link {
+                    self.out.push_back(Output::Net(NetCommand::Close { conn: c }));
+                }
+                let d = self.disks.get_mut(&r.disk).expect("just inserted");
+                d.route = Some(r.master_target_addr);
+                d.link = Link::Idle;
+                d.sent = 0;
+                self.connect_mt(&r.disk);
+            }
+        }
+    }
+
+    fn mt_disk(&mut self, conn: ConnId, disk: &DiskId) -> Option<&mut DiskCache> {
+        self.disks.get_mut(disk).filter(|d| matches!(d.link, Link::Opening(c) | Link::Ready(c) if c == conn))
+    }
+
+    fn on_stream_state(&mut self, conn: ConnId, disk: DiskId, applied_seq: Seq) {
+        let Some(d) = self.mt_disk(conn, &disk) else { return self.refuse(conn, "StreamState for an unknown stream".into()) };
+        d.link = Link::Ready(conn);
+        d.sent = 0;
+        self.on_applied(conn, disk, applied_seq);
+    }
+
+    fn on_applied(&mut self, conn: ConnId, disk: DiskId, applied_seq: Seq) {
+        if self.mt_disk(conn, &disk).is_none() {
+            return self.refuse(conn, "Applied for an unknown stream".into());
+        }
+        let d = self.disks.get_mut(&disk).expect("checked");
+        if applied_seq > d.meta.applied_seq {
+            d.meta.applied_seq = applied_seq;
+            while d.entries.front().is_some_and(|e| e.last_seq <= applied_seq) {
+                let e = d.entries.pop_front().expect("front exists");
+                d.cached_bytes -= e.bytes;
+                d.sent = d.sent.saturating_sub(1);
+            }
+            self.out.push_back(Output::CacheRelease { disk: disk.clone(), through: applied_seq });
+            self.out.push_back(Output::SaveDisk(d.meta.clone()));
+            if let Some(agent) = d.agent {
+                let m = &d.meta;
+                let ack = Message::BatchAck { disk: disk.clone(), epoch: m.epoch, cached_seq: d.cached_seq, applied_seq };
+                self.out.push_back(Output::Net(NetCommand::send(agent, ack)));
+            }
+        }
+        self.pump(&disk);
+    }
+
+    /// Forwards cached batches in seq order while the window allows.
+    fn pump(&mut self, disk: &DiskId) {
+        let window = self.settings.window_batches_max;
+        let d = self.disks.get_mut(disk).expect("known disk");
+        let Link::Ready(conn) = d.link else { return };
+        // Entries before `sent` are in flight: every entry still cached is unapplied.
+        while d.sent < d.entries.len() && d.sent < window {
+            let e = &d.entries[d.sent];
+            d.sent += 1;
+            self.bytes_out += e.bytes;
+            self.out.push_back(Output::Forward { conn, disk: disk.clone(), loc: e.loc });
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The process server: a durable cache between agents and master targets.
+//!
+//! A batch from an agent is validated, compressed (`batch::compress`), and handed to the driver
+//! as `CacheAppend`; only when the driver reports `CachePersisted` (appended and fsync'd) does the
+//! agent get its `BatchAck`. Cached batches are forwarded to the disk's master target in seq
+//! order (`Forward`: the driver sends the cached frame as it is), resent after a reconnect, and
+//! released from the cache (`CacheRelease`) only once the master target says `Applied`.
+//! While the master target is away the cache grows up to `cache_bytes_max`; past it, agents are
+//! told `Busy` and hold their writes. After a restart the driver feeds back every cached batch
+//! (`ProcessServer::new`), and forwarding resumes where the master target stands.
+
+mod handle;
+
+use crate::ids::{ComponentId, ConnId, DiskId, Epoch, Seq};
+use crate::net::{ConnectToken, NetCommand, NetEvent};
+use crate::protocol::Message;
+use crate::time::Timestamp;
+use crate::batch::BatchHeader;
+use std::collections::{BTreeMap, VecDeque};
+
+const CS_TOKEN: ConnectToken = u64::MAX;
+
+#[derive(Clone, Debug)]
+pub struct ProcessServerSettings {
+    pub component: ComponentId,
+    pub config_server_addr: String,
+    /// Address agents use to reach this process server (registered with the configuration server).
+    pub data_addr: String,
+    /// Most bytes the cache may hold; past it agents are told to wait.
+    pub cache_bytes_max: u64,
+    /// Batches forwarded to a master target and not yet applied, per disk.
+    pub window_batches_max: usize,
+    pub heartbeat_interval_ms: u64,
+    pub reconnect_delay_ms: u64,
+    /// How long an agent told `Busy` waits before resending.
+    pub busy_retry_ms: u64,
+}
+
+/// Where a cached batch lives, as the driver's cache store names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CacheLoc {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// A cached batch as core tracks it: no data, no op list (those stay on disk).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedBatch {
+    pub disk: DiskId,
+    pub epoch: Epoch,
+    pub first_seq: Seq,
+    pub last_seq: Seq,
+    /// Bytes the cached record takes.
+    pub bytes: u64,
+    pub loc: CacheLoc,
+}
+
+/// A disk known to the process server, as persisted in its metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheDiskMeta {
+    pub disk: DiskId,
+    pub epoch: Epoch,
+    pub size_bytes: u64,
+    pub applied_seq: Seq,
+}
+
+#[derive(Debug)]
+pub enum Input {
+    Net(NetEvent),
+    /// The `CacheAppend{id}` outputs up to and including this one are durable.
+    CachePersisted { id: u64, loc: CacheLoc, bytes: u64 },
+    Tick,
+}
+
+#[derive(Debug)]
+pub enum Output {
+    Net(NetCommand),
+    /// Append this batch (compressed) to the disk's cache and fsync; then answer `CachePersisted`.
+    CacheAppend { id: u64, header: BatchHeader, data: Vec<u8> },
+    /// Send the cached batch at `loc` to `conn` as it is.
+    Forward { conn: ConnId, disk: DiskId, loc: CacheLoc },
+    /// Batches of `disk` through `through` may be deleted from the cache.
+    CacheRelease { disk: DiskId, through: Seq },
+    /// Persist what is known of a disk (metadata; losing it only causes resends).
+    SaveDisk(CacheDiskMeta),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Idle,
+    Connecting(ConnectToken),
+    Opening(ConnId),
+    Ready(ConnId),
+    Backoff(Timestamp),
+}
+
+#[derive(Debug)]
+struct DiskCache {
+    meta: CacheDiskMeta,
+    entries: VecDeque<CachedBatch>,
+    /// The first `sent` entries have been forwarded on the current link (sends are in order).
+    sent: usize,
+    /// Highest seq durably cached.
+    cached_seq: Seq,
+    /// Next seq expected from the agent (past what is cached or being appended).
+    expect_seq: Seq,
+    agent: Option<ConnId>,
+    route: Option<String>,
+    link: Link,
+    cached_bytes: u64,
+}
+
+pub struct ProcessServer {
+    settings: ProcessServerSettings,
+    disks: BTreeMap<DiskId, DiskCache>,
+    /// Appends handed to the driver and not yet durable: id -> (disk, first, last, epoch).
+    appending: BTreeMap<u64, (DiskId, Seq, Seq, Epoch)>,
+    appending_bytes: u64,
+    next_append: u64,
+    cs: Link,
+    next_token: ConnectToken,
+    next_heartbeat: Timestamp,
+    bytes_in: u64,
+    bytes_out: u64,
+    out: VecDeque<Output>,
+    now: Timestamp,
+}
