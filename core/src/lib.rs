@@ -24,6 +24,7 @@ pub mod agent;
 pub mod batch;
 pub mod config_server;
 pub mod ids;
+pub mod index;
 pub mod master_target;
 pub mod net;
 pub mod process_server;

@@ -30,7 +30,7 @@ pub struct MasterTargetSettings {
 }
 
 /// What the master target persists about a replica (besides its base, journal and points).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReplicaMeta {
     pub disk: DiskId,
     pub epoch: Epoch,

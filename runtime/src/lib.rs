@@ -1,5 +1,11 @@
 //! haven-runtime: tokio drivers, file and redb stores, NBD server, TCP transport, HTTP API.
+pub mod api;
+pub mod drivers;
 pub mod http;
+pub mod meta;
+pub mod net;
+pub mod transport;
 pub mod nbd;
 pub mod segment;
+pub mod stores;
 pub mod vfs;

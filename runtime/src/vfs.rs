@@ -1,0 +1,278 @@
+//! A small file-system abstraction so the same store code can run on real
+//! files ([`StdVfs`]) and, in simulation, on a crash-faithful simulated disk.
+//!
+//! The trait is deliberately narrow: positional reads and writes, length
+//! control, hole punching and explicit durability points. It mirrors POSIX
+//! semantics that the stores rely on:
+//!
+//! * **Nothing is durable until a sync returns.** A `write_at` or `set_len`
+//!   may be lost (wholly or partly, in any order) on a crash until
+//!   [`VFile::sync_data`] returns for that file.
+//! * **Names are not durable until the directory is synced.** A file created
+//!   by [`Vfs::open`] with `create = true`, or removed by [`Vfs::remove_file`],
+//!   may reappear/disappear after a crash until [`Vfs::sync_dir`] returns for
+//!   its parent directory.
+//!
+//! A simulated implementation is expected to model exactly these rules, so
+//! code that is correct on it is correct on a real disk.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// A file system: the directory and naming operations.
+pub trait Vfs: Send + Sync + 'static {
+    /// Open file handle type.
+    type File: VFile;
+
+    /// Creates `path` and all missing parents (not synced; see [`Vfs::sync_dir`]).
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Opens `path` for reading and writing, creating it (empty) if `create`
+    /// is set and it does not exist. Fails with `NotFound` otherwise.
+    fn open(&self, path: &Path, create: bool) -> io::Result<Self::File>;
+    /// Removes a file (not durable until [`Vfs::sync_dir`] of its parent).
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Lists the entries of a directory as full paths, sorted by name.
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>>;
+    /// Makes created/removed names in directory `path` durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+}
+
+/// An open file with positional I/O; all methods take `&self` so a file can
+/// be read concurrently from several threads.
+// `len` is an I/O query, not a container size, so `is_empty` would mislead.
+#[allow(clippy::len_without_is_empty)]
+pub trait VFile: Send + Sync + 'static {
+    /// Fills all of `buf` from `offset`; `UnexpectedEof` if the file is shorter.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`, extending the file if needed.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Truncates or extends (with zeros) to `len` bytes.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Makes all written data (and the length) durable.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Deallocates `[offset, offset+len)` so it reads as zeros afterwards,
+    /// without changing the file length. Falls back to writing zeros where
+    /// the file system cannot punch holes. Not durable until `sync_data`.
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
+}
+
+/// Real files via `std::fs`.
+#[derive(Clone, Default, Debug)]
+pub struct StdVfs;
+
+/// A real file opened by [`StdVfs`].
+#[derive(Debug)]
+pub struct StdFile {
+    file: File,
+}
+
+impl Vfs for StdVfs {
+    type File = StdFile;
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn open(&self, path: &Path, create: bool) -> io::Result<StdFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)?;
+        Ok(StdFile { file })
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(path)? {
+            out.push(entry?.path());
+        }
+        // read_dir order is file-system dependent; callers want name order.
+        out.sort();
+        Ok(out)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        // On Linux a directory opened read-only can be fsynced; this is the
+        // only way to make a new or removed name durable.
+        File::open(path)?.sync_all()
+    }
+}
+
+/// Largest zero buffer written at once by the punch-hole fallback.
+const ZERO_FILL_CHUNK_BYTES: u64 = 1 << 20;
+
+impl StdFile {
+    /// Writes zeros over `[offset, offset+len)`, clipped to the current
+    /// length so the fallback keeps the "length unchanged" contract.
+    fn zero_fill(&self, offset: u64, len: u64) -> io::Result<()> {
+        let end = offset.saturating_add(len).min(self.len()?);
+        if offset >= end {
+            return Ok(());
+        }
+        let chunk = vec![0u8; (end - offset).min(ZERO_FILL_CHUNK_BYTES) as usize];
+        let mut pos = offset;
+        while pos < end {
+            let n = (end - pos).min(chunk.len() as u64) as usize;
+            self.file.write_all_at(&chunk[..n], pos)?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    /// `fallocate(PUNCH_HOLE | KEEP_SIZE)`; `Ok(false)` if unsupported here.
+    #[cfg(target_os = "linux")]
+    fn try_punch(&self, offset: u64, len: u64) -> io::Result<bool> {
+        use std::os::unix::io::AsRawFd;
+        let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Ok(false);
+        };
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        // SAFETY: plain syscall on a file descriptor we own for the call's duration.
+        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off, n) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => Ok(false),
+            _ => Err(err),
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn try_punch(&self, _offset: u64, _len: u64) -> io::Result<bool> {
+        Ok(false)
+    }
+}
+
+impl VFile for StdFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        if self.try_punch(offset, len)? {
+            return Ok(());
+        }
+        self.zero_fill(offset, len)
+    }
+}
+
+/// True if every byte of `buf` is zero. Compares aligned `u64` words so it
+/// runs at memory speed on large (block-sized) buffers.
+pub fn is_zero(buf: &[u8]) -> bool {
+    // SAFETY: every bit pattern is a valid u64, and align_to guarantees the
+    // middle slice is correctly aligned.
+    let (head, words, tail) = unsafe { buf.align_to::<u64>() };
+    head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_zero_all_alignments() {
+        let buf = vec![0u8; 257];
+        for start in 0..9 {
+            for end in start..buf.len() {
+                assert!(is_zero(&buf[start..end]));
+            }
+        }
+        assert!(is_zero(&[]));
+        for pos in 0..64 {
+            let mut b = [0u8; 64];
+            b[pos] = 1;
+            for start in 0..8 {
+                assert_eq!(is_zero(&b[start..]), pos < start, "pos {pos} start {start}");
+            }
+        }
+    }
+
+    #[test]
+    fn read_write_len_and_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let vfs = StdVfs;
+        let sub = dir.path().join("a/b");
+        vfs.create_dir_all(&sub).unwrap();
+        assert!(vfs.open(&sub.join("x"), false).is_err());
+        let f = vfs.open(&sub.join("x"), true).unwrap();
+        f.write_at(b"hello", 3).unwrap();
+        assert_eq!(f.len().unwrap(), 8);
+        let mut buf = [0u8; 8];
+        f.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"\0\0\0hello");
+        let err = f.read_at(&mut buf, 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        f.set_len(4).unwrap();
+        f.sync_data().unwrap();
+        assert_eq!(f.len().unwrap(), 4);
+        vfs.open(&sub.join("a"), true).unwrap();
+        vfs.sync_dir(&sub).unwrap();
+        let names = vfs.list_dir(&sub).unwrap();
+        assert_eq!(names, vec![sub.join("a"), sub.join("x")]);
+        vfs.remove_file(&sub.join("a")).unwrap();
+        assert_eq!(vfs.list_dir(&sub).unwrap(), vec![sub.join("x")]);
+    }
+
+    #[test]
+    fn punch_hole_reads_zero_and_keeps_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StdVfs.open(&dir.path().join("f"), true).unwrap();
+        let data = vec![0xABu8; 3 * 4096];
+        f.write_at(&data, 0).unwrap();
+        // Unaligned range: the file system zeroes partial blocks itself.
+        f.punch_hole(100, 5000).unwrap();
+        assert_eq!(f.len().unwrap(), data.len() as u64);
+        let mut buf = vec![0u8; data.len()];
+        f.read_at(&mut buf, 0).unwrap();
+        assert!(buf[..100].iter().all(|&b| b == 0xAB));
+        assert!(is_zero(&buf[100..5100]));
+        assert!(buf[5100..].iter().all(|&b| b == 0xAB));
+        // Past the end: no error, length unchanged.
+        f.punch_hole(data.len() as u64, 4096).unwrap();
+        assert_eq!(f.len().unwrap(), data.len() as u64);
+    }
+
+    #[test]
+    fn zero_fill_fallback_matches_punch() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StdVfs.open(&dir.path().join("f"), true).unwrap();
+        f.write_at(&[7u8; 1000], 0).unwrap();
+        f.zero_fill(10, 2000).unwrap();
+        assert_eq!(f.len().unwrap(), 1000);
+        let mut buf = vec![0u8; 1000];
+        f.read_at(&mut buf, 0).unwrap();
+        assert!(buf[..10].iter().all(|&b| b == 7));
+        assert!(is_zero(&buf[10..]));
+    }
+}

@@ -56,7 +56,7 @@ pub struct CachedBatch {
 }
 
 /// A disk known to the process server, as persisted in its metadata.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CacheDiskMeta {
     pub disk: DiskId,
     pub epoch: Epoch,

@@ -1,0 +1,10 @@
+//! HTTP APIs: the configuration server's REST API (documented in docs/api.md) and the master
+//! target's data API (recovery points and images), which the console uses for exports.
+
+pub mod config_server;
+pub mod master_target;
+
+/// Splits `/a/b/c` into its non-empty segments.
+pub fn segments(path: &str) -> Vec<&str> {
+    path.split('/').filter(|s| !s.is_empty()).collect()
+}

@@ -1,0 +1,245 @@
+//! The agent's driver: serves each protected disk over NBD, carries out the agent's source
+//! writes in the order the core emits them, and runs the agent's connections.
+
+use super::{sleep_until, Clock, RoleError, EVENTS_PER_TURN_MAX, EVENT_CHANNEL_DEPTH};
+use crate::meta::MetaStore;
+use crate::nbd::{self, ExportError, Exports, NbdExport};
+use crate::net::{Net, NetInbound};
+use crate::stores::source::SourceDisk;
+use crate::transport::Transport;
+use crate::vfs::{StdFile, StdVfs, VFile, Vfs};
+use haven_core::agent::{Agent, AgentSettings, Input, IoId, Output, SourceOp};
+use haven_core::ids::{DiskId, Epoch};
+use haven_core::protocol::{Hello, PROTOCOL_VERSION, Role};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Clone, Debug)]
+pub struct AgentDiskConfig {
+    pub disk: DiskId,
+    /// Raw image file or block device.
+    pub path: PathBuf,
+    /// Create a sparse file of this size if `path` does not exist.
+    pub create_size: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub settings: AgentSettings,
+    pub disks: Vec<AgentDiskConfig>,
+    pub data_dir: PathBuf,
+    /// Where the NBD server listens (for example 127.0.0.1:10809).
+    pub nbd_listen: String,
+}
+
+/// A write request from the NBD server to the driver.
+struct NbdRequest {
+    disk: usize,
+    op: Option<(SourceOp, bool)>, // None: flush
+    reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// One protected disk as the NBD server sees it: reads go straight to the source file, writes
+/// go through the agent (in arrival order) so that each is intercepted.
+pub struct AgentExport {
+    disk: usize,
+    size: u64,
+    file: Arc<StdFile>,
+    tx: mpsc::UnboundedSender<NbdRequest>,
+}
+
+impl AgentExport {
+    fn submit(&self, op: Option<(SourceOp, bool)>) -> impl std::future::Future<Output = Result<(), ExportError>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.send(NbdRequest { disk: self.disk, op, reply }).is_ok();
+        async move {
+            if !sent {
+                return Err(ExportError::ShuttingDown);
+            }
+            match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ExportError::Io(e)),
+                Err(_) => Err(ExportError::ShuttingDown),
+            }
+        }
+    }
+}
+
+impl NbdExport for AgentExport {
+    fn size_bytes(&self) -> u64 {
+        self.size
+    }
+    fn read(&self, offset: u64, len: u32) -> impl std::future::Future<Output = Result<Vec<u8>, ExportError>> + Send + 'static {
+        let file = self.file.clone();
+        async move {
+            let mut buf = vec![0u8; len as usize];
+            file.read_at(&mut buf, offset).map_err(|e| ExportError::Io(e.to_string()))?;
+            Ok(buf)
+        }
+    }
+    fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> impl std::future::Future<Output = Result<(), ExportError>> + Send + 'static {
+        self.submit(Some((SourceOp::Write { offset, data }, fua)))
+    }
+    fn trim(&self, offset: u64, len: u32, fua: bool) -> impl std::future::Future<Output = Result<(), ExportError>> + Send + 'static {
+        self.submit(Some((SourceOp::Zero { offset, len: len as u64, punch: true }, fua)))
+    }
+    fn write_zeroes(&self, offset: u64, len: u32, fua: bool, no_hole: bool) -> impl std::future::Future<Output = Result<(), ExportError>> + Send + 'static {
+        self.submit(Some((SourceOp::Zero { offset, len: len as u64, punch: !no_hole }, fua)))
+    }
+    fn flush(&self) -> impl std::future::Future<Output = Result<(), ExportError>> + Send + 'static {
+        self.submit(None)
+    }
+}
+
+pub struct AgentHandle {
+    pub nbd_addr: String,
+    pub task: tokio::task::JoinHandle<Result<(), RoleError>>,
+}
+
+fn fail(e: impl std::fmt::Display) -> RoleError {
+    RoleError::new("agent", e)
+}
+
+/// Opens the disks and the metadata, starts the NBD server and the driver.
+pub async fn start<T: Transport>(transport: T, cfg: AgentConfig) -> Result<AgentHandle, RoleError> {
+    let vfs = StdVfs;
+    vfs.create_dir_all(&cfg.data_dir).map_err(fail)?;
+    let meta = MetaStore::open(&cfg.data_dir.join("agent.redb")).map_err(fail)?;
+    let (nbd_tx, nbd_rx) = mpsc::unbounded_channel();
+    let mut sources = vec![];
+    let mut exports = Exports::new();
+    let mut disks = vec![];
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let src = SourceDisk::open(&vfs, &d.path, d.create_size).map_err(|e| fail(format!("disk {}: {e}", d.disk)))?;
+        let file = Arc::new(vfs.open(&d.path, false).map_err(fail)?);
+        let export = AgentExport { disk: i, size: src.size_bytes(), file, tx: nbd_tx.clone() };
+        exports.add(d.disk.as_str(), Arc::new(export));
+        disks.push((d.disk.clone(), src.size_bytes(), meta.agent_reserved(&d.disk).map_err(fail)?));
+        sources.push(src);
+    }
+    drop(nbd_tx);
+    let listener = tokio::net::TcpListener::bind(&cfg.nbd_listen)
+        .await
+        .map_err(|e| fail(format!("NBD listen on {}: {e}", cfg.nbd_listen)))?;
+    let nbd_addr = listener.local_addr().map_err(fail)?.to_string();
+    tokio::spawn(nbd::serve(listener, Arc::new(exports)));
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_DEPTH);
+    let hello = Hello { version: PROTOCOL_VERSION, role: Role::Agent, component: cfg.settings.component.clone(), epoch: Epoch(0) };
+    let net = Net::new(transport, hello, vec![], ev_tx);
+    let clock = Clock::new();
+    let agent = Agent::new(cfg.settings.clone(), disks, clock.now());
+    let driver = Driver { agent, net, sources, meta, clock, replies: BTreeMap::new(), next_io: 1, inputs: VecDeque::new() };
+    let task = tokio::spawn(driver.run(ev_rx, nbd_rx));
+    Ok(AgentHandle { nbd_addr, task })
+}
+
+struct Driver<T: Transport> {
+    agent: Agent,
+    net: Net<T>,
+    sources: Vec<SourceDisk<StdFile>>,
+    meta: MetaStore,
+    clock: Clock,
+    replies: BTreeMap<IoId, oneshot::Sender<Result<(), String>>>,
+    next_io: IoId,
+    /// Completions to feed back, in emission order.
+    inputs: VecDeque<Input>,
+}
+
+impl<T: Transport> Driver<T> {
+    async fn run(mut self, mut events: mpsc::Receiver<NetInbound>, mut nbd: mpsc::UnboundedReceiver<NbdRequest>) -> Result<(), RoleError> {
+        loop {
+            let deadline = self.agent.poll_timeout();
+            tokio::select! {
+                biased;
+                ev = events.recv() => match ev {
+                    Some(ev) => self.on_net(ev)?,
+                    None => return Ok(()),
+                },
+                req = nbd.recv() => match req {
+                    Some(req) => self.on_nbd(req)?,
+                    None => return Ok(()),
+                },
+                _ = sleep_until(&self.clock, deadline) => self.feed(Input::Tick)?,
+            }
+            // Take what else is ready so that one turn carries many writes (group work).
+            for _ in 0..EVENTS_PER_TURN_MAX {
+                if let Ok(req) = nbd.try_recv() {
+                    self.on_nbd(req)?;
+                } else if let Ok(ev) = events.try_recv() {
+                    self.on_net(ev)?;
+                } else {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_net(&mut self, ev: NetInbound) -> Result<(), RoleError> {
+        match ev {
+            NetInbound::Up { conn, writer, event } => {
+                self.net.up(conn, writer);
+                self.feed(Input::Net(event))
+            }
+            NetInbound::Event(event) => {
+                if let haven_core::net::NetEvent::Closed { conn, .. } = &event {
+                    self.net.closed(*conn);
+                }
+                self.feed(Input::Net(event))
+            }
+        }
+    }
+
+    fn on_nbd(&mut self, req: NbdRequest) -> Result<(), RoleError> {
+        let io = self.next_io;
+        self.next_io += 1;
+        self.replies.insert(io, req.reply);
+        let input = match req.op {
+            Some((op, fua)) => Input::Write { io, disk: req.disk, op, fua },
+            None => Input::Flush { io, disk: req.disk },
+        };
+        self.feed(input)
+    }
+
+    /// Feeds one input and everything it causes, carrying out outputs in order.
+    fn feed(&mut self, input: Input) -> Result<(), RoleError> {
+        self.inputs.push_back(input);
+        while let Some(input) = self.inputs.pop_front() {
+            self.agent.handle(self.clock.now(), input);
+            let mut syncs: Vec<(IoId, usize)> = vec![];
+            while let Some(out) = self.agent.poll_output() {
+                match out {
+                    Output::Net(cmd) => self.net.execute(cmd),
+                    Output::SourceWrite { io, disk, op } => {
+                        let done = match self.sources[disk].apply(op) {
+                            Ok(data) => Input::SourceDone { io, data },
+                            Err(e) => Input::SourceFailed { io, error: e.to_string() },
+                        };
+                        self.inputs.push_back(done);
+                    }
+                    Output::SourceSync { io, disk } => syncs.push((io, disk)),
+                    Output::Complete { io, result } => {
+                        if let Some(tx) = self.replies.remove(&io) {
+                            let _ = tx.send(result);
+                        }
+                    }
+                    Output::Reserve { disk, reserved } => {
+                        let id = &self.agent.stats().disks[disk].disk;
+                        self.meta.set_agent_reserved(id, reserved).map_err(fail)?;
+                        self.inputs.push_back(Input::Reserved { disk, reserved });
+                    }
+                }
+            }
+            // One fsync per disk covers every FUA write and flush of this round.
+            let disks: BTreeSet<usize> = syncs.iter().map(|s| s.1).collect();
+            for d in disks {
+                if let Err(e) = self.sources[d].sync() {
+                    return Err(fail(format!("fsync of source disk failed: {e}; the disk's durability is unknown")));
+                }
+            }
+            self.inputs.extend(syncs.into_iter().map(|(io, _)| Input::Synced { io }));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,95 @@
+//! The configuration server's driver: registrations and heartbeats over the Haven protocol, and
+//! the REST API over HTTP.
+
+use super::{sleep_until, Clock, RoleError, EVENTS_PER_TURN_MAX, EVENT_CHANNEL_DEPTH};
+use crate::net::{Net, NetInbound};
+use crate::transport::Transport;
+use haven_core::config_server::{ConfigServer, ConfigServerSettings, Input, Output};
+use haven_core::ids::{ComponentId, Epoch};
+use haven_core::net::NetEvent;
+use haven_core::protocol::{Hello, Role, PROTOCOL_VERSION};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+#[derive(Clone, Debug)]
+pub struct ConfigServerConfig {
+    pub component: ComponentId,
+    pub settings: ConfigServerSettings,
+    /// Where components connect.
+    pub listen: String,
+    /// Where the REST API listens.
+    pub api_listen: String,
+}
+
+pub struct ConfigServerHandle {
+    pub addr: String,
+    pub api_addr: String,
+    pub core: Arc<Mutex<ConfigServer>>,
+    pub task: tokio::task::JoinHandle<Result<(), RoleError>>,
+}
+
+fn fail(e: impl std::fmt::Display) -> RoleError {
+    RoleError::new("config-server", e)
+}
+
+pub async fn start<T: Transport>(transport: T, cfg: ConfigServerConfig) -> Result<ConfigServerHandle, RoleError> {
+    let listener = transport.bind(&cfg.listen).await.map_err(|e| fail(format!("listen on {}: {e}", cfg.listen)))?;
+    let addr = T::local_addr(&listener).map_err(fail)?;
+    let api = tokio::net::TcpListener::bind(&cfg.api_listen)
+        .await
+        .map_err(|e| fail(format!("API listen on {}: {e}", cfg.api_listen)))?;
+    let api_addr = api.local_addr().map_err(fail)?.to_string();
+    let clock = Clock::new();
+    let core = Arc::new(Mutex::new(ConfigServer::new(cfg.settings.clone(), clock.now())));
+    tokio::spawn(crate::http::serve(api, Arc::new(crate::api::config_server::CsApi { core: core.clone() })));
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_DEPTH);
+    let hello = Hello { version: PROTOCOL_VERSION, role: Role::ConfigServer, component: cfg.component.clone(), epoch: Epoch(0) };
+    let all = vec![Role::Agent, Role::ProcessServer, Role::MasterTarget];
+    let net = Net::new(transport, hello, all, ev_tx);
+    net.listen(listener);
+    let task = tokio::spawn(run(core.clone(), net, clock, ev_rx));
+    Ok(ConfigServerHandle { addr, api_addr, core, task })
+}
+
+async fn run<T: Transport>(core: Arc<Mutex<ConfigServer>>, mut net: Net<T>, clock: Clock, mut events: mpsc::Receiver<NetInbound>) -> Result<(), RoleError> {
+    loop {
+        let deadline = core.lock().expect("core lock").poll_timeout();
+        let mut inputs = vec![];
+        tokio::select! {
+            biased;
+            ev = events.recv() => match ev {
+                Some(ev) => inputs.push(ev),
+                None => return Ok(()),
+            },
+            _ = sleep_until(&clock, deadline) => {}
+        }
+        while inputs.len() < EVENTS_PER_TURN_MAX {
+            match events.try_recv() {
+                Ok(ev) => inputs.push(ev),
+                Err(_) => break,
+            }
+        }
+        let mut core = core.lock().expect("core lock");
+        let mut feed = vec![Input::Tick];
+        for ev in inputs {
+            feed.push(Input::Net(match ev {
+                NetInbound::Up { conn, writer, event } => {
+                    net.up(conn, writer);
+                    event
+                }
+                NetInbound::Event(event) => {
+                    if let NetEvent::Closed { conn, .. } = &event {
+                        net.closed(*conn);
+                    }
+                    event
+                }
+            }));
+        }
+        for input in feed {
+            core.handle(clock.now(), input);
+            while let Some(Output::Net(cmd)) = core.poll_output() {
+                net.execute(cmd);
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The master target's driver: replicas (journal, index, base), recovery points, and the HTTP
+//! API that lists points and serves images.
+
+use super::{sleep_until, Clock, RoleError, EVENTS_PER_TURN_MAX, EVENT_CHANNEL_DEPTH};
+use crate::meta::{MetaStore, PointKind, PointRecord};
+use crate::net::{Net, NetInbound};
+use crate::stores::replica::Replica;
+use crate::transport::Transport;
+use crate::vfs::{StdVfs, Vfs};
+use haven_core::ids::{DiskId, Epoch};
+use haven_core::master_target::{Input, MasterTarget, MasterTargetSettings, Output};
+use haven_core::net::NetEvent;
+use haven_core::protocol::{Hello, Role, PROTOCOL_VERSION};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+#[derive(Clone, Debug)]
+pub struct MasterTargetConfig {
+    pub settings: MasterTargetSettings,
+    pub data_dir: PathBuf,
+    /// Where process servers connect.
+    pub listen: String,
+    /// Where the HTTP API (points, images) listens.
+    pub api_listen: String,
+}
+
+pub struct MasterTargetHandle {
+    pub addr: String,
+    pub api_addr: String,
+    pub task: tokio::task::JoinHandle<Result<(), RoleError>>,
+}
+
+/// Replicas shared between the driver (appends) and the API (reads).
+pub type Replicas = Arc<Mutex<BTreeMap<DiskId, Replica<StdVfs>>>>;
+
+fn fail(e: impl std::fmt::Display) -> RoleError {
+    RoleError::new("master-target", e)
+}
+
+pub async fn start<T: Transport>(transport: T, mut cfg: MasterTargetConfig) -> Result<MasterTargetHandle, RoleError> {
+    let vfs = StdVfs;
+    vfs.create_dir_all(&cfg.data_dir).map_err(fail)?;
+    let meta = Arc::new(MetaStore::open(&cfg.data_dir.join("master-target.redb")).map_err(fail)?);
+    let mut replicas = BTreeMap::new();
+    let mut metas = vec![];
+    for m in meta.replicas().map_err(fail)? {
+        let r = Replica::open(&vfs, &cfg.data_dir, m, &meta).map_err(fail)?;
+        tracing::info!("replica {}: applied through seq {}, {} points", r.meta.disk, r.meta.applied_seq, r.meta.points);
+        metas.push(r.meta.clone());
+        replicas.insert(r.meta.disk.clone(), r);
+    }
+    let replicas: Replicas = Arc::new(Mutex::new(replicas));
+    let listener = transport.bind(&cfg.listen).await.map_err(|e| fail(format!("listen on {}: {e}", cfg.listen)))?;
+    let addr = T::local_addr(&listener).map_err(fail)?;
+    let api = tokio::net::TcpListener::bind(&cfg.api_listen)
+        .await
+        .map_err(|e| fail(format!("API listen on {}: {e}", cfg.api_listen)))?;
+    let api_addr = api.local_addr().map_err(fail)?.to_string();
+    if cfg.settings.data_addr.is_empty() {
+        cfg.settings.data_addr = addr.clone();
+    }
+    if cfg.settings.api_addr.is_empty() {
+        cfg.settings.api_addr = api_addr.clone();
+    }
+    let handler = Arc::new(crate::api::master_target::MtApi { replicas: replicas.clone(), meta: meta.clone() });
+    tokio::spawn(crate::http::serve(api, handler));
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_DEPTH);
+    let hello = Hello { version: PROTOCOL_VERSION, role: Role::MasterTarget, component: cfg.settings.component.clone(), epoch: Epoch(0) };
+    let net = Net::new(transport, hello, vec![Role::ProcessServer], ev_tx);
+    net.listen(listener);
+    let clock = Clock::new();
+    let mt = MasterTarget::new(cfg.settings.clone(), metas, clock.now());
+    let driver = Driver { mt, net, replicas, meta, vfs, root: cfg.data_dir.clone(), clock, inputs: VecDeque::new() };
+    let task = tokio::spawn(driver.run(ev_rx));
+    Ok(MasterTargetHandle { addr, api_addr, task })
+}
+
+struct Driver<T: Transport> {
+    mt: MasterTarget,
+    net: Net<T>,
+    replicas: Replicas,
+    meta: Arc<MetaStore>,
+    vfs: StdVfs,
+    root: PathBuf,
+    clock: Clock,
+    inputs: VecDeque<Input>,
+}
+
+/// An append done in this round, waiting for the round's fsync.
+struct Appended {
+    id: u64,
+    disk: DiskId,
+    point: Option<PointRecord>,
+}
+
+impl<T: Transport> Driver<T> {
+    async fn run(mut self, mut events: mpsc::Receiver<NetInbound>) -> Result<(), RoleError> {
+        loop {
+            let deadline = self.mt.poll_timeout();
+            let mut batch = vec![];
+            tokio::select! {
+                biased;
+                ev = events.recv() => match ev {
+                    Some(ev) => batch.push(ev),
+                    None => return Ok(()),
+                },
+                _ = sleep_until(&self.clock, deadline) => self.inputs.push_back(Input::Tick),
+            }
+            while batch.len() < EVENTS_PER_TURN_MAX {
+                match events.try_recv() {
+                    Ok(ev) => batch.push(ev),
+                    Err(_) => break,
+                }
+            }
+            for ev in batch {
+                let input = match ev {
+                    NetInbound::Up { conn, writer, event } => {
+                        self.net.up(conn, writer);
+                        event
+                    }
+                    NetInbound::Event(event) => {
+                        if let NetEvent::Closed { conn, .. } = &event {
+                            self.net.closed(*conn);
+                        }
+                        event
+                    }
+                };
+                self.inputs.push_back(Input::Net(input));
+            }
+            self.run_inputs()?;
+        }
+    }
+
+    fn run_inputs(&mut self) -> Result<(), RoleError> {
+        while !self.inputs.is_empty() {
+            let mut appended = vec![];
+            while let Some(input) = self.inputs.pop_front() {
+                self.mt.handle(self.clock.now(), input);
+                while let Some(out) = self.mt.poll_output() {
+                    self.execute(out, &mut appended)?;
+                }
+            }
+            if !appended.is_empty() {
+                self.commit(appended)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Syncs the journals appended to, records their points, then reports them persisted.
+    fn commit(&mut self, appended: Vec<Appended>) -> Result<(), RoleError> {
+        let mut replicas = self.replicas.lock().expect("replica lock");
+        let mut points: BTreeMap<DiskId, Vec<PointRecord>> = BTreeMap::new();
+        for a in &appended {
+            points.entry(a.disk.clone()).or_default().extend(a.point.clone());
+        }
+        for (disk, pts) in &points {
+            let r = replicas.get_mut(disk).expect("appended replica exists");
+            r.sync().map_err(|e| fail(format!("journal fsync failed: {e}")))?;
+            self.meta.add_points(disk, pts).map_err(fail)?;
+        }
+        for a in appended {
+            let journal_bytes = replicas.get(&a.disk).map_or(0, |r| r.meta.journal_bytes);
+            self.inputs.push_back(Input::JournalPersisted { id: a.id, journal_bytes });
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, out: Output, appended: &mut Vec<Appended>) -> Result<(), RoleError> {
+        match out {
+            Output::Net(cmd) => self.net.execute(cmd),
+            Output::CreateReplica(m) => {
+                self.meta.save_replica(&m).map_err(fail)?;
+                let r = Replica::open(&self.vfs, &self.root, m, &self.meta).map_err(fail)?;
+                tracing::info!("replica {} created ({} bytes)", r.meta.disk, r.meta.size_bytes);
+                self.replicas.lock().expect("replica lock").insert(r.meta.disk.clone(), r);
+            }
+            Output::SaveReplica(m) => {
+                if let Some(why) = &m.inconsistent {
+                    tracing::warn!("replica {} is inconsistent: {why}", m.disk);
+                }
+                self.meta.save_replica(&m).map_err(fail)?;
+                if let Some(r) = self.replicas.lock().expect("replica lock").get_mut(&m.disk) {
+                    r.meta.epoch = m.epoch;
+                    r.meta.inconsistent = m.inconsistent.clone();
+                }
+            }
+            Output::JournalAppend { id, header, data } => {
+                let mut replicas = self.replicas.lock().expect("replica lock");
+                let r = replicas.get_mut(&header.disk).expect("core appends only to known replicas");
+                r.append(&header, &data).map_err(fail)?;
+                let point = header.consistent.then(|| PointRecord { seq: header.last_seq, time: header.last_time, kind: PointKind::Crash });
+                appended.push(Appended { id, disk: header.disk.clone(), point });
+            }
+        }
+        Ok(())
+    }
+}

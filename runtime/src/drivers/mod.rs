@@ -1,0 +1,76 @@
+//! The tokio drivers of the four roles. Each owns one core state machine and follows the same
+//! loop (quinn's `ConnectionDriver` shape): wait for an event or the core's timeout, feed it to
+//! `handle`, drain `poll_output` and carry every output out, in order; storage completions are
+//! queued and fed back as inputs after the drain, in the order the outputs were emitted. Group
+//! commit falls out of this: all appends of one drain share one fsync.
+//!
+//! Time is read only through `tokio::time` (plus one wall-clock reading at start, to stamp
+//! recovery points), so that the simulation's clock applies.
+
+pub mod agent;
+pub mod config_server;
+pub mod master_target;
+pub mod process_server;
+
+use haven_core::time::Timestamp;
+use tokio::time::Instant;
+
+/// Most events taken from a channel in one loop turn before outputs are carried out; keeps
+/// group commits large under load without starving timers.
+pub const EVENTS_PER_TURN_MAX: usize = 256;
+/// Depth of a driver's network event channel: readers wait (TCP backpressure) past it.
+pub const EVENT_CHANNEL_DEPTH: usize = 1024;
+
+/// The driver's clock: wall time at start plus tokio's monotonic elapsed time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    base_us: u64,
+    start: Instant,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        let base_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        Clock { base_us, start: Instant::now() }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        Timestamp(self.base_us + self.start.elapsed().as_micros() as u64)
+    }
+
+    /// The tokio instant at which `t` falls.
+    pub fn instant(&self, t: Timestamp) -> Instant {
+        self.start + std::time::Duration::from_micros(t.0.saturating_sub(self.base_us))
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Sleeps until `deadline`, or forever if there is none.
+pub async fn sleep_until(clock: &Clock, deadline: Option<Timestamp>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(clock.instant(t)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A fatal storage or setup error of a role: it stops, loudly.
+#[derive(Debug, thiserror::Error)]
+#[error("{role}: {message}")]
+pub struct RoleError {
+    pub role: &'static str,
+    pub message: String,
+}
+
+impl RoleError {
+    pub fn new(role: &'static str, message: impl std::fmt::Display) -> Self {
+        RoleError { role, message: message.to_string() }
+    }
+}

@@ -1,0 +1,138 @@
+//! The process server's driver: the durable cache, forwarding of cached frames, connections.
+
+use super::{sleep_until, Clock, RoleError, EVENTS_PER_TURN_MAX, EVENT_CHANNEL_DEPTH};
+use crate::meta::MetaStore;
+use crate::net::{Net, NetInbound};
+use crate::stores::cache::Cache;
+use crate::transport::Transport;
+use crate::vfs::{StdVfs, Vfs};
+use haven_core::ids::Epoch;
+use haven_core::net::NetEvent;
+use haven_core::process_server::{Input, Output, ProcessServer, ProcessServerSettings};
+use haven_core::protocol::{Hello, Role, PROTOCOL_VERSION};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use tokio::sync::mpsc;
+
+#[derive(Clone, Debug)]
+pub struct ProcessServerConfig {
+    pub settings: ProcessServerSettings,
+    pub data_dir: PathBuf,
+    /// Where agents connect (for example 0.0.0.0:7100).
+    pub listen: String,
+}
+
+pub struct ProcessServerHandle {
+    pub addr: String,
+    pub task: tokio::task::JoinHandle<Result<(), RoleError>>,
+}
+
+fn fail(e: impl std::fmt::Display) -> RoleError {
+    RoleError::new("process-server", e)
+}
+
+pub async fn start<T: Transport>(transport: T, mut cfg: ProcessServerConfig) -> Result<ProcessServerHandle, RoleError> {
+    let vfs = StdVfs;
+    vfs.create_dir_all(&cfg.data_dir).map_err(fail)?;
+    let meta = MetaStore::open(&cfg.data_dir.join("process-server.redb")).map_err(fail)?;
+    let (cache, cached) = Cache::open(vfs, &cfg.data_dir).map_err(fail)?;
+    let listener = transport.bind(&cfg.listen).await.map_err(|e| fail(format!("listen on {}: {e}", cfg.listen)))?;
+    let addr = T::local_addr(&listener).map_err(fail)?;
+    if cfg.settings.data_addr.is_empty() {
+        cfg.settings.data_addr = addr.clone();
+    }
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_DEPTH);
+    let hello = Hello { version: PROTOCOL_VERSION, role: Role::ProcessServer, component: cfg.settings.component.clone(), epoch: Epoch(0) };
+    let net = Net::new(transport, hello, vec![Role::Agent], ev_tx);
+    net.listen(listener);
+    let clock = Clock::new();
+    let disks = meta.ps_disks().map_err(fail)?;
+    tracing::info!("process server: {} cached batches recovered", cached.len());
+    let ps = ProcessServer::new(cfg.settings.clone(), disks, cached, clock.now());
+    let driver = Driver { ps, net, cache, meta, clock, inputs: VecDeque::new() };
+    let task = tokio::spawn(driver.run(ev_rx));
+    Ok(ProcessServerHandle { addr, task })
+}
+
+struct Driver<T: Transport> {
+    ps: ProcessServer,
+    net: Net<T>,
+    cache: Cache<StdVfs>,
+    meta: MetaStore,
+    clock: Clock,
+    inputs: VecDeque<Input>,
+}
+
+impl<T: Transport> Driver<T> {
+    async fn run(mut self, mut events: mpsc::Receiver<NetInbound>) -> Result<(), RoleError> {
+        loop {
+            let deadline = self.ps.poll_timeout();
+            let mut batch = vec![];
+            tokio::select! {
+                biased;
+                ev = events.recv() => match ev {
+                    Some(ev) => batch.push(ev),
+                    None => return Ok(()),
+                },
+                _ = sleep_until(&self.clock, deadline) => self.inputs.push_back(Input::Tick),
+            }
+            while batch.len() < EVENTS_PER_TURN_MAX {
+                match events.try_recv() {
+                    Ok(ev) => batch.push(ev),
+                    Err(_) => break,
+                }
+            }
+            for ev in batch {
+                let input = match ev {
+                    NetInbound::Up { conn, writer, event } => {
+                        self.net.up(conn, writer);
+                        event
+                    }
+                    NetInbound::Event(event) => {
+                        if let NetEvent::Closed { conn, .. } = &event {
+                            self.net.closed(*conn);
+                        }
+                        event
+                    }
+                };
+                self.inputs.push_back(Input::Net(input));
+            }
+            self.run_inputs()?;
+        }
+    }
+
+    /// Feeds queued inputs; appends made while handling a whole round of inputs share one fsync.
+    fn run_inputs(&mut self) -> Result<(), RoleError> {
+        while !self.inputs.is_empty() {
+            let mut persisted = vec![];
+            while let Some(input) = self.inputs.pop_front() {
+                self.ps.handle(self.clock.now(), input);
+                while let Some(out) = self.ps.poll_output() {
+                    self.execute(out, &mut persisted)?;
+                }
+            }
+            if !persisted.is_empty() {
+                self.cache.sync().map_err(|e| fail(format!("cache fsync failed: {e}")))?;
+                self.inputs.extend(persisted);
+            }
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, out: Output, persisted: &mut Vec<Input>) -> Result<(), RoleError> {
+        match out {
+            Output::Net(cmd) => self.net.execute(cmd),
+            Output::CacheAppend { id, header, data } => {
+                let (loc, bytes) = self.cache.append(header, &data).map_err(fail)?;
+                persisted.push(Input::CachePersisted { id, loc, bytes });
+            }
+            Output::Forward { conn, disk, loc } => {
+                let frame = self.cache.read(&disk, loc).map_err(fail)?;
+                self.net.send_raw(conn, frame);
+            }
+            Output::CacheRelease { disk, through } => self.cache.release_through(&disk, through).map_err(fail)?,
+            Output::SaveDisk(m) => self.meta.save_ps_disk(&m).map_err(fail)?,
+        }
+        Ok(())
+    }
+}

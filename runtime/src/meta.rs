@@ -1,0 +1,175 @@
+//! Metadata in redb: small records that must survive restarts. Block data never goes here; it
+//! lives in segment files and images (redb is for the index, not the payload).
+//!
+//! Every commit that backs a promise to a peer is `Durability::Immediate`. A failed commit is
+//! fatal for the role: the caller stops, and reopening repairs (redb recovers on open).
+
+use haven_core::ids::{DiskId, Seq};
+use haven_core::master_target::ReplicaMeta;
+use haven_core::process_server::CacheDiskMeta;
+use haven_core::time::Timestamp;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+const AGENT_RESERVED: TableDefinition<&str, u64> = TableDefinition::new("agent_reserved");
+const PS_DISKS: TableDefinition<&str, &[u8]> = TableDefinition::new("ps_disks");
+const MT_REPLICAS: TableDefinition<&str, &[u8]> = TableDefinition::new("mt_replicas");
+/// (disk, seq) -> postcard `PointRecord`.
+const MT_POINTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mt_points");
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("metadata store {path}: {msg}; if the file is damaged, restore it or remove it to rebuild from the data files")]
+    Open { path: String, msg: String },
+    #[error("metadata store: {0}")]
+    Db(String),
+}
+
+fn db_err<E: std::fmt::Display>(e: E) -> MetaError {
+    MetaError::Db(e.to_string())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PointKind {
+    Crash,
+}
+
+/// A recovery point as listed by a master target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointRecord {
+    pub seq: Seq,
+    pub time: Timestamp,
+    pub kind: PointKind,
+}
+
+pub struct MetaStore {
+    db: Database,
+}
+
+impl MetaStore {
+    pub fn open(path: &Path) -> Result<MetaStore, MetaError> {
+        let db = Database::create(path).map_err(|e| MetaError::Open { path: path.display().to_string(), msg: e.to_string() })?;
+        let store = MetaStore { db };
+        // Create the tables so that readers never find them missing.
+        store.write(|tx| {
+            tx.open_table(AGENT_RESERVED).map_err(db_err)?;
+            tx.open_table(PS_DISKS).map_err(db_err)?;
+            tx.open_table(MT_REPLICAS).map_err(db_err)?;
+            tx.open_table(MT_POINTS).map_err(db_err)?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    fn write<R>(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<R, MetaError>) -> Result<R, MetaError> {
+        self.write_with(Durability::Immediate, f)
+    }
+
+    fn write_with<R>(&self, d: Durability, f: impl FnOnce(&redb::WriteTransaction) -> Result<R, MetaError>) -> Result<R, MetaError> {
+        let mut tx = self.db.begin_write().map_err(db_err)?;
+        tx.set_durability(d).map_err(db_err)?;
+        let r = f(&tx)?;
+        tx.commit().map_err(db_err)?;
+        Ok(r)
+    }
+
+    pub fn agent_reserved(&self, disk: &DiskId) -> Result<Seq, MetaError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(AGENT_RESERVED).map_err(db_err)?;
+        Ok(t.get(disk.as_str()).map_err(db_err)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    pub fn set_agent_reserved(&self, disk: &DiskId, reserved: Seq) -> Result<(), MetaError> {
+        self.write(|tx| {
+            tx.open_table(AGENT_RESERVED).map_err(db_err)?.insert(disk.as_str(), reserved).map_err(db_err)?;
+            Ok(())
+        })
+    }
+
+    pub fn ps_disks(&self) -> Result<Vec<CacheDiskMeta>, MetaError> {
+        self.all(PS_DISKS)
+    }
+
+    /// Losing this only causes resends, so it does not wait for the disk.
+    pub fn save_ps_disk(&self, m: &CacheDiskMeta) -> Result<(), MetaError> {
+        let bytes = postcard::to_allocvec(m).map_err(db_err)?;
+        self.write_with(Durability::None, |tx| {
+            tx.open_table(PS_DISKS).map_err(db_err)?.insert(m.disk.as_str(), bytes.as_slice()).map_err(db_err)?;
+            Ok(())
+        })
+    }
+
+    pub fn replicas(&self) -> Result<Vec<ReplicaMeta>, MetaError> {
+        self.all(MT_REPLICAS)
+    }
+
+    pub fn save_replica(&self, m: &ReplicaMeta) -> Result<(), MetaError> {
+        let bytes = postcard::to_allocvec(m).map_err(db_err)?;
+        self.write(|tx| {
+            tx.open_table(MT_REPLICAS).map_err(db_err)?.insert(m.disk.as_str(), bytes.as_slice()).map_err(db_err)?;
+            Ok(())
+        })
+    }
+
+    /// Records recovery points (one commit for the lot).
+    pub fn add_points(&self, disk: &DiskId, points: &[PointRecord]) -> Result<(), MetaError> {
+        self.write(|tx| {
+            let mut t = tx.open_table(MT_POINTS).map_err(db_err)?;
+            for p in points {
+                let bytes = postcard::to_allocvec(p).map_err(db_err)?;
+                t.insert((disk.as_str(), p.seq), bytes.as_slice()).map_err(db_err)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Drops points above `seq` (a journal tail cut after a crash took their data).
+    pub fn truncate_points_after(&self, disk: &DiskId, seq: Seq) -> Result<usize, MetaError> {
+        self.write(|tx| {
+            let mut t = tx.open_table(MT_POINTS).map_err(db_err)?;
+            let doomed: Vec<u64> = t
+                .range((disk.as_str(), seq.saturating_add(1))..=(disk.as_str(), u64::MAX))
+                .map_err(db_err)?
+                .map(|r| r.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()
+                .map_err(db_err)?;
+            for s in &doomed {
+                t.remove((disk.as_str(), *s)).map_err(db_err)?;
+            }
+            Ok(doomed.len())
+        })
+    }
+
+    pub fn points(&self, disk: &DiskId) -> Result<Vec<PointRecord>, MetaError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(MT_POINTS).map_err(db_err)?;
+        let mut out = vec![];
+        for r in t.range((disk.as_str(), 0)..=(disk.as_str(), u64::MAX)).map_err(db_err)? {
+            let (_, v) = r.map_err(db_err)?;
+            out.push(postcard::from_bytes(v.value()).map_err(db_err)?);
+        }
+        Ok(out)
+    }
+
+    pub fn last_point(&self, disk: &DiskId) -> Result<Option<PointRecord>, MetaError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(MT_POINTS).map_err(db_err)?;
+        let last = t.range((disk.as_str(), 0)..=(disk.as_str(), u64::MAX)).map_err(db_err)?.next_back();
+        match last {
+            Some(r) => Ok(Some(postcard::from_bytes(r.map_err(db_err)?.1.value()).map_err(db_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn all<T: serde::de::DeserializeOwned>(&self, def: TableDefinition<&str, &[u8]>) -> Result<Vec<T>, MetaError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(def).map_err(db_err)?;
+        let mut out = vec![];
+        for r in t.iter().map_err(db_err)? {
+            let (_, v) = r.map_err(db_err)?;
+            out.push(postcard::from_bytes(v.value()).map_err(db_err)?);
+        }
+        Ok(out)
+    }
+}

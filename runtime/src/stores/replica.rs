@@ -1,0 +1,183 @@
+//! A master target's replica of one disk: a sparse base image, a journal of batches (segment
+//! log), and the block index that makes any recovery point readable block by block.
+//!
+//! Journal record body: `ctl_len u32 LE`, postcard `BatchHeader`, then the batch's raw data.
+//! The journal is the truth: on open the index is rebuilt from it, a torn tail is cut (by the
+//! segment log), and recovery points in redb are reconciled with it (points past the journal
+//! are dropped, points missing from redb are added).
+
+use crate::meta::{MetaStore, PointKind, PointRecord};
+use crate::segment::{RecordLoc, SegmentLog, SegmentSettings};
+use crate::vfs::{is_zero, VFile, Vfs};
+use haven_core::batch::{BatchHeader, BLOCK_BYTES};
+use haven_core::ids::{DiskId, Seq};
+use haven_core::index::{BlockIndex, BlockSource};
+use haven_core::master_target::ReplicaMeta;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("replica {disk}: {what}: {source}")]
+    Io { disk: String, what: String, source: std::io::Error },
+    #[error("replica {disk}: journal: {0}", disk = .1)]
+    Journal(crate::segment::SegmentError, String),
+    #[error("replica {disk}: journal record at {loc:?} does not decode: {what}; the journal is damaged, restore it")]
+    Record { disk: String, loc: RecordLoc, what: String },
+    #[error("replica {disk}: read of {len} bytes at {offset} is past the end of the {size}-byte disk")]
+    OutOfRange { disk: String, offset: u64, len: u64, size: u64 },
+    #[error("replica {disk}: seq {seq} is not a recovery point; list points with `haven points {disk}`")]
+    NoSuchPoint { disk: String, seq: Seq },
+    #[error(transparent)]
+    Meta(#[from] crate::meta::MetaError),
+}
+
+pub struct Replica<V: Vfs> {
+    pub meta: ReplicaMeta,
+    base: V::File,
+    journal: SegmentLog<V>,
+    index: BlockIndex,
+}
+
+fn loc_key(loc: RecordLoc) -> (u64, u64) {
+    (loc.segment, loc.offset)
+}
+
+/// Splits a journal record body into its header and the offset of its data part.
+fn decode_record(body: &[u8]) -> Result<(BatchHeader, u64), String> {
+    let ctl_len = u32::from_le_bytes(body.get(..4).ok_or("short record")?.try_into().expect("4 bytes")) as usize;
+    let ctl = body.get(4..4 + ctl_len).ok_or("control part past the record end")?;
+    let header: BatchHeader = postcard::from_bytes(ctl).map_err(|e| e.to_string())?;
+    header.validate().map_err(|e| e.to_string())?;
+    let data_offset = 4 + ctl_len as u64;
+    if body.len() as u64 != data_offset + header.raw_bytes {
+        return Err("data length does not match the header".into());
+    }
+    Ok((header, data_offset))
+}
+
+pub fn replica_dir(root: &Path, disk: &DiskId) -> PathBuf {
+    root.join("replicas").join(disk.as_str())
+}
+
+impl<V: Vfs + Clone> Replica<V> {
+    /// Creates or opens a replica under `root`, rebuilding the index from the journal.
+    pub fn open(vfs: &V, root: &Path, mut meta: ReplicaMeta, store: &MetaStore) -> Result<Self, ReplicaError> {
+        let disk = meta.disk.to_string();
+        let dir = replica_dir(root, &meta.disk);
+        let io = |what: &str| {
+            let (disk, what) = (disk.clone(), what.to_string());
+            move |source| ReplicaError::Io { disk, what, source }
+        };
+        vfs.create_dir_all(&dir).map_err(io("create directory"))?;
+        let base = vfs.open(&dir.join("base.img"), true).map_err(io("open base image"))?;
+        if base.len().map_err(io("stat base image"))? != meta.size_bytes {
+            base.set_len(meta.size_bytes).map_err(io("size base image"))?;
+            base.sync_data().map_err(io("sync base image"))?;
+        }
+        let (journal, records) = SegmentLog::open(vfs.clone(), dir.join("journal"), SegmentSettings::default())
+            .map_err(|e| ReplicaError::Journal(e, disk.clone()))?;
+        let mut index = BlockIndex::new();
+        let last_point = store.last_point(&meta.disk)?.map_or(0, |p| p.seq);
+        let mut missing = vec![];
+        let mut applied = 0;
+        for r in &records {
+            let (_, body) = journal.read(r.loc).map_err(|e| ReplicaError::Journal(e, disk.clone()))?;
+            let (header, data_offset) =
+                decode_record(&body).map_err(|what| ReplicaError::Record { disk: disk.clone(), loc: r.loc, what })?;
+            index.insert_batch(&header, loc_key(r.loc), data_offset);
+            applied = header.last_seq;
+            if header.consistent && header.last_seq > last_point {
+                missing.push(PointRecord { seq: header.last_seq, time: header.last_time, kind: PointKind::Crash });
+            }
+        }
+        let cut = store.truncate_points_after(&meta.disk, applied)?;
+        if cut > 0 {
+            tracing::warn!("replica {disk}: dropped {cut} recovery points whose journal tail was torn by a crash");
+        }
+        store.add_points(&meta.disk, &missing)?;
+        meta.applied_seq = applied;
+        meta.points = store.points(&meta.disk)?.len() as u64;
+        meta.journal_bytes = journal.stats().bytes;
+        Ok(Replica { meta, base, journal, index })
+    }
+
+    /// Appends a batch (raw data) to the journal and indexes it. Not durable until `sync`.
+    pub fn append(&mut self, header: &BatchHeader, data: &[u8]) -> Result<(), ReplicaError> {
+        let ctl = postcard::to_allocvec(header).expect("a batch header always encodes");
+        let mut body = Vec::with_capacity(4 + ctl.len() + data.len());
+        body.extend_from_slice(&(ctl.len() as u32).to_le_bytes());
+        body.extend_from_slice(&ctl);
+        body.extend_from_slice(data);
+        let loc = self
+            .journal
+            .append(header.first_seq, header.last_seq, &body)
+            .map_err(|e| ReplicaError::Journal(e, self.meta.disk.to_string()))?;
+        self.index.insert_batch(header, loc_key(loc), 4 + ctl.len() as u64);
+        self.meta.applied_seq = header.last_seq;
+        self.meta.journal_bytes = self.journal.stats().bytes;
+        Ok(())
+    }
+
+    pub fn sync(&mut self) -> Result<(), ReplicaError> {
+        self.journal.sync().map_err(|e| ReplicaError::Journal(e, self.meta.disk.to_string()))
+    }
+
+    pub fn index_entries(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Reads `buf.len()` bytes at `offset` of the disk as it was at `seq`.
+    pub fn read_at(&self, seq: Seq, offset: u64, buf: &mut [u8]) -> Result<(), ReplicaError> {
+        let size = self.meta.size_bytes;
+        let len = buf.len() as u64;
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(ReplicaError::OutOfRange { disk: self.meta.disk.to_string(), offset, len, size });
+        }
+        let mut block_buf = vec![0u8; BLOCK_BYTES as usize];
+        let mut pos = offset;
+        while pos < offset + len {
+            let block = pos / BLOCK_BYTES;
+            let in_block = pos % BLOCK_BYTES;
+            let n = (BLOCK_BYTES - in_block).min(offset + len - pos);
+            let dst = &mut buf[(pos - offset) as usize..(pos - offset + n) as usize];
+            match self.index.lookup(block, seq) {
+                Some(BlockSource::Zero) => dst.fill(0),
+                Some(BlockSource::Journal { record, body_offset }) => {
+                    let loc = RecordLoc { segment: record.0, offset: record.1 };
+                    self.journal
+                        .read_body_range(loc, body_offset, &mut block_buf)
+                        .map_err(|e| ReplicaError::Journal(e, self.meta.disk.to_string()))?;
+                    dst.copy_from_slice(&block_buf[in_block as usize..(in_block + n) as usize]);
+                }
+                None => self.base.read_at(dst, pos).map_err(|source| ReplicaError::Io {
+                    disk: self.meta.disk.to_string(),
+                    what: "read base image".into(),
+                    source,
+                })?,
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes per chunk when writing a point out.
+pub const EXPORT_CHUNK_BYTES: u64 = 4 << 20;
+
+/// Writes the disk at `seq` to `out` (a sparse file: zero chunks are skipped).
+pub fn export_to<V: Vfs + Clone, F: VFile>(replica: &Replica<V>, seq: Seq, out: &F) -> Result<(), ReplicaError> {
+    let size = replica.meta.size_bytes;
+    let io = |source| ReplicaError::Io { disk: replica.meta.disk.to_string(), what: "write export".into(), source };
+    out.set_len(size).map_err(io)?;
+    let mut buf = vec![0u8; EXPORT_CHUNK_BYTES as usize];
+    let mut off = 0;
+    while off < size {
+        let n = EXPORT_CHUNK_BYTES.min(size - off) as usize;
+        replica.read_at(seq, off, &mut buf[..n])?;
+        if !is_zero(&buf[..n]) {
+            out.write_at(&buf[..n], off).map_err(io)?;
+        }
+        off += n as u64;
+    }
+    out.sync_data().map_err(io)
+}

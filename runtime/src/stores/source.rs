@@ -1,0 +1,83 @@
+//! The agent's source disk: the raw file or block device the workload's writes land on.
+
+use crate::vfs::{VFile, Vfs};
+use haven_core::agent::SourceOp;
+use haven_core::batch::BLOCK_BYTES;
+use std::path::Path;
+
+pub struct SourceDisk<F: VFile> {
+    file: F,
+    size_bytes: u64,
+}
+
+impl<F: VFile> SourceDisk<F> {
+    pub fn open<V: Vfs<File = F>>(vfs: &V, path: &Path, create_size: Option<u64>) -> std::io::Result<Self> {
+        let exists = std::fs::metadata(path).is_ok();
+        let file = vfs.open(path, create_size.is_some())?;
+        if let (Some(size), false) = (create_size, exists) {
+            file.set_len(size)?;
+        }
+        let size_bytes = file.len()?;
+        if size_bytes == 0 || size_bytes % BLOCK_BYTES != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{}: size {size_bytes} is not a positive multiple of {BLOCK_BYTES} bytes", path.display()),
+            ));
+        }
+        Ok(SourceDisk { file, size_bytes })
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.file.read_at(buf, offset)
+    }
+
+    /// Carries out a write op and returns the whole blocks it touched as they are now (None when
+    /// the op zeroed whole blocks).
+    pub fn apply(&self, op: SourceOp) -> std::io::Result<Option<Vec<u8>>> {
+        let aligned = op.aligned();
+        let (block, blocks) = op.block_span();
+        match op {
+            SourceOp::Write { offset, data } => {
+                self.file.write_at(&data, offset)?;
+                if aligned {
+                    return Ok(Some(data));
+                }
+            }
+            SourceOp::Zero { offset, len, punch } => {
+                if punch {
+                    self.file.punch_hole(offset, len)?;
+                } else {
+                    write_zeros(&self.file, offset, len)?;
+                }
+                if aligned {
+                    return Ok(None);
+                }
+            }
+        }
+        // Unaligned: the stream carries whole blocks, read back right after the write so that
+        // they hold exactly what the disk holds at this seq.
+        let mut buf = vec![0u8; blocks as usize * BLOCK_BYTES as usize];
+        self.file.read_at(&mut buf, block * BLOCK_BYTES)?;
+        Ok(Some(buf))
+    }
+
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+fn write_zeros<F: VFile>(file: &F, mut offset: u64, len: u64) -> std::io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min(len) as usize];
+    let end = offset + len;
+    while offset < end {
+        let n = CHUNK.min(end - offset);
+        file.write_at(&zeros[..n as usize], offset)?;
+        offset += n;
+    }
+    Ok(())
+}
