@@ -1,1 +1,146 @@
-fn main() {}
+//! `haven`: runs any Haven role, all roles at once (`haven lab`), and the console commands.
+
+mod config;
+mod console;
+mod lab;
+mod size;
+
+use clap::{Parser, Subcommand};
+use haven_runtime::drivers::{self, RoleError};
+use haven_runtime::transport::Tcp;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "haven", version, about = "Haven: disaster recovery by continuous replication of server disks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent of a protected machine (serves its disks over NBD).
+    Agent {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a process server (durable cache between agents and master targets).
+    ProcessServer {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a master target (replicas and their recovery points).
+    MasterTarget {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the configuration server (registration, placement, monitoring, REST API).
+    ConfigServer {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run all four roles on loopback with one sparse disk, for a local trial.
+    Lab {
+        #[arg(long, default_value = "haven-lab")]
+        dir: PathBuf,
+        #[arg(long, default_value = "1G", value_parser = size::parse_size)]
+        disk_size: u64,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        nbd_listen: String,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        api_listen: String,
+        /// Seconds between status lines.
+        #[arg(long, default_value_t = 5)]
+        status_interval: u64,
+    },
+    /// Show components and protected disks.
+    Status {
+        #[arg(long, env = "HAVEN_API")]
+        api: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a disk's recovery points.
+    Points {
+        disk: String,
+        #[arg(long, env = "HAVEN_API")]
+        api: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a disk as it was at a recovery point to a raw image file.
+    Export {
+        disk: String,
+        #[arg(long, env = "HAVEN_API")]
+        api: String,
+        /// `latest`, a seq, or a UTC time (YYYY-MM-DDTHH:MM:SSZ or @UNIX_SECONDS): the newest
+        /// point at or before it.
+        #[arg(long, default_value = "latest")]
+        point: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HAVEN_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn wait(name: &str, task: tokio::task::JoinHandle<Result<(), RoleError>>) -> Result<(), String> {
+    tokio::select! {
+        r = task => match r {
+            Ok(Ok(())) => Err(format!("{name} stopped")),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("{name} panicked: {e}")),
+        },
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let api = |a: &str| haven_runtime::http::parse_base_url(a).map_err(|e| e.to_string());
+    match cli.command {
+        Command::Agent { config } => {
+            let cfg = config::load::<config::AgentFile>(&config)?.into_config()?;
+            let h = drivers::agent::start(Tcp, cfg).await.map_err(|e| e.to_string())?;
+            tracing::info!("agent running; NBD on {}", h.nbd_addr);
+            wait("agent", h.task).await
+        }
+        Command::ProcessServer { config } => {
+            let cfg = config::load::<config::ProcessServerFile>(&config)?.into_config()?;
+            let h = drivers::process_server::start(Tcp, cfg).await.map_err(|e| e.to_string())?;
+            tracing::info!("process server running on {}", h.addr);
+            wait("process server", h.task).await
+        }
+        Command::MasterTarget { config } => {
+            let cfg = config::load::<config::MasterTargetFile>(&config)?.into_config();
+            let h = drivers::master_target::start(Tcp, cfg).await.map_err(|e| e.to_string())?;
+            tracing::info!("master target running on {}, API on {}", h.addr, h.api_addr);
+            wait("master target", h.task).await
+        }
+        Command::ConfigServer { config } => {
+            let cfg = config::load::<config::ConfigServerFile>(&config)?.into_config();
+            let h = drivers::config_server::start(Tcp, cfg).await.map_err(|e| e.to_string())?;
+            tracing::info!("configuration server running on {}, API on http://{}", h.addr, h.api_addr);
+            wait("configuration server", h.task).await
+        }
+        Command::Lab { dir, disk_size, nbd_listen, api_listen, status_interval } => {
+            let o = lab::LabOptions { dir, disk_size, nbd_listen, api_listen, status_interval_s: status_interval };
+            lab::run(o).await
+        }
+        Command::Status { api: a, json } => console::status(&api(&a)?, json).await,
+        Command::Points { disk, api: a, json } => console::points(&api(&a)?, &disk, json).await,
+        Command::Export { disk, api: a, point, out } => console::export(&api(&a)?, &disk, &point, &out).await,
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("haven: {e}");
+        std::process::exit(1);
+    }
+}

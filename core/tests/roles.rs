@@ -11,7 +11,6 @@ use haven_core::process_server::{self as ps, CacheDiskMeta, CacheLoc, CachedBatc
 use haven_core::protocol::{self, DiskInfo, Hello, Message, Registration, Role, PROTOCOL_VERSION};
 use haven_core::{ComponentId, ConnId, DiskId, Epoch, Seq, Timestamp};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
 
 const B: usize = BLOCK_BYTES as usize;
 const DISK_BLOCKS: usize = 32;
@@ -613,7 +612,8 @@ fn random_op(c: &mut Cluster, rng: &mut Rng) -> IoId {
         }
         _ => {
             let off = rng.below(DISK_BYTES as u64 - 100) as usize;
-            let data = rng.bytes(1 + rng.below(99) as usize);
+            let len = 1 + rng.below(99) as usize;
+            let data = rng.bytes(len);
             c.submit(SourceOp::Write { offset: off as u64, data }, true)
         }
     }
@@ -991,7 +991,15 @@ fn agent_holds_writes_past_its_buffer_and_completes_them_after_acks() {
     settings.batch_bytes_max = BLOCK_BYTES;
     settings.buffer_bytes_max = 4 * BLOCK_BYTES;
     let mut c = Cluster::new(settings, false); // no process server
-    let ios: Vec<IoId> = (0..10).map(|i| c.write(i * B, vec![i as u8 + 1; B])).collect();
+    // One write at a time (queue depth 1): the limit counts recorded writes, so writes already
+    // in flight when it is reached still complete; the ones that arrive after it are held.
+    let ios: Vec<IoId> = (0..10)
+        .map(|i| {
+            let io = c.write(i * B, vec![i as u8 + 1; B]);
+            c.run();
+            io
+        })
+        .collect();
     c.advance(200);
     let done: Vec<IoId> = ios.iter().copied().filter(|io| c.completed.contains_key(io)).collect();
     assert_eq!(done, ios[..4], "writes past the buffer limit are held, not failed");
@@ -1068,5 +1076,39 @@ fn the_cluster_is_wired_by_the_config_server() {
     assert_eq!(c.delivered_to(Node::Mt, "OpenStream").len(), 1, "process server -> master target stream");
     assert!(c.agent.stats().disks[0].connected);
     assert!(c.ps.as_ref().unwrap().stats().disks[0].master_target_connected);
-    let _: Arc<Vec<u8>> = Arc::new(vec![]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// process server cache full: agents are told Busy and wait
+
+#[test]
+fn a_full_cache_makes_the_agent_wait_without_a_resend_storm() {
+    let mut settings = agent_settings();
+    settings.batch_bytes_max = BLOCK_BYTES;
+    settings.window_batches_max = 4;
+    let mut c = Cluster::new(settings, false);
+    let mut pss = ps_settings();
+    pss.cache_bytes_max = 3 * BLOCK_BYTES + 1000; // three cached batches
+    pss.busy_retry_ms = 20;
+    c.ps = Some(ProcessServer::new(pss.clone(), vec![], vec![], c.now));
+    c.advance(30);
+    c.hold_journal = true; // the master target is slow: nothing leaves the cache
+    let mut rng = Rng(5);
+    for i in 0..8 {
+        let data = rng.bytes(B); // incompressible
+        c.write(i * B, data);
+        c.run();
+    }
+    c.advance(200);
+    let busy = c.delivered_to(Node::Agent, "Busy").len();
+    let batches = c.delivered_to(Node::Ps, "Batch").len();
+    // Resends are paced by busy_retry_ms: about 4 per 20 ms over 200 ms, not a tight loop.
+    assert!(busy > 0, "the cache filled up");
+    assert!(batches < 100, "{batches} batches sent in 200 ms while the cache is full ({busy} Busy)");
+    assert_eq!(c.agent.stats().disks[0].seq_cached, 3);
+
+    c.hold_journal = false;
+    c.persist_journal(usize::MAX);
+    c.settle();
+    c.assert_replica_is_source();
 }

@@ -1,0 +1,219 @@
+//! The TOML configuration of each role (documented, with examples, in docs/operations.md and
+//! docs/examples/). Unknown keys are errors, so that a typo is not silently ignored.
+
+use crate::size::{de_opt_size, de_size};
+use haven_core::agent::AgentSettings;
+use haven_core::batch::BATCH_DATA_BYTES_MAX;
+use haven_core::config_server::{ConfigServerSettings, ProtectionRule};
+use haven_core::ids::{ComponentId, DiskId};
+use haven_core::master_target::MasterTargetSettings;
+use haven_core::process_server::ProcessServerSettings;
+use haven_runtime::drivers::agent::{AgentConfig, AgentDiskConfig};
+use haven_runtime::drivers::config_server::ConfigServerConfig;
+use haven_runtime::drivers::master_target::MasterTargetConfig;
+use haven_runtime::drivers::process_server::ProcessServerConfig;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_BATCH_BYTES_MAX: u64 = 4 << 20;
+pub const DEFAULT_BATCH_DELAY_MS: u64 = 20;
+pub const DEFAULT_BUFFER_BYTES_MAX: u64 = 256 << 20;
+pub const DEFAULT_WINDOW_BATCHES_MAX: usize = 16;
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 1000;
+pub const DEFAULT_RECONNECT_DELAY_MS: u64 = 500;
+pub const DEFAULT_CACHE_BYTES_MAX: u64 = 16 << 30;
+pub const DEFAULT_BUSY_RETRY_MS: u64 = 1000;
+
+fn d_batch_bytes() -> u64 {
+    DEFAULT_BATCH_BYTES_MAX
+}
+fn d_batch_delay() -> u64 {
+    DEFAULT_BATCH_DELAY_MS
+}
+fn d_buffer() -> u64 {
+    DEFAULT_BUFFER_BYTES_MAX
+}
+fn d_window() -> usize {
+    DEFAULT_WINDOW_BATCHES_MAX
+}
+fn d_heartbeat() -> u64 {
+    DEFAULT_HEARTBEAT_INTERVAL_MS
+}
+fn d_reconnect() -> u64 {
+    DEFAULT_RECONNECT_DELAY_MS
+}
+fn d_cache() -> u64 {
+    DEFAULT_CACHE_BYTES_MAX
+}
+fn d_busy() -> u64 {
+    DEFAULT_BUSY_RETRY_MS
+}
+fn d_timeout() -> u64 {
+    DEFAULT_HEARTBEAT_INTERVAL_MS * 5
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    pub id: ComponentId,
+    pub config_server: String,
+    pub data_dir: PathBuf,
+    pub nbd_listen: String,
+    #[serde(default = "d_batch_bytes", deserialize_with = "de_size")]
+    pub batch_bytes_max: u64,
+    #[serde(default = "d_batch_delay")]
+    pub batch_delay_ms: u64,
+    #[serde(default = "d_buffer", deserialize_with = "de_size")]
+    pub buffer_bytes_max: u64,
+    #[serde(default = "d_window")]
+    pub window_batches_max: usize,
+    #[serde(default = "d_heartbeat")]
+    pub heartbeat_interval_ms: u64,
+    #[serde(default = "d_reconnect")]
+    pub reconnect_delay_ms: u64,
+    #[serde(rename = "disk")]
+    pub disks: Vec<DiskFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskFile {
+    pub id: DiskId,
+    pub path: PathBuf,
+    #[serde(default, deserialize_with = "de_opt_size")]
+    pub create_size: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessServerFile {
+    pub id: ComponentId,
+    pub config_server: String,
+    pub data_dir: PathBuf,
+    pub listen: String,
+    /// Address agents should use, if not `listen` (e.g. behind NAT or when listening on 0.0.0.0).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    #[serde(default = "d_cache", deserialize_with = "de_size")]
+    pub cache_bytes_max: u64,
+    #[serde(default = "d_window")]
+    pub window_batches_max: usize,
+    #[serde(default = "d_heartbeat")]
+    pub heartbeat_interval_ms: u64,
+    #[serde(default = "d_reconnect")]
+    pub reconnect_delay_ms: u64,
+    #[serde(default = "d_busy")]
+    pub busy_retry_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterTargetFile {
+    pub id: ComponentId,
+    pub config_server: String,
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub api_listen: String,
+    #[serde(default)]
+    pub advertise: Option<String>,
+    #[serde(default)]
+    pub api_advertise: Option<String>,
+    #[serde(default = "d_heartbeat")]
+    pub heartbeat_interval_ms: u64,
+    #[serde(default = "d_reconnect")]
+    pub reconnect_delay_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigServerFile {
+    #[serde(default = "default_cs_id")]
+    pub id: ComponentId,
+    pub listen: String,
+    pub api_listen: String,
+    #[serde(default = "d_timeout")]
+    pub heartbeat_timeout_ms: u64,
+    #[serde(default, rename = "protect")]
+    pub rules: Vec<ProtectionRule>,
+}
+
+fn default_cs_id() -> ComponentId {
+    ComponentId::new("config-server").expect("valid")
+}
+
+pub fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn check(cond: bool, what: &str) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(what.to_string())
+    }
+}
+
+impl AgentFile {
+    pub fn into_config(self) -> Result<AgentConfig, String> {
+        check(self.batch_bytes_max >= 4096 && self.batch_bytes_max <= BATCH_DATA_BYTES_MAX / 2, "batch_bytes_max must be between 4K and 32M")?;
+        check(self.buffer_bytes_max >= self.batch_bytes_max * 2, "buffer_bytes_max must be at least twice batch_bytes_max")?;
+        check(self.window_batches_max >= 1 && self.window_batches_max <= 1024, "window_batches_max must be between 1 and 1024")?;
+        check(!self.disks.is_empty(), "an agent needs at least one [[disk]]")?;
+        let settings = AgentSettings {
+            component: self.id,
+            config_server_addr: self.config_server,
+            batch_bytes_max: self.batch_bytes_max,
+            batch_delay_ms: self.batch_delay_ms.max(1),
+            buffer_bytes_max: self.buffer_bytes_max,
+            window_batches_max: self.window_batches_max,
+            heartbeat_interval_ms: self.heartbeat_interval_ms.max(100),
+            reconnect_delay_ms: self.reconnect_delay_ms.max(10),
+        };
+        let disks = self
+            .disks
+            .into_iter()
+            .map(|d| AgentDiskConfig { disk: d.id, path: d.path, create_size: d.create_size })
+            .collect();
+        Ok(AgentConfig { settings, disks, data_dir: self.data_dir, nbd_listen: self.nbd_listen })
+    }
+}
+
+impl ProcessServerFile {
+    pub fn into_config(self) -> Result<ProcessServerConfig, String> {
+        check(self.cache_bytes_max >= 64 << 20, "cache_bytes_max must be at least 64M")?;
+        check(self.window_batches_max >= 1 && self.window_batches_max <= 1024, "window_batches_max must be between 1 and 1024")?;
+        let settings = ProcessServerSettings {
+            component: self.id,
+            config_server_addr: self.config_server,
+            data_addr: self.advertise.unwrap_or_default(),
+            cache_bytes_max: self.cache_bytes_max,
+            window_batches_max: self.window_batches_max,
+            heartbeat_interval_ms: self.heartbeat_interval_ms.max(100),
+            reconnect_delay_ms: self.reconnect_delay_ms.max(10),
+            busy_retry_ms: self.busy_retry_ms.max(10),
+        };
+        Ok(ProcessServerConfig { settings, data_dir: self.data_dir, listen: self.listen })
+    }
+}
+
+impl MasterTargetFile {
+    pub fn into_config(self) -> MasterTargetConfig {
+        let settings = MasterTargetSettings {
+            component: self.id,
+            config_server_addr: self.config_server,
+            data_addr: self.advertise.unwrap_or_default(),
+            api_addr: self.api_advertise.unwrap_or_default(),
+            heartbeat_interval_ms: self.heartbeat_interval_ms.max(100),
+            reconnect_delay_ms: self.reconnect_delay_ms.max(10),
+        };
+        MasterTargetConfig { settings, data_dir: self.data_dir, listen: self.listen, api_listen: self.api_listen }
+    }
+}
+
+impl ConfigServerFile {
+    pub fn into_config(self) -> ConfigServerConfig {
+        let settings = ConfigServerSettings { rules: self.rules, heartbeat_timeout_ms: self.heartbeat_timeout_ms.max(500) };
+        ConfigServerConfig { component: self.id, settings, listen: self.listen, api_listen: self.api_listen }
+    }
+}

@@ -1,0 +1,147 @@
+//! `haven lab`: all four roles on loopback in one process, with one sparse disk, for a local
+//! trial and for scripts (which source DIR/lab.env).
+
+use crate::config::*;
+use crate::console::disk_line;
+use haven_core::agent::AgentSettings;
+use haven_core::config_server::ConfigServerSettings;
+use haven_core::ids::{ComponentId, DiskId};
+use haven_core::master_target::MasterTargetSettings;
+use haven_core::process_server::ProcessServerSettings;
+use haven_runtime::drivers::{self, RoleError};
+use haven_runtime::transport::Tcp;
+use std::path::{Path, PathBuf};
+
+pub struct LabOptions {
+    pub dir: PathBuf,
+    pub disk_size: u64,
+    pub nbd_listen: String,
+    pub api_listen: String,
+    pub status_interval_s: u64,
+}
+
+fn id(s: &str) -> ComponentId {
+    ComponentId::new(s).expect("valid built-in id")
+}
+
+pub async fn run(o: LabOptions) -> Result<(), String> {
+    std::fs::create_dir_all(&o.dir).map_err(|e| format!("cannot create {}: {e}", o.dir.display()))?;
+    let dir = o.dir.canonicalize().map_err(|e| e.to_string())?;
+    let e = |e: RoleError| e.to_string();
+    let cs = drivers::config_server::start(
+        Tcp,
+        drivers::config_server::ConfigServerConfig {
+            component: id("config-server"),
+            settings: ConfigServerSettings { rules: vec![], heartbeat_timeout_ms: DEFAULT_HEARTBEAT_INTERVAL_MS * 5 },
+            listen: "127.0.0.1:0".into(),
+            api_listen: o.api_listen.clone(),
+        },
+    )
+    .await
+    .map_err(e)?;
+    let ps = drivers::process_server::start(Tcp, ps_config(&dir, &cs.addr)).await.map_err(e)?;
+    let mt = drivers::master_target::start(Tcp, mt_config(&dir, &cs.addr)).await.map_err(e)?;
+    let agent = drivers::agent::start(Tcp, agent_config(&dir, &cs.addr, &o)).await.map_err(e)?;
+    let api = format!("http://{}", cs.api_addr);
+    let nbd = format!("nbd://{}/disk0", agent.nbd_addr);
+    let env = format!("HAVEN_API={api}\nHAVEN_NBD_URI={nbd}\nHAVEN_LAB_DIR={}\n", dir.display());
+    std::fs::write(dir.join("lab.env"), env).map_err(|e| format!("cannot write lab.env: {e}"))?;
+    println!("Haven lab is running (all four roles on loopback), data in {}", dir.display());
+    println!("  protected disk disk0 ({}): {nbd}", crate::size::human_bytes(o.disk_size));
+    println!("  configuration server API: {api}");
+    println!("  environment for scripts: source {}/lab.env", dir.display());
+    println!("  try: qemu-io -f raw -c 'write -P 0x5a 0 1M' {nbd}");
+    println!("       haven status --api {api}; haven export disk0 --api {api} --point latest --out disk0.img");
+    let core = cs.core.clone();
+    let every = std::time::Duration::from_secs(o.status_interval_s.max(1));
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    let tasks = async {
+        tokio::select! {
+            r = cs.task => r,
+            r = ps.task => r,
+            r = mt.task => r,
+            r = agent.task => r,
+        }
+    };
+    tokio::pin!(tasks);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let s = core.lock().expect("core lock").status();
+                for d in &s.disks {
+                    println!("[status] {}", disk_line(d));
+                }
+                if s.disks.is_empty() {
+                    println!("[status] waiting for the roles to register");
+                }
+            }
+            r = &mut tasks => {
+                return match r {
+                    Ok(Ok(())) => Err("a role stopped".into()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(format!("a role panicked: {e}")),
+                };
+            }
+            _ = tokio::signal::ctrl_c() => {
+                println!("stopping the lab");
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn ps_config(dir: &Path, cs: &str) -> drivers::process_server::ProcessServerConfig {
+    drivers::process_server::ProcessServerConfig {
+        settings: ProcessServerSettings {
+            component: id("ps1"),
+            config_server_addr: cs.into(),
+            data_addr: String::new(),
+            cache_bytes_max: 4 << 30,
+            window_batches_max: DEFAULT_WINDOW_BATCHES_MAX,
+            heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
+            reconnect_delay_ms: DEFAULT_RECONNECT_DELAY_MS,
+            busy_retry_ms: DEFAULT_BUSY_RETRY_MS,
+        },
+        data_dir: dir.join("process-server"),
+        listen: "127.0.0.1:0".into(),
+    }
+}
+
+fn mt_config(dir: &Path, cs: &str) -> drivers::master_target::MasterTargetConfig {
+    drivers::master_target::MasterTargetConfig {
+        settings: MasterTargetSettings {
+            component: id("mt1"),
+            config_server_addr: cs.into(),
+            data_addr: String::new(),
+            api_addr: String::new(),
+            heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
+            reconnect_delay_ms: DEFAULT_RECONNECT_DELAY_MS,
+        },
+        data_dir: dir.join("master-target"),
+        listen: "127.0.0.1:0".into(),
+        api_listen: "127.0.0.1:0".into(),
+    }
+}
+
+fn agent_config(dir: &Path, cs: &str, o: &LabOptions) -> drivers::agent::AgentConfig {
+    drivers::agent::AgentConfig {
+        settings: AgentSettings {
+            component: id("lab-agent"),
+            config_server_addr: cs.into(),
+            batch_bytes_max: DEFAULT_BATCH_BYTES_MAX,
+            batch_delay_ms: DEFAULT_BATCH_DELAY_MS,
+            buffer_bytes_max: DEFAULT_BUFFER_BYTES_MAX,
+            window_batches_max: DEFAULT_WINDOW_BATCHES_MAX,
+            heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
+            reconnect_delay_ms: DEFAULT_RECONNECT_DELAY_MS,
+        },
+        disks: vec![drivers::agent::AgentDiskConfig {
+            disk: DiskId::new("disk0").expect("valid"),
+            path: dir.join("disk0.img"),
+            create_size: Some(o.disk_size),
+        }],
+        data_dir: dir.join("agent"),
+        nbd_listen: o.nbd_listen.clone(),
+    }
+}
