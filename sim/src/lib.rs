@@ -261,6 +261,10 @@ pub struct Cluster {
     // Master target storage.
     pub replica: Vec<u8>,
     journal_seq: Seq,
+    /// Highest seq whose journal append is reported synced.
+    journal_synced_seq: Seq,
+    /// Journal appends not yet reported synced: id -> last seq.
+    journal_unsynced: BTreeMap<u64, Seq>,
     journal_bytes: u64,
     journal_appends: u64,
     recovery_points: u64,
@@ -302,6 +306,8 @@ impl Cluster {
             cache_synced_seq: 0,
             replica: vec![],
             journal_seq: 0,
+            journal_synced_seq: 0,
+            journal_unsynced: BTreeMap::new(),
             journal_bytes: 0,
             journal_appends: 0,
             recovery_points: 0,
@@ -347,7 +353,7 @@ impl Cluster {
             return false;
         }
         let st = &self.agent.stats().disks[0];
-        st.buffered_bytes == 0 && st.seq_applied == st.seq_written && self.journal_seq == st.seq_written
+        st.buffered_bytes == 0 && st.seq_applied == st.seq_written && self.journal_synced_seq == st.seq_written
     }
 
     /// One scheduler step.
@@ -475,7 +481,13 @@ impl Cluster {
                 }
                 self.ps.handle(now, i)
             }
-            Answer::Mt(i) => self.mt.handle(now, i),
+            Answer::Mt(i) => {
+                if let mt::Input::JournalPersisted { id, .. } = &i {
+                    let seq = self.journal_unsynced.remove(id).unwrap_or_else(|| self.fail("unknown journal append".into()));
+                    self.journal_synced_seq = self.journal_synced_seq.max(seq);
+                }
+                self.mt.handle(now, i)
+            }
         }
         self.drain();
     }
@@ -568,9 +580,10 @@ impl Cluster {
             (Node::Mt, Message::Applied { applied_seq, .. }) => (0, *applied_seq),
             _ => return,
         };
-        let cached_limit = if from == Node::Mt { self.journal_seq } else { self.cache_synced_seq };
-        if cached > cached_limit || applied > self.journal_seq {
-            self.fail(format!("{from:?} promised {msg:?} with cache synced through {} and journal through {}", self.cache_synced_seq, self.journal_seq));
+        let cached_limit = if from == Node::Mt { self.journal_synced_seq } else { self.cache_synced_seq };
+        if cached > cached_limit || applied > self.journal_synced_seq {
+            let (c, j) = (self.cache_synced_seq, self.journal_synced_seq);
+            self.fail(format!("{from:?} promised {msg:?} with cache synced through {c} and journal through {j}"));
         }
     }
 
@@ -654,8 +667,8 @@ impl Cluster {
                 }
             }
             ps::Output::CacheRelease { disk, through } => {
-                if through > self.journal_seq {
-                    self.fail(format!("cache released through {through}, journal only through {}", self.journal_seq));
+                if through > self.journal_synced_seq {
+                    self.fail(format!("cache released through {through}, journal synced only through {}", self.journal_synced_seq));
                 }
                 let cache = &mut self.cache;
                 self.cache_index.retain(|e| {
@@ -694,6 +707,7 @@ impl Cluster {
             mt::Output::JournalAppend { id, header, data } => {
                 // Carried out (and checked) now; reported durable later.
                 self.journal(&header, &data);
+                self.journal_unsynced.insert(id, header.last_seq);
                 let journal_bytes = self.journal_bytes;
                 self.queue_answer(Node::Mt, Answer::Mt(mt::Input::JournalPersisted { id, journal_bytes }));
             }
