@@ -217,3 +217,40 @@ impl ConfigServerFile {
         ConfigServerConfig { component: self.id, settings, listen: self.listen, api_listen: self.api_listen }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples").join(name)
+    }
+
+    #[test]
+    fn example_configs_load_and_validate() {
+        let a = load::<AgentFile>(&example("agent.toml")).unwrap().into_config().unwrap();
+        assert_eq!(a.disks.len(), 1);
+        assert_eq!(a.disks[0].create_size, Some(20u64 << 30));
+        assert_eq!(a.settings.batch_bytes_max, 4 << 20);
+        let p = load::<ProcessServerFile>(&example("process-server.toml")).unwrap().into_config().unwrap();
+        assert_eq!(p.settings.cache_bytes_max, 100u64 << 30);
+        assert_eq!(p.settings.data_addr, "ps1.prod.example:7100");
+        let m = load::<MasterTargetFile>(&example("master-target.toml")).unwrap().into_config();
+        assert_eq!(m.settings.api_addr, "mt1.dr.example:7280");
+        let c = load::<ConfigServerFile>(&example("config-server.toml")).unwrap().into_config();
+        assert_eq!(c.settings.rules.len(), 1);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors() {
+        let bad: Result<ProcessServerFile, _> =
+            toml::from_str("id = \"ps1\"\nconfig_server = \"x:1\"\ndata_dir = \"/x\"\nlisten = \"a:1\"\ncache_byte_max = 1\n");
+        assert!(bad.unwrap_err().to_string().contains("cache_byte_max"));
+        let small: ProcessServerFile =
+            toml::from_str("id = \"ps1\"\nconfig_server = \"x:1\"\ndata_dir = \"/x\"\nlisten = \"a:1\"\ncache_bytes_max = \"1M\"\n").unwrap();
+        assert!(small.into_config().is_err());
+        let bad_id: Result<ProcessServerFile, _> =
+            toml::from_str("id = \"p s\"\nconfig_server = \"x:1\"\ndata_dir = \"/x\"\nlisten = \"a:1\"\n");
+        assert!(bad_id.is_err());
+    }
+}

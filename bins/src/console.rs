@@ -155,7 +155,7 @@ mod tests {
 
     #[test]
     fn points_resolve() {
-        let p = |seq, t| PointRecord { seq, time: Timestamp(t * 1_000_000), kind: PointKind::Crash };
+        let p = |seq, t: u64| PointRecord { seq, time: Timestamp(t * 1_000_000), kind: PointKind::Crash };
         let pts = vec![p(3, 100), p(7, 200), p(9, 300)];
         assert_eq!(resolve_point(&pts, "latest").unwrap().seq, 9);
         assert_eq!(resolve_point(&pts, "7").unwrap().seq, 7);
