@@ -7,7 +7,9 @@ use haven_core::batch::{BatchHeader, Encoding, Op, OpKind, BLOCK_BYTES};
 use haven_core::config_server::{self as cs, ConfigServer, ConfigServerSettings};
 use haven_core::master_target::{self as mt, MasterTarget, MasterTargetSettings};
 use haven_core::net::{NetCommand, NetEvent};
-use haven_core::process_server::{self as ps, CacheDiskMeta, CacheLoc, CachedBatch, ProcessServer, ProcessServerSettings};
+use haven_core::process_server::{
+    self as ps, CacheDiskMeta, CacheLoc, CachedBatch, ProcessServer, ProcessServerSettings,
+};
 use haven_core::protocol::{self, DiskInfo, Hello, Message, Registration, Role, PROTOCOL_VERSION};
 use haven_core::{ComponentId, ConnId, DiskId, Epoch, Seq, Timestamp};
 use std::collections::{BTreeMap, VecDeque};
@@ -45,7 +47,12 @@ impl Node {
             Node::Mt => (Role::MasterTarget, "mt1"),
             Node::Agent => (Role::Agent, "agent1"),
         };
-        Hello { version: PROTOCOL_VERSION, role, component: ComponentId::new(name).unwrap(), epoch: Epoch(0) }
+        Hello {
+            version: PROTOCOL_VERSION,
+            role,
+            component: ComponentId::new(name).unwrap(),
+            epoch: Epoch(0),
+        }
     }
 }
 
@@ -98,7 +105,10 @@ fn mt_settings() -> MasterTargetSettings {
 }
 
 fn cs_settings() -> ConfigServerSettings {
-    ConfigServerSettings { rules: vec![], heartbeat_timeout_ms: 10_000 }
+    ConfigServerSettings {
+        rules: vec![],
+        heartbeat_timeout_ms: 10_000,
+    }
 }
 
 struct Cluster {
@@ -279,12 +289,22 @@ impl Cluster {
         for _ in 0..200 {
             self.advance(10);
             let s = &self.agent.stats().disks[0];
-            let all_done = self.submitted.iter().all(|io| self.completed.contains_key(io));
-            if all_done && s.buffered_bytes == 0 && s.seq_applied == s.seq_written && self.journal_seq == s.seq_written {
+            let all_done = self
+                .submitted
+                .iter()
+                .all(|io| self.completed.contains_key(io));
+            if all_done
+                && s.buffered_bytes == 0
+                && s.seq_applied == s.seq_written
+                && self.journal_seq == s.seq_written
+            {
                 return;
             }
         }
-        panic!("writes did not reach the master target: {:?}", self.agent.stats());
+        panic!(
+            "writes did not reach the master target: {:?}",
+            self.agent.stats()
+        );
     }
 
     // ---- workload ----
@@ -293,23 +313,42 @@ impl Cluster {
         let io = self.next_io;
         self.next_io += 1;
         self.submitted.push(io);
-        self.local.push_back(Local::Agent(agent::Input::Write { io, disk: 0, op, fua }));
+        self.local.push_back(Local::Agent(agent::Input::Write {
+            io,
+            disk: 0,
+            op,
+            fua,
+        }));
         io
     }
 
     fn write(&mut self, offset: usize, data: Vec<u8>) -> IoId {
-        self.submit(SourceOp::Write { offset: offset as u64, data }, false)
+        self.submit(
+            SourceOp::Write {
+                offset: offset as u64,
+                data,
+            },
+            false,
+        )
     }
 
     fn zero(&mut self, offset: usize, len: usize) -> IoId {
-        self.submit(SourceOp::Zero { offset: offset as u64, len: len as u64, punch: false }, false)
+        self.submit(
+            SourceOp::Zero {
+                offset: offset as u64,
+                len: len as u64,
+                punch: false,
+            },
+            false,
+        )
     }
 
     fn flush(&mut self) -> IoId {
         let io = self.next_io;
         self.next_io += 1;
         self.submitted.push(io);
-        self.local.push_back(Local::Agent(agent::Input::Flush { io, disk: 0 }));
+        self.local
+            .push_back(Local::Agent(agent::Input::Flush { io, disk: 0 }));
         io
     }
 
@@ -331,16 +370,43 @@ impl Cluster {
     fn net_cmd(&mut self, from: Node, cmd: NetCommand) {
         match cmd {
             NetCommand::Connect { token, addr } => {
-                let target = Node::ALL.into_iter().find(|n| n.addr() == addr && self.is_up(*n));
+                let target = Node::ALL
+                    .into_iter()
+                    .find(|n| n.addr() == addr && self.is_up(*n));
                 let Some(to) = target else {
-                    self.net.push_back((from, NetEvent::ConnectFailed { token, reason: "refused".into() }));
+                    self.net.push_back((
+                        from,
+                        NetEvent::ConnectFailed {
+                            token,
+                            reason: "refused".into(),
+                        },
+                    ));
                     return;
                 };
                 let conn = ConnId(self.next_conn);
                 self.next_conn += 1;
-                self.conns.insert(conn, Conn { ends: (from, to), open: true });
-                self.net.push_back((to, NetEvent::Accepted { conn, peer: from.hello() }));
-                self.net.push_back((from, NetEvent::Connected { token, conn, peer: to.hello() }));
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        ends: (from, to),
+                        open: true,
+                    },
+                );
+                self.net.push_back((
+                    to,
+                    NetEvent::Accepted {
+                        conn,
+                        peer: from.hello(),
+                    },
+                ));
+                self.net.push_back((
+                    from,
+                    NetEvent::Connected {
+                        token,
+                        conn,
+                        peer: to.hello(),
+                    },
+                ));
             }
             NetCommand::Send { conn, msg, data } => {
                 if !self.conns.get(&conn).is_some_and(|c| c.open) {
@@ -352,31 +418,71 @@ impl Cluster {
                 let frame = protocol::encode(&msg, &data).unwrap();
                 let (msg, data, used) = protocol::decode(&frame).unwrap().unwrap();
                 assert_eq!(used, frame.len());
-                self.net.push_back((to, NetEvent::Received { conn, msg, data }));
+                self.net
+                    .push_back((to, NetEvent::Received { conn, msg, data }));
             }
             NetCommand::Close { conn } => self.close(conn),
         }
     }
 
     fn close(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(&conn).filter(|c| c.open) else { return };
+        let Some(c) = self.conns.get_mut(&conn).filter(|c| c.open) else {
+            return;
+        };
         c.open = false;
         let (a, b) = c.ends;
-        self.net.push_back((a, NetEvent::Closed { conn, reason: "closed".into() }));
-        self.net.push_back((b, NetEvent::Closed { conn, reason: "closed".into() }));
+        self.net.push_back((
+            a,
+            NetEvent::Closed {
+                conn,
+                reason: "closed".into(),
+            },
+        ));
+        self.net.push_back((
+            b,
+            NetEvent::Closed {
+                conn,
+                reason: "closed".into(),
+            },
+        ));
     }
 
     /// The durability chain: no acknowledgement runs ahead of what storage has synced.
     fn check_promise(&self, from: Node, to: Node, msg: &Message) {
         match (from, to, msg) {
-            (Node::Ps, Node::Agent, Message::BatchAck { cached_seq, applied_seq, .. })
-            | (Node::Ps, Node::Agent, Message::StreamState { cached_seq, applied_seq, .. }) => {
-                assert!(*cached_seq <= self.cache_persisted_seq, "ack of {cached_seq} before it is cached: {msg:?}");
-                assert!(*applied_seq <= self.journal_seq, "ack of {applied_seq} before it is journaled: {msg:?}");
+            (
+                Node::Ps,
+                Node::Agent,
+                Message::BatchAck {
+                    cached_seq,
+                    applied_seq,
+                    ..
+                },
+            )
+            | (
+                Node::Ps,
+                Node::Agent,
+                Message::StreamState {
+                    cached_seq,
+                    applied_seq,
+                    ..
+                },
+            ) => {
+                assert!(
+                    *cached_seq <= self.cache_persisted_seq,
+                    "ack of {cached_seq} before it is cached: {msg:?}"
+                );
+                assert!(
+                    *applied_seq <= self.journal_seq,
+                    "ack of {applied_seq} before it is journaled: {msg:?}"
+                );
             }
             (Node::Mt, Node::Ps, Message::Applied { applied_seq, .. })
             | (Node::Mt, Node::Ps, Message::StreamState { applied_seq, .. }) => {
-                assert!(*applied_seq <= self.journal_seq, "Applied {applied_seq} before it is journaled");
+                assert!(
+                    *applied_seq <= self.journal_seq,
+                    "Applied {applied_seq} before it is journaled"
+                );
             }
             _ => {}
         }
@@ -405,15 +511,21 @@ impl Cluster {
                 let data = (!aligned_zero).then(|| self.source[s..e].to_vec());
                 self.source_at.push(self.source.clone());
                 self.source_ops.push((io, op));
-                self.local.push_back(Local::Agent(agent::Input::SourceDone { io, data }));
+                self.local
+                    .push_back(Local::Agent(agent::Input::SourceDone { io, data }));
             }
-            agent::Output::SourceSync { io, .. } => self.local.push_back(Local::Agent(agent::Input::Synced { io })),
+            agent::Output::SourceSync { io, .. } => self
+                .local
+                .push_back(Local::Agent(agent::Input::Synced { io })),
             agent::Output::Complete { io, result } => {
-                assert!(self.completed.insert(io, result).is_none(), "io {io} completed twice");
+                assert!(
+                    self.completed.insert(io, result).is_none(),
+                    "io {io} completed twice"
+                );
             }
-            agent::Output::Reserve { disk, reserved } => {
-                self.local.push_back(Local::Agent(agent::Input::Reserved { disk, reserved }))
-            }
+            agent::Output::Reserve { disk, reserved } => self
+                .local
+                .push_back(Local::Agent(agent::Input::Reserved { disk, reserved })),
         }
     }
 
@@ -422,7 +534,10 @@ impl Cluster {
             ps::Output::Net(cmd) => self.net_cmd(Node::Ps, cmd),
             ps::Output::CacheAppend { id, header, data } => {
                 let frame = protocol::encode(&Message::Batch(header.clone()), &data).unwrap();
-                let loc = CacheLoc { segment: 0, offset: self.next_loc };
+                let loc = CacheLoc {
+                    segment: 0,
+                    offset: self.next_loc,
+                };
                 self.next_loc += frame.len() as u64;
                 let entry = CachedBatch {
                     disk: header.disk.clone(),
@@ -438,17 +553,26 @@ impl Cluster {
                 }
             }
             ps::Output::Forward { conn, disk, loc } => {
-                let frame = self.cache.get(&loc).expect("forward of a batch not in the cache");
+                let frame = self
+                    .cache
+                    .get(&loc)
+                    .expect("forward of a batch not in the cache");
                 let (msg, data, _) = protocol::decode(frame).unwrap().unwrap();
-                let Message::Batch(h) = &msg else { panic!("cache holds a {}", msg.kind()) };
+                let Message::Batch(h) = &msg else {
+                    panic!("cache holds a {}", msg.kind())
+                };
                 assert_eq!(h.disk, disk);
                 if self.conns.get(&conn).is_some_and(|c| c.open) {
                     let to = self.other_end(conn, Node::Ps);
-                    self.net.push_back((to, NetEvent::Received { conn, msg, data }));
+                    self.net
+                        .push_back((to, NetEvent::Received { conn, msg, data }));
                 }
             }
             ps::Output::CacheRelease { disk, through } => {
-                assert!(through <= self.journal_seq, "cache released past what is journaled");
+                assert!(
+                    through <= self.journal_seq,
+                    "cache released past what is journaled"
+                );
                 let cache = &mut self.cache;
                 self.cache_index.retain(|e| {
                     let gone = e.disk == disk && e.last_seq <= through;
@@ -467,12 +591,15 @@ impl Cluster {
     /// Makes the first `n` pending cache appends durable.
     fn persist_cache(&mut self, n: usize) {
         for _ in 0..n {
-            let Some((id, entry, frame)) = self.pending_cache.pop_front() else { return };
+            let Some((id, entry, frame)) = self.pending_cache.pop_front() else {
+                return;
+            };
             self.cache_persisted_seq = self.cache_persisted_seq.max(entry.last_seq);
             self.cache.insert(entry.loc, frame);
             let (loc, bytes) = (entry.loc, entry.bytes);
             self.cache_index.push(entry);
-            self.local.push_back(Local::Ps(ps::Input::CachePersisted { id, loc, bytes }));
+            self.local
+                .push_back(Local::Ps(ps::Input::CachePersisted { id, loc, bytes }));
         }
     }
 
@@ -496,19 +623,36 @@ impl Cluster {
     /// Makes the first `n` pending journal appends durable, applying them to the replica.
     fn persist_journal(&mut self, n: usize) {
         for _ in 0..n {
-            let Some((id, h, data)) = self.pending_journal.pop_front() else { return };
+            let Some((id, h, data)) = self.pending_journal.pop_front() else {
+                return;
+            };
             h.validate().unwrap();
             assert_eq!(h.encoding, Encoding::Raw);
             assert_eq!(data.len() as u64, h.raw_bytes);
             // Exactly once, in order.
-            assert_eq!(h.first_seq, self.journal_seq + 1, "journal append out of order or repeated: {h:?}");
+            assert_eq!(
+                h.first_seq,
+                self.journal_seq + 1,
+                "journal append out of order or repeated: {h:?}"
+            );
             let mut at = 0;
             for op in &h.ops {
                 // Seq order is the order the writes reached the source disk.
                 let (_, src) = &self.source_ops[op.seq as usize - 1];
-                assert_eq!((op.block, op.blocks), src.block_span(), "seq {} is not the write carried out as #{}", op.seq, op.seq);
+                assert_eq!(
+                    (op.block, op.blocks),
+                    src.block_span(),
+                    "seq {} is not the write carried out as #{}",
+                    op.seq,
+                    op.seq
+                );
                 let aligned_zero = matches!(src, SourceOp::Zero { .. }) && src.aligned();
-                assert_eq!(op.kind == OpKind::Zero, aligned_zero, "op kind of seq {}", op.seq);
+                assert_eq!(
+                    op.kind == OpKind::Zero,
+                    aligned_zero,
+                    "op kind of seq {}",
+                    op.seq
+                );
                 let (s, len) = (op.block as usize * B, op.blocks as usize * B);
                 match op.kind {
                     OpKind::Data => {
@@ -530,7 +674,10 @@ impl Cluster {
                 );
                 self.replica_at.insert(h.last_seq, self.replica.clone());
             }
-            self.local.push_back(Local::Mt(mt::Input::JournalPersisted { id, journal_bytes: self.journal_bytes }));
+            self.local.push_back(Local::Mt(mt::Input::JournalPersisted {
+                id,
+                journal_bytes: self.journal_bytes,
+            }));
         }
     }
 
@@ -541,13 +688,27 @@ impl Cluster {
         self.pending_cache.clear(); // not synced: lost
         self.local.retain(|l| !matches!(l, Local::Ps(_)));
         self.net.retain(|(to, _)| *to != Node::Ps);
-        let conns: Vec<ConnId> =
-            self.conns.iter().filter(|(_, c)| c.open && (c.ends.0 == Node::Ps || c.ends.1 == Node::Ps)).map(|(k, _)| *k).collect();
+        let conns: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.open && (c.ends.0 == Node::Ps || c.ends.1 == Node::Ps))
+            .map(|(k, _)| *k)
+            .collect();
         for conn in conns {
             let c = self.conns.get_mut(&conn).unwrap();
             c.open = false;
-            let other = if c.ends.0 == Node::Ps { c.ends.1 } else { c.ends.0 };
-            self.net.push_back((other, NetEvent::Closed { conn, reason: "process server crashed".into() }));
+            let other = if c.ends.0 == Node::Ps {
+                c.ends.1
+            } else {
+                c.ends.0
+            };
+            self.net.push_back((
+                other,
+                NetEvent::Closed {
+                    conn,
+                    reason: "process server crashed".into(),
+                },
+            ));
         }
     }
 
@@ -561,11 +722,18 @@ impl Cluster {
     // ---- queries ----
 
     fn delivered_to(&self, node: Node, kind: &str) -> Vec<Message> {
-        self.delivered.iter().filter(|(n, m)| *n == node && m.kind() == kind).map(|(_, m)| m.clone()).collect()
+        self.delivered
+            .iter()
+            .filter(|(n, m)| *n == node && m.kind() == kind)
+            .map(|(_, m)| m.clone())
+            .collect()
     }
 
     fn assert_replica_is_source(&self) {
-        assert!(self.replica == self.source, "replica differs from the source");
+        assert!(
+            self.replica == self.source,
+            "replica differs from the source"
+        );
     }
 }
 
@@ -614,7 +782,13 @@ fn random_op(c: &mut Cluster, rng: &mut Rng) -> IoId {
             let off = rng.below(DISK_BYTES as u64 - 100) as usize;
             let len = 1 + rng.below(99) as usize;
             let data = rng.bytes(len);
-            c.submit(SourceOp::Write { offset: off as u64, data }, true)
+            c.submit(
+                SourceOp::Write {
+                    offset: off as u64,
+                    data,
+                },
+                true,
+            )
         }
     }
 }
@@ -631,22 +805,44 @@ fn aligned_unaligned_and_zeroing_writes_reach_the_replica() {
     c.write(10 * B - 1, vec![0xdd; 2]); // two bytes across a block boundary
     c.zero(4 * B, B); // aligned zeroing
     c.zero(3 * B + 17, 40); // unaligned zeroing
-    c.submit(SourceOp::Zero { offset: 20 * B as u64, len: 2 * B as u64, punch: true }, false);
-    c.submit(SourceOp::Write { offset: (DISK_BYTES - 10) as u64, data: vec![0xee; 10] }, true); // FUA, last bytes
+    c.submit(
+        SourceOp::Zero {
+            offset: 20 * B as u64,
+            len: 2 * B as u64,
+            punch: true,
+        },
+        false,
+    );
+    c.submit(
+        SourceOp::Write {
+            offset: (DISK_BYTES - 10) as u64,
+            data: vec![0xee; 10],
+        },
+        true,
+    ); // FUA, last bytes
     c.flush();
     c.write(0, vec![0x11; 10]); // overwrite after a flush
     c.settle();
 
     assert!(c.completed.values().all(|r| r.is_ok()));
     assert_eq!(c.completed.len(), 10);
-    assert_eq!(c.journal_seq, 9, "nine writes, one seq each; a flush takes none");
+    assert_eq!(
+        c.journal_seq, 9,
+        "nine writes, one seq each; a flush takes none"
+    );
     c.assert_replica_is_source();
     let st = c.agent.stats().disks[0].clone();
-    assert_eq!((st.seq_written, st.seq_cached, st.seq_applied, st.rpo_ms), (9, 9, 9, 0));
+    assert_eq!(
+        (st.seq_written, st.seq_cached, st.seq_applied, st.rpo_ms),
+        (9, 9, 9, 0)
+    );
     let mt = c.mt.stats().replicas[0].clone();
     assert_eq!(mt.applied_seq, 9);
     assert!(mt.inconsistent.is_none());
-    assert!(c.cache_index.is_empty(), "applied batches are released from the cache");
+    assert!(
+        c.cache_index.is_empty(),
+        "applied batches are released from the cache"
+    );
     // Aligned zeroing travels as a zero op, without data.
     let zero_ops = c
         .delivered_to(Node::Mt, "Batch")
@@ -683,9 +879,21 @@ fn seq_order_is_write_order_and_every_batch_boundary_is_a_past_source_state() {
     // and that the replica equals the source as it was at the batch's last seq.
     assert_eq!(c.source_ops.len() as u64, c.journal_seq);
     let order: Vec<IoId> = c.source_ops.iter().map(|(io, _)| *io).collect();
-    let writes: Vec<IoId> = c.submitted.iter().copied().filter(|io| order.contains(io)).collect();
-    assert_eq!(order, writes, "source writes are carried out in submission order");
-    assert!(c.replica_at.len() > 20, "many recovery points: {}", c.replica_at.len());
+    let writes: Vec<IoId> = c
+        .submitted
+        .iter()
+        .copied()
+        .filter(|io| order.contains(io))
+        .collect();
+    assert_eq!(
+        order, writes,
+        "source writes are carried out in submission order"
+    );
+    assert!(
+        c.replica_at.len() > 20,
+        "many recovery points: {}",
+        c.replica_at.len()
+    );
     for (seq, img) in &c.replica_at {
         assert!(*img == c.source_at[*seq as usize], "boundary {seq}");
     }
@@ -707,10 +915,24 @@ fn batch_ack_only_after_cache_persisted_and_applied_only_after_journal_persisted
         c.write(i * B, vec![i as u8 + 1; B]);
     }
     c.advance(50);
-    assert_eq!(c.completed.len(), 3, "writes complete once on the source disk");
-    assert_eq!(c.pending_cache.len(), 3, "three batches being appended to the cache");
-    assert!(c.delivered_to(Node::Agent, "BatchAck").is_empty(), "BatchAck before CachePersisted");
-    assert!(c.delivered_to(Node::Mt, "Batch").is_empty(), "forwarded before it is cached");
+    assert_eq!(
+        c.completed.len(),
+        3,
+        "writes complete once on the source disk"
+    );
+    assert_eq!(
+        c.pending_cache.len(),
+        3,
+        "three batches being appended to the cache"
+    );
+    assert!(
+        c.delivered_to(Node::Agent, "BatchAck").is_empty(),
+        "BatchAck before CachePersisted"
+    );
+    assert!(
+        c.delivered_to(Node::Mt, "Batch").is_empty(),
+        "forwarded before it is cached"
+    );
     assert_eq!(c.agent.stats().disks[0].seq_cached, 0);
 
     // One append becomes durable: exactly that batch is acknowledged and forwarded.
@@ -718,22 +940,38 @@ fn batch_ack_only_after_cache_persisted_and_applied_only_after_journal_persisted
     c.advance(5);
     let acks = c.delivered_to(Node::Agent, "BatchAck");
     assert_eq!(acks.len(), 1);
-    assert!(matches!(acks[0], Message::BatchAck { cached_seq: 1, applied_seq: 0, .. }));
+    assert!(matches!(
+        acks[0],
+        Message::BatchAck {
+            cached_seq: 1,
+            applied_seq: 0,
+            ..
+        }
+    ));
     assert_eq!(c.delivered_to(Node::Mt, "Batch").len(), 1);
     assert_eq!(c.pending_journal.len(), 1);
-    assert!(c.delivered_to(Node::Ps, "Applied").is_empty(), "Applied before JournalPersisted");
+    assert!(
+        c.delivered_to(Node::Ps, "Applied").is_empty(),
+        "Applied before JournalPersisted"
+    );
 
     c.persist_cache(2);
     c.advance(5);
     assert_eq!(c.agent.stats().disks[0].seq_cached, 3);
-    assert!(c.delivered_to(Node::Ps, "Applied").is_empty(), "Applied before JournalPersisted");
+    assert!(
+        c.delivered_to(Node::Ps, "Applied").is_empty(),
+        "Applied before JournalPersisted"
+    );
     assert_eq!(c.agent.stats().disks[0].seq_applied, 0);
 
     c.persist_journal(1);
     c.advance(5);
     let applied = c.delivered_to(Node::Ps, "Applied");
     assert_eq!(applied.len(), 1);
-    assert!(matches!(applied[0], Message::Applied { applied_seq: 1, .. }));
+    assert!(matches!(
+        applied[0],
+        Message::Applied { applied_seq: 1, .. }
+    ));
     assert_eq!(c.agent.stats().disks[0].seq_applied, 1);
 
     c.hold_cache = false;
@@ -773,8 +1011,14 @@ fn process_server_restart_loses_nothing_and_repeats_nothing() {
     }
     c.advance(20);
     assert!(!c.pending_cache.is_empty(), "some appends are not durable");
-    assert!(!c.pending_journal.is_empty(), "some batches are forwarded and not applied");
-    assert!(c.cache_index.len() > c.pending_journal.len(), "some cached batches are not yet forwarded");
+    assert!(
+        !c.pending_journal.is_empty(),
+        "some batches are forwarded and not applied"
+    );
+    assert!(
+        c.cache_index.len() > c.pending_journal.len(),
+        "some cached batches are not yet forwarded"
+    );
     c.crash_ps();
     c.hold_cache = false;
     c.advance(30);
@@ -785,9 +1029,28 @@ fn process_server_restart_loses_nothing_and_repeats_nothing() {
         random_op(&mut c, &mut rng);
     }
     c.advance(100);
-    assert!(c.completed.len() < c.submitted.len() || c.agent.stats().disks[0].seq_cached < c.agent.stats().disks[0].seq_written);
+    assert!(
+        c.completed.len() < c.submitted.len()
+            || c.agent.stats().disks[0].seq_cached < c.agent.stats().disks[0].seq_written
+    );
     c.restart_ps();
     c.settle();
+    // The agent resent what the process server lost (appends that were not yet durable).
+    let mut firsts: Vec<Seq> = c
+        .delivered_to(Node::Ps, "Batch")
+        .iter()
+        .map(|m| match m {
+            Message::Batch(h) => h.first_seq,
+            _ => unreachable!(),
+        })
+        .collect();
+    let sent = firsts.len();
+    firsts.sort();
+    firsts.dedup();
+    assert!(
+        firsts.len() < sent,
+        "no batch was resent to the restarted process server"
+    );
     // persist_journal asserted every append is the next seq range: nothing lost, nothing twice.
     assert!(c.journal_appends > before);
     assert_eq!(c.journal_seq, c.source_ops.len() as u64);
@@ -803,7 +1066,13 @@ fn mt_alone() -> (MasterTarget, ConnId) {
     let now = Timestamp::from_millis(1000);
     let mut m = MasterTarget::new(mt_settings(), vec![], now);
     let conn = ConnId(9);
-    m.handle(now, mt::Input::Net(NetEvent::Accepted { conn, peer: Node::Ps.hello() }));
+    m.handle(
+        now,
+        mt::Input::Net(NetEvent::Accepted {
+            conn,
+            peer: Node::Ps.hello(),
+        }),
+    );
     (m, conn)
 }
 
@@ -812,7 +1081,10 @@ fn mt_outputs(m: &mut MasterTarget) -> Vec<mt::Output> {
 }
 
 fn mt_recv(m: &mut MasterTarget, conn: ConnId, msg: Message, data: Vec<u8>) -> Vec<mt::Output> {
-    m.handle(Timestamp::from_millis(1001), mt::Input::Net(NetEvent::Received { conn, msg, data }));
+    m.handle(
+        Timestamp::from_millis(1001),
+        mt::Input::Net(NetEvent::Received { conn, msg, data }),
+    );
     mt_outputs(m)
 }
 
@@ -826,11 +1098,19 @@ fn sent(outs: &[mt::Output]) -> Vec<Message> {
 }
 
 fn closes(outs: &[mt::Output]) -> bool {
-    outs.iter().any(|o| matches!(o, mt::Output::Net(NetCommand::Close { .. })))
+    outs.iter()
+        .any(|o| matches!(o, mt::Output::Net(NetCommand::Close { .. })))
 }
 
 fn data_batch(epoch: u64, first: Seq, last: Seq) -> (BatchHeader, Vec<u8>) {
-    let ops: Vec<Op> = (first..=last).map(|s| Op { seq: s, block: s % 8, blocks: 1, kind: OpKind::Data }).collect();
+    let ops: Vec<Op> = (first..=last)
+        .map(|s| Op {
+            seq: s,
+            block: s % 8,
+            blocks: 1,
+            kind: OpKind::Data,
+        })
+        .collect();
     let h = BatchHeader {
         disk: disk_id(),
         epoch: Epoch(epoch),
@@ -848,11 +1128,22 @@ fn data_batch(epoch: u64, first: Seq, last: Seq) -> (BatchHeader, Vec<u8>) {
 }
 
 fn open(epoch: u64, first_seq: Seq) -> Message {
-    Message::OpenStream { disk: disk_id(), epoch: Epoch(epoch), size_bytes: DISK_BYTES as u64, first_seq }
+    Message::OpenStream {
+        disk: disk_id(),
+        epoch: Epoch(epoch),
+        size_bytes: DISK_BYTES as u64,
+        first_seq,
+    }
 }
 
 /// Sends a batch and persists its append; returns the outputs of both steps.
-fn mt_apply(m: &mut MasterTarget, conn: ConnId, epoch: u64, first: Seq, last: Seq) -> (Vec<mt::Output>, Vec<mt::Output>) {
+fn mt_apply(
+    m: &mut MasterTarget,
+    conn: ConnId,
+    epoch: u64,
+    first: Seq,
+    last: Seq,
+) -> (Vec<mt::Output>, Vec<mt::Output>) {
     let (h, d) = data_batch(epoch, first, last);
     let outs = mt_recv(m, conn, Message::Batch(h), d);
     let id = outs
@@ -862,8 +1153,17 @@ fn mt_apply(m: &mut MasterTarget, conn: ConnId, epoch: u64, first: Seq, last: Se
             _ => None,
         })
         .expect("a journal append");
-    assert!(sent(&outs).is_empty(), "nothing is acknowledged before JournalPersisted: {outs:?}");
-    m.handle(Timestamp::from_millis(1002), mt::Input::JournalPersisted { id, journal_bytes: 100 });
+    assert!(
+        sent(&outs).is_empty(),
+        "nothing is acknowledged before JournalPersisted: {outs:?}"
+    );
+    m.handle(
+        Timestamp::from_millis(1002),
+        mt::Input::JournalPersisted {
+            id,
+            journal_bytes: 100,
+        },
+    );
     let persisted = mt_outputs(m);
     (outs, persisted)
 }
@@ -873,20 +1173,43 @@ fn master_target_applies_in_order_and_reacks_duplicates() {
     let (mut m, conn) = mt_alone();
     mt_outputs(&mut m);
     let outs = mt_recv(&mut m, conn, open(1, 1), vec![]);
-    assert!(outs.iter().any(|o| matches!(o, mt::Output::CreateReplica(r) if r.size_bytes == DISK_BYTES as u64)));
-    assert!(matches!(sent(&outs)[..], [Message::StreamState { cached_seq: 0, applied_seq: 0, .. }]));
+    assert!(outs
+        .iter()
+        .any(|o| matches!(o, mt::Output::CreateReplica(r) if r.size_bytes == DISK_BYTES as u64)));
+    assert!(matches!(
+        sent(&outs)[..],
+        [Message::StreamState {
+            cached_seq: 0,
+            applied_seq: 0,
+            ..
+        }]
+    ));
 
     let (_, persisted) = mt_apply(&mut m, conn, 1, 1, 3);
-    assert!(matches!(sent(&persisted)[..], [Message::Applied { applied_seq: 3, .. }]));
+    assert!(matches!(
+        sent(&persisted)[..],
+        [Message::Applied { applied_seq: 3, .. }]
+    ));
     let (_, persisted) = mt_apply(&mut m, conn, 1, 4, 4);
-    assert!(matches!(sent(&persisted)[..], [Message::Applied { applied_seq: 4, .. }]));
+    assert!(matches!(
+        sent(&persisted)[..],
+        [Message::Applied { applied_seq: 4, .. }]
+    ));
 
     // Duplicates (a process server resending after a reconnect) are only re-acknowledged.
     for (first, last) in [(1, 3), (4, 4), (2, 3)] {
         let (h, d) = data_batch(1, first, last);
         let outs = mt_recv(&mut m, conn, Message::Batch(h), d);
-        assert!(!outs.iter().any(|o| matches!(o, mt::Output::JournalAppend { .. })), "duplicate {first}..={last} appended");
-        assert!(matches!(sent(&outs)[..], [Message::Applied { applied_seq: 4, .. }]), "{outs:?}");
+        assert!(
+            !outs
+                .iter()
+                .any(|o| matches!(o, mt::Output::JournalAppend { .. })),
+            "duplicate {first}..={last} appended"
+        );
+        assert!(
+            matches!(sent(&outs)[..], [Message::Applied { applied_seq: 4, .. }]),
+            "{outs:?}"
+        );
         assert!(!closes(&outs));
     }
     let r = &m.stats().replicas[0];
@@ -907,14 +1230,28 @@ fn master_target_fences_an_older_epoch() {
     // An old primary's batch.
     let (h, d) = data_batch(1, 2, 2);
     let outs = mt_recv(&mut m, conn, Message::Batch(h), d);
-    assert!(matches!(sent(&outs)[..], [Message::Reject { .. }]), "{outs:?}");
+    assert!(
+        matches!(sent(&outs)[..], [Message::Reject { .. }]),
+        "{outs:?}"
+    );
     assert!(closes(&outs));
-    assert!(!outs.iter().any(|o| matches!(o, mt::Output::JournalAppend { .. })));
+    assert!(!outs
+        .iter()
+        .any(|o| matches!(o, mt::Output::JournalAppend { .. })));
     // And an old primary's stream.
     let conn2 = ConnId(10);
-    m.handle(Timestamp::from_millis(1003), mt::Input::Net(NetEvent::Accepted { conn: conn2, peer: Node::Ps.hello() }));
+    m.handle(
+        Timestamp::from_millis(1003),
+        mt::Input::Net(NetEvent::Accepted {
+            conn: conn2,
+            peer: Node::Ps.hello(),
+        }),
+    );
     let outs = mt_recv(&mut m, conn2, open(1, 2), vec![]);
-    assert!(matches!(sent(&outs)[..], [Message::Reject { .. }]), "{outs:?}");
+    assert!(
+        matches!(sent(&outs)[..], [Message::Reject { .. }]),
+        "{outs:?}"
+    );
     assert!(closes(&outs));
     assert_eq!(m.stats().replicas[0].applied_seq, 1);
 }
@@ -947,9 +1284,17 @@ fn master_target_refuses_malformed_batches() {
         let (mut m, conn) = mt_alone();
         mt_recv(&mut m, conn, open(1, 1), vec![]);
         let outs = mt_recv(&mut m, conn, Message::Batch(h), d);
-        assert!(matches!(sent(&outs)[..], [Message::Reject { .. }]), "{what}: {outs:?}");
+        assert!(
+            matches!(sent(&outs)[..], [Message::Reject { .. }]),
+            "{what}: {outs:?}"
+        );
         assert!(closes(&outs), "{what}");
-        assert!(!outs.iter().any(|o| matches!(o, mt::Output::JournalAppend { .. })), "{what}");
+        assert!(
+            !outs
+                .iter()
+                .any(|o| matches!(o, mt::Output::JournalAppend { .. })),
+            "{what}"
+        );
     }
     // A batch before OpenStream is refused too.
     let (mut m, conn) = mt_alone();
@@ -965,21 +1310,45 @@ fn master_target_marks_a_gap_inconsistent() {
     mt_apply(&mut m, conn, 1, 1, 2);
     assert!(m.stats().replicas[0].inconsistent.is_none());
     // The agent crashed: the stream resumes at 10, seqs 3..=9 are lost.
-    m.handle(Timestamp::from_millis(1005), mt::Input::Net(NetEvent::Closed { conn, reason: "x".into() }));
+    m.handle(
+        Timestamp::from_millis(1005),
+        mt::Input::Net(NetEvent::Closed {
+            conn,
+            reason: "x".into(),
+        }),
+    );
     let conn2 = ConnId(11);
-    m.handle(Timestamp::from_millis(1005), mt::Input::Net(NetEvent::Accepted { conn: conn2, peer: Node::Ps.hello() }));
+    m.handle(
+        Timestamp::from_millis(1005),
+        mt::Input::Net(NetEvent::Accepted {
+            conn: conn2,
+            peer: Node::Ps.hello(),
+        }),
+    );
     let outs = mt_recv(&mut m, conn2, open(1, 10), vec![]);
     let saved = outs.iter().find_map(|o| match o {
         mt::Output::SaveReplica(meta) => Some(meta.clone()),
         _ => None,
     });
-    let why = saved.expect("the inconsistency is persisted").inconsistent.expect("marked inconsistent");
+    let why = saved
+        .expect("the inconsistency is persisted")
+        .inconsistent
+        .expect("marked inconsistent");
     assert!(why.contains("3..=9"), "{why}");
     assert!(m.stats().replicas[0].inconsistent.is_some());
     // The stream goes on from the new seq.
     let (_, persisted) = mt_apply(&mut m, conn2, 1, 10, 11);
-    assert!(matches!(sent(&persisted)[..], [Message::Applied { applied_seq: 11, .. }]));
-    assert!(m.stats().replicas[0].inconsistent.is_some(), "still inconsistent until a resync");
+    assert!(matches!(
+        sent(&persisted)[..],
+        [Message::Applied {
+            applied_seq: 11,
+            ..
+        }]
+    ));
+    assert!(
+        m.stats().replicas[0].inconsistent.is_some(),
+        "still inconsistent until a resync"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -991,8 +1360,8 @@ fn agent_holds_writes_past_its_buffer_and_completes_them_after_acks() {
     settings.batch_bytes_max = BLOCK_BYTES;
     settings.buffer_bytes_max = 4 * BLOCK_BYTES;
     let mut c = Cluster::new(settings, false); // no process server
-    // One write at a time (queue depth 1): the limit counts recorded writes, so writes already
-    // in flight when it is reached still complete; the ones that arrive after it are held.
+                                               // One write at a time (queue depth 1): the limit counts recorded writes, so writes already
+                                               // in flight when it is reached still complete; the ones that arrive after it are held.
     let ios: Vec<IoId> = (0..10)
         .map(|i| {
             let io = c.write(i * B, vec![i as u8 + 1; B]);
@@ -1001,9 +1370,21 @@ fn agent_holds_writes_past_its_buffer_and_completes_them_after_acks() {
         })
         .collect();
     c.advance(200);
-    let done: Vec<IoId> = ios.iter().copied().filter(|io| c.completed.contains_key(io)).collect();
-    assert_eq!(done, ios[..4], "writes past the buffer limit are held, not failed");
-    assert_eq!(c.source_ops.len(), 4, "held writes do not reach the source disk");
+    let done: Vec<IoId> = ios
+        .iter()
+        .copied()
+        .filter(|io| c.completed.contains_key(io))
+        .collect();
+    assert_eq!(
+        done,
+        ios[..4],
+        "writes past the buffer limit are held, not failed"
+    );
+    assert_eq!(
+        c.source_ops.len(),
+        4,
+        "held writes do not reach the source disk"
+    );
     assert_eq!(c.agent.stats().disks[0].buffered_bytes, 4 * BLOCK_BYTES);
     assert!(!c.agent.has_room(0));
 
@@ -1011,7 +1392,11 @@ fn agent_holds_writes_past_its_buffer_and_completes_them_after_acks() {
     c.settle();
     assert!(c.completed.values().all(|r| r.is_ok()));
     assert_eq!(c.completed.len(), 10);
-    assert_eq!(c.source_ops.iter().map(|(io, _)| *io).collect::<Vec<_>>(), ios, "held writes keep their order");
+    assert_eq!(
+        c.source_ops.iter().map(|(io, _)| *io).collect::<Vec<_>>(),
+        ios,
+        "held writes keep their order"
+    );
     c.assert_replica_is_source();
     assert!(c.agent.has_room(0));
 }
@@ -1025,13 +1410,30 @@ fn config_server_assigns_the_disk_to_the_registered_process_server_and_master_ta
     let mut s = ConfigServer::new(cs_settings(), now);
     let (ca, cp, cm) = (ConnId(1), ConnId(2), ConnId(3));
     for (conn, node) in [(ca, Node::Agent), (cp, Node::Ps), (cm, Node::Mt)] {
-        s.handle(now, cs::Input::Net(NetEvent::Accepted { conn, peer: node.hello() }));
+        s.handle(
+            now,
+            cs::Input::Net(NetEvent::Accepted {
+                conn,
+                peer: node.hello(),
+            }),
+        );
     }
     let reg = |data: &str, disks: Vec<DiskInfo>| {
-        Message::Register(Registration { data_addr: data.into(), api_addr: format!("{data}-api"), disks })
+        Message::Register(Registration {
+            data_addr: data.into(),
+            api_addr: format!("{data}-api"),
+            disks,
+        })
     };
     let recv = |s: &mut ConfigServer, conn: ConnId, msg: Message| {
-        s.handle(now, cs::Input::Net(NetEvent::Received { conn, msg, data: vec![] }));
+        s.handle(
+            now,
+            cs::Input::Net(NetEvent::Received {
+                conn,
+                msg,
+                data: vec![],
+            }),
+        );
         std::iter::from_fn(|| s.poll_output())
             .map(|cs::Output::Net(cmd)| cmd)
             .filter_map(|cmd| match cmd {
@@ -1041,30 +1443,81 @@ fn config_server_assigns_the_disk_to_the_registered_process_server_and_master_ta
             .collect::<Vec<_>>()
     };
     // The agent first: nothing to place it on yet.
-    let out = recv(&mut s, ca, reg("", vec![DiskInfo { disk: disk_id(), size_bytes: DISK_BYTES as u64 }]));
+    let out = recv(
+        &mut s,
+        ca,
+        reg(
+            "",
+            vec![DiskInfo {
+                disk: disk_id(),
+                size_bytes: DISK_BYTES as u64,
+            }],
+        ),
+    );
     assert!(out.is_empty(), "{out:?}");
     let out = recv(&mut s, cp, reg("ps:7001", vec![]));
     assert!(out.is_empty(), "no master target yet: {out:?}");
     let out = recv(&mut s, cm, reg("mt:7002", vec![]));
-    let assign = out.iter().find(|(c, m)| *c == ca && matches!(m, Message::Assign(_))).expect("Assign to the agent");
-    let Message::Assign(a) = &assign.1 else { unreachable!() };
+    let assign = out
+        .iter()
+        .find(|(c, m)| *c == ca && matches!(m, Message::Assign(_)))
+        .expect("Assign to the agent");
+    let Message::Assign(a) = &assign.1 else {
+        unreachable!()
+    };
     assert_eq!(a.len(), 1);
     assert_eq!((a[0].disk.clone(), a[0].epoch), (disk_id(), Epoch(1)));
-    assert_eq!((a[0].process_server.as_str(), a[0].process_server_addr.as_str()), ("ps1", "ps:7001"));
-    let routes = out.iter().find(|(c, m)| *c == cp && matches!(m, Message::Routes(_))).expect("Routes to the process server");
-    let Message::Routes(r) = &routes.1 else { unreachable!() };
+    assert_eq!(
+        (
+            a[0].process_server.as_str(),
+            a[0].process_server_addr.as_str()
+        ),
+        ("ps1", "ps:7001")
+    );
+    let routes = out
+        .iter()
+        .find(|(c, m)| *c == cp && matches!(m, Message::Routes(_)))
+        .expect("Routes to the process server");
+    let Message::Routes(r) = &routes.1 else {
+        unreachable!()
+    };
     assert_eq!(r.len(), 1);
-    assert_eq!((r[0].disk.clone(), r[0].epoch, r[0].size_bytes), (disk_id(), Epoch(1), DISK_BYTES as u64));
-    assert_eq!((r[0].master_target.as_str(), r[0].master_target_addr.as_str()), ("mt1", "mt:7002"));
-    assert!(out.iter().all(|(c, _)| *c != cm), "the master target gets nothing");
+    assert_eq!(
+        (r[0].disk.clone(), r[0].epoch, r[0].size_bytes),
+        (disk_id(), Epoch(1), DISK_BYTES as u64)
+    );
+    assert_eq!(
+        (
+            r[0].master_target.as_str(),
+            r[0].master_target_addr.as_str()
+        ),
+        ("mt1", "mt:7002")
+    );
+    assert!(
+        out.iter().all(|(c, _)| *c != cm),
+        "the master target gets nothing"
+    );
 
     let st = s.status();
     assert_eq!(st.components.len(), 3);
-    assert_eq!(st.disks[0].master_target_api.as_deref(), Some("mt:7002-api"));
+    assert_eq!(
+        st.disks[0].master_target_api.as_deref(),
+        Some("mt:7002-api")
+    );
 
     // A message on an unknown connection closes it.
-    s.handle(now, cs::Input::Net(NetEvent::Received { conn: ConnId(99), msg: open(1, 1), data: vec![] }));
-    assert!(matches!(s.poll_output(), Some(cs::Output::Net(NetCommand::Close { conn: ConnId(99) }))));
+    s.handle(
+        now,
+        cs::Input::Net(NetEvent::Received {
+            conn: ConnId(99),
+            msg: open(1, 1),
+            data: vec![],
+        }),
+    );
+    assert!(matches!(
+        s.poll_output(),
+        Some(cs::Output::Net(NetCommand::Close { conn: ConnId(99) }))
+    ));
 }
 
 #[test]
@@ -1072,8 +1525,16 @@ fn the_cluster_is_wired_by_the_config_server() {
     let c = Cluster::new(agent_settings(), true);
     assert_eq!(c.delivered_to(Node::Agent, "Assign").len(), 1);
     assert_eq!(c.delivered_to(Node::Ps, "Routes").len(), 1);
-    assert_eq!(c.delivered_to(Node::Ps, "OpenStream").len(), 1, "agent -> process server stream");
-    assert_eq!(c.delivered_to(Node::Mt, "OpenStream").len(), 1, "process server -> master target stream");
+    assert_eq!(
+        c.delivered_to(Node::Ps, "OpenStream").len(),
+        1,
+        "agent -> process server stream"
+    );
+    assert_eq!(
+        c.delivered_to(Node::Mt, "OpenStream").len(),
+        1,
+        "process server -> master target stream"
+    );
     assert!(c.agent.stats().disks[0].connected);
     assert!(c.ps.as_ref().unwrap().stats().disks[0].master_target_connected);
 }
@@ -1104,7 +1565,10 @@ fn a_full_cache_makes_the_agent_wait_without_a_resend_storm() {
     let batches = c.delivered_to(Node::Ps, "Batch").len();
     // Resends are paced by busy_retry_ms: about 4 per 20 ms over 200 ms, not a tight loop.
     assert!(busy > 0, "the cache filled up");
-    assert!(batches < 100, "{batches} batches sent in 200 ms while the cache is full ({busy} Busy)");
+    assert!(
+        batches < 100,
+        "{batches} batches sent in 200 ms while the cache is full ({busy} Busy)"
+    );
     assert_eq!(c.agent.stats().disks[0].seq_cached, 3);
 
     c.hold_journal = false;

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 const AGENT_RESERVED: TableDefinition<&str, u64> = TableDefinition::new("agent_reserved");
+/// Disks whose initial copy has completed.
+const AGENT_COPIED: TableDefinition<&str, bool> = TableDefinition::new("agent_copied");
 const PS_DISKS: TableDefinition<&str, &[u8]> = TableDefinition::new("ps_disks");
 const MT_REPLICAS: TableDefinition<&str, &[u8]> = TableDefinition::new("mt_replicas");
 /// (disk, seq) -> postcard `PointRecord`.
@@ -55,6 +57,7 @@ impl MetaStore {
         store.write(|tx| {
             tx.open_table(AGENT_RESERVED).map_err(db_err)?;
             tx.open_table(PS_DISKS).map_err(db_err)?;
+            tx.open_table(AGENT_COPIED).map_err(db_err)?;
             tx.open_table(MT_REPLICAS).map_err(db_err)?;
             tx.open_table(MT_POINTS).map_err(db_err)?;
             Ok(())
@@ -83,6 +86,19 @@ impl MetaStore {
     pub fn set_agent_reserved(&self, disk: &DiskId, reserved: Seq) -> Result<(), MetaError> {
         self.write(|tx| {
             tx.open_table(AGENT_RESERVED).map_err(db_err)?.insert(disk.as_str(), reserved).map_err(db_err)?;
+            Ok(())
+        })
+    }
+
+    pub fn agent_copied(&self, disk: &DiskId) -> Result<bool, MetaError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(AGENT_COPIED).map_err(db_err)?;
+        Ok(t.get(disk.as_str()).map_err(db_err)?.map(|v| v.value()).unwrap_or(false))
+    }
+
+    pub fn set_agent_copied(&self, disk: &DiskId) -> Result<(), MetaError> {
+        self.write(|tx| {
+            tx.open_table(AGENT_COPIED).map_err(db_err)?.insert(disk.as_str(), true).map_err(db_err)?;
             Ok(())
         })
     }

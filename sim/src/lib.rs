@@ -18,7 +18,9 @@ use haven_core::batch::{BatchHeader, Encoding, OpKind, BLOCK_BYTES};
 use haven_core::config_server::{self as cs, ConfigServer, ConfigServerSettings};
 use haven_core::master_target::{self as mt, MasterTarget, MasterTargetSettings};
 use haven_core::net::{NetCommand, NetEvent};
-use haven_core::process_server::{self as ps, CacheDiskMeta, CacheLoc, CachedBatch, ProcessServer, ProcessServerSettings};
+use haven_core::process_server::{
+    self as ps, CacheDiskMeta, CacheLoc, CachedBatch, ProcessServer, ProcessServerSettings,
+};
 use haven_core::protocol::{self, Hello, Message, Role, PROTOCOL_VERSION};
 use haven_core::{ComponentId, ConnId, DiskId, Epoch, Seq, Timestamp};
 use std::collections::{BTreeMap, VecDeque};
@@ -118,7 +120,12 @@ impl Node {
             Node::Mt => (Role::MasterTarget, "mt1"),
             Node::Agent => (Role::Agent, "agent1"),
         };
-        Hello { version: PROTOCOL_VERSION, role, component: ComponentId::new(name).expect("valid"), epoch: Epoch(0) }
+        Hello {
+            version: PROTOCOL_VERSION,
+            role,
+            component: ComponentId::new(name).expect("valid"),
+            epoch: Epoch(0),
+        }
     }
 
     fn index(self) -> u8 {
@@ -180,7 +187,10 @@ impl SimConfig {
                 heartbeat_interval_ms: 500,
                 reconnect_delay_ms: 20,
             },
-            config_server: ConfigServerSettings { rules: vec![], heartbeat_timeout_ms: 5_000 },
+            config_server: ConfigServerSettings {
+                rules: vec![],
+                heartbeat_timeout_ms: 5_000,
+            },
         }
     }
 }
@@ -326,7 +336,10 @@ impl Cluster {
         while !self.done() {
             if self.steps >= self.cfg.max_steps {
                 let st = self.agent.stats();
-                self.fail(format!("stuck: agent {st:?}, journal at {}", self.journal_seq));
+                self.fail(format!(
+                    "stuck: agent {st:?}, journal at {}",
+                    self.journal_seq
+                ));
             }
             self.step();
         }
@@ -353,14 +366,26 @@ impl Cluster {
             return false;
         }
         let st = &self.agent.stats().disks[0];
-        st.buffered_bytes == 0 && st.seq_applied == st.seq_written && self.journal_synced_seq == st.seq_written
+        st.buffered_bytes == 0
+            && st.seq_applied == st.seq_written
+            && self.journal_synced_seq == st.seq_written
     }
 
     /// One scheduler step.
     pub fn step(&mut self) {
         self.steps += 1;
-        let wires: Vec<(ConnId, Node)> = self.wires.iter().filter(|(_, q)| !q.is_empty()).map(|(k, _)| *k).collect();
-        let stores: Vec<Node> = self.answers.iter().filter(|(_, q)| !q.is_empty()).map(|(k, _)| *k).collect();
+        let wires: Vec<(ConnId, Node)> = self
+            .wires
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        let stores: Vec<Node> = self
+            .answers
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
         let can_submit = self.workload_left > 0 && self.outstanding < self.cfg.queue_depth;
         let pending = wires.len() + stores.len() + self.loose.len();
         // Time passes now and then, and always when nothing else can happen.
@@ -373,14 +398,22 @@ impl Cluster {
         let pick = self.rng.below(pending as u64) as usize;
         if pick < wires.len() {
             let key = wires[pick];
-            let ev = self.wires.get_mut(&key).and_then(|q| q.pop_front()).expect("non-empty");
+            let ev = self
+                .wires
+                .get_mut(&key)
+                .and_then(|q| q.pop_front())
+                .expect("non-empty");
             if self.wires[&key].is_empty() && !self.conns[&key.0].open {
                 self.wires.remove(&key);
             }
             self.deliver(key.1, ev);
         } else if pick < wires.len() + stores.len() {
             let node = stores[pick - wires.len()];
-            let a = self.answers.get_mut(&node).and_then(|q| q.pop_front()).expect("non-empty");
+            let a = self
+                .answers
+                .get_mut(&node)
+                .and_then(|q| q.pop_front())
+                .expect("non-empty");
             self.answer(a);
         } else {
             let (to, ev) = self.loose.pop_front().expect("non-empty");
@@ -436,15 +469,34 @@ impl Cluster {
                 7 => {
                     let blocks = 1 + rng.below(3);
                     let off = rng.below(disk_bytes / BLOCK_BYTES - blocks + 1) * BLOCK_BYTES;
-                    (SourceOp::Zero { offset: off, len: blocks * BLOCK_BYTES, punch: rng.chance(50) }, false)
+                    (
+                        SourceOp::Zero {
+                            offset: off,
+                            len: blocks * BLOCK_BYTES,
+                            punch: rng.chance(50),
+                        },
+                        false,
+                    )
                 }
                 _ => {
                     let len = 1 + rng.below(2 * BLOCK_BYTES);
                     let off = rng.below(disk_bytes - len + 1);
-                    (SourceOp::Zero { offset: off, len, punch: false }, false)
+                    (
+                        SourceOp::Zero {
+                            offset: off,
+                            len,
+                            punch: false,
+                        },
+                        false,
+                    )
                 }
             };
-            agent::Input::Write { io, disk: 0, op, fua }
+            agent::Input::Write {
+                io,
+                disk: 0,
+                op,
+                fua,
+            }
         };
         self.agent.handle(self.now, input);
         self.drain();
@@ -483,7 +535,10 @@ impl Cluster {
             }
             Answer::Mt(i) => {
                 if let mt::Input::JournalPersisted { id, .. } = &i {
-                    let seq = self.journal_unsynced.remove(id).unwrap_or_else(|| self.fail("unknown journal append".into()));
+                    let seq = self
+                        .journal_unsynced
+                        .remove(id)
+                        .unwrap_or_else(|| self.fail("unknown journal append".into()));
                     self.journal_synced_seq = self.journal_synced_seq.max(seq);
                 }
                 self.mt.handle(now, i)
@@ -538,16 +593,46 @@ impl Cluster {
     fn net_cmd(&mut self, from: Node, cmd: NetCommand) {
         match cmd {
             NetCommand::Connect { token, addr } => {
-                let Some(to) = Node::ALL.into_iter().find(|n| n.addr() == addr && *n != Node::Agent) else {
-                    self.loose.push_back((from, NetEvent::ConnectFailed { token, reason: format!("no host {addr}") }));
+                let Some(to) = Node::ALL
+                    .into_iter()
+                    .find(|n| n.addr() == addr && *n != Node::Agent)
+                else {
+                    self.loose.push_back((
+                        from,
+                        NetEvent::ConnectFailed {
+                            token,
+                            reason: format!("no host {addr}"),
+                        },
+                    ));
                     return;
                 };
                 let conn = ConnId(self.next_conn);
                 self.next_conn += 1;
-                self.conns.insert(conn, Conn { ends: (from, to), open: true });
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        ends: (from, to),
+                        open: true,
+                    },
+                );
                 // The acceptor hears of the connection before any frame on it.
-                self.push_wire(conn, to, NetEvent::Accepted { conn, peer: from.hello() });
-                self.push_wire(conn, from, NetEvent::Connected { token, conn, peer: to.hello() });
+                self.push_wire(
+                    conn,
+                    to,
+                    NetEvent::Accepted {
+                        conn,
+                        peer: from.hello(),
+                    },
+                );
+                self.push_wire(
+                    conn,
+                    from,
+                    NetEvent::Connected {
+                        token,
+                        conn,
+                        peer: to.hello(),
+                    },
+                );
             }
             NetCommand::Send { conn, msg, data } => {
                 if !self.conns.get(&conn).is_some_and(|c| c.open) {
@@ -555,18 +640,28 @@ impl Cluster {
                 }
                 let to = self.other_end(conn, from);
                 self.check_promise(from, &msg);
-                let frame = protocol::encode(&msg, &data).unwrap_or_else(|e| self.fail(format!("encode: {e}")));
+                let frame = protocol::encode(&msg, &data)
+                    .unwrap_or_else(|e| self.fail(format!("encode: {e}")));
                 let (msg, data, _) = protocol::decode(&frame)
                     .unwrap_or_else(|e| self.fail(format!("decode: {e}")))
                     .unwrap_or_else(|| self.fail("a whole frame does not decode".into()));
                 self.push_wire(conn, to, NetEvent::Received { conn, msg, data });
             }
             NetCommand::Close { conn } => {
-                let Some(c) = self.conns.get_mut(&conn).filter(|c| c.open) else { return };
+                let Some(c) = self.conns.get_mut(&conn).filter(|c| c.open) else {
+                    return;
+                };
                 c.open = false;
                 let (a, b) = c.ends;
                 for n in [a, b] {
-                    self.push_wire(conn, n, NetEvent::Closed { conn, reason: format!("closed by {from:?}") });
+                    self.push_wire(
+                        conn,
+                        n,
+                        NetEvent::Closed {
+                            conn,
+                            reason: format!("closed by {from:?}"),
+                        },
+                    );
                 }
             }
         }
@@ -575,15 +670,35 @@ impl Cluster {
     /// The durability chain: no acknowledgement runs ahead of what storage has synced.
     fn check_promise(&self, from: Node, msg: &Message) {
         let (cached, applied) = match (from, msg) {
-            (Node::Ps, Message::BatchAck { cached_seq, applied_seq, .. }) => (*cached_seq, *applied_seq),
-            (Node::Ps | Node::Mt, Message::StreamState { cached_seq, applied_seq, .. }) => (*cached_seq, *applied_seq),
+            (
+                Node::Ps,
+                Message::BatchAck {
+                    cached_seq,
+                    applied_seq,
+                    ..
+                },
+            ) => (*cached_seq, *applied_seq),
+            (
+                Node::Ps | Node::Mt,
+                Message::StreamState {
+                    cached_seq,
+                    applied_seq,
+                    ..
+                },
+            ) => (*cached_seq, *applied_seq),
             (Node::Mt, Message::Applied { applied_seq, .. }) => (0, *applied_seq),
             _ => return,
         };
-        let cached_limit = if from == Node::Mt { self.journal_synced_seq } else { self.cache_synced_seq };
+        let cached_limit = if from == Node::Mt {
+            self.journal_synced_seq
+        } else {
+            self.cache_synced_seq
+        };
         if cached > cached_limit || applied > self.journal_synced_seq {
             let (c, j) = (self.cache_synced_seq, self.journal_synced_seq);
-            self.fail(format!("{from:?} promised {msg:?} with cache synced through {c} and journal through {j}"));
+            self.fail(format!(
+                "{from:?} promised {msg:?} with cache synced through {c} and journal through {j}"
+            ));
         }
     }
 
@@ -610,9 +725,14 @@ impl Cluster {
                 let data = (!aligned_zero).then(|| self.source[s..e].to_vec());
                 self.source_at.push(image_digest(&self.source));
                 self.source_ops.push(SourceRecord { span, aligned_zero });
-                self.queue_answer(Node::Agent, Answer::Agent(agent::Input::SourceDone { io, data }));
+                self.queue_answer(
+                    Node::Agent,
+                    Answer::Agent(agent::Input::SourceDone { io, data }),
+                );
             }
-            agent::Output::SourceSync { io, .. } => self.queue_answer(Node::Agent, Answer::Agent(agent::Input::Synced { io })),
+            agent::Output::SourceSync { io, .. } => {
+                self.queue_answer(Node::Agent, Answer::Agent(agent::Input::Synced { io }))
+            }
             agent::Output::Complete { io, result } => {
                 if let Err(e) = result {
                     self.fail(format!("io {io} failed: {e}"));
@@ -623,9 +743,10 @@ impl Cluster {
                 self.outstanding -= 1;
                 self.completed += 1;
             }
-            agent::Output::Reserve { disk, reserved } => {
-                self.queue_answer(Node::Agent, Answer::Agent(agent::Input::Reserved { disk, reserved }))
-            }
+            agent::Output::Reserve { disk, reserved } => self.queue_answer(
+                Node::Agent,
+                Answer::Agent(agent::Input::Reserved { disk, reserved }),
+            ),
         }
     }
 
@@ -635,7 +756,10 @@ impl Cluster {
             ps::Output::CacheAppend { id, header, data } => {
                 let frame = protocol::encode(&Message::Batch(header.clone()), &data)
                     .unwrap_or_else(|e| self.fail(format!("cache frame: {e}")));
-                let loc = CacheLoc { segment: 0, offset: self.next_loc };
+                let loc = CacheLoc {
+                    segment: 0,
+                    offset: self.next_loc,
+                };
                 self.next_loc += frame.len() as u64;
                 let bytes = frame.len() as u64;
                 // Written now, durable (and visible to Forward) once answered.
@@ -648,11 +772,20 @@ impl Cluster {
                     loc,
                 });
                 self.cache.insert(loc, frame);
-                self.queue_answer(Node::Ps, Answer::Ps(ps::Input::CachePersisted { id, loc, bytes }));
+                self.queue_answer(
+                    Node::Ps,
+                    Answer::Ps(ps::Input::CachePersisted { id, loc, bytes }),
+                );
             }
             ps::Output::Forward { conn, disk, loc } => {
-                let Some(frame) = self.cache.get(&loc) else { self.fail(format!("Forward of {loc:?}, not in the cache")) };
-                if !self.cache_index.iter().any(|e| e.loc == loc && e.last_seq <= self.cache_synced_seq) {
+                let Some(frame) = self.cache.get(&loc) else {
+                    self.fail(format!("Forward of {loc:?}, not in the cache"))
+                };
+                if !self
+                    .cache_index
+                    .iter()
+                    .any(|e| e.loc == loc && e.last_seq <= self.cache_synced_seq)
+                {
                     self.fail(format!("Forward of {loc:?} before it is synced"));
                 }
                 let (msg, data, _) = protocol::decode(frame)
@@ -668,7 +801,10 @@ impl Cluster {
             }
             ps::Output::CacheRelease { disk, through } => {
                 if through > self.journal_synced_seq {
-                    self.fail(format!("cache released through {through}, journal synced only through {}", self.journal_synced_seq));
+                    self.fail(format!(
+                        "cache released through {through}, journal synced only through {}",
+                        self.journal_synced_seq
+                    ));
                 }
                 let cache = &mut self.cache;
                 self.cache_index.retain(|e| {
@@ -686,7 +822,11 @@ impl Cluster {
     }
 
     fn cache_persisted(&mut self, loc: CacheLoc) {
-        let e = self.cache_index.iter().find(|e| e.loc == loc).unwrap_or_else(|| self.fail("unknown cache append".into()));
+        let e = self
+            .cache_index
+            .iter()
+            .find(|e| e.loc == loc)
+            .unwrap_or_else(|| self.fail("unknown cache append".into()));
         self.cache_synced_seq = self.cache_synced_seq.max(e.last_seq);
     }
 
@@ -695,7 +835,11 @@ impl Cluster {
             mt::Output::Net(cmd) => self.net_cmd(Node::Mt, cmd),
             mt::Output::CreateReplica(meta) => {
                 if meta.size_bytes != self.source.len() as u64 {
-                    self.fail(format!("replica of {} bytes for a {}-byte source", meta.size_bytes, self.source.len()));
+                    self.fail(format!(
+                        "replica of {} bytes for a {}-byte source",
+                        meta.size_bytes,
+                        self.source.len()
+                    ));
                 }
                 self.replica = vec![0; meta.size_bytes as usize];
             }
@@ -709,7 +853,10 @@ impl Cluster {
                 self.journal(&header, &data);
                 self.journal_unsynced.insert(id, header.last_seq);
                 let journal_bytes = self.journal_bytes;
-                self.queue_answer(Node::Mt, Answer::Mt(mt::Input::JournalPersisted { id, journal_bytes }));
+                self.queue_answer(
+                    Node::Mt,
+                    Answer::Mt(mt::Input::JournalPersisted { id, journal_bytes }),
+                );
             }
         }
     }
@@ -722,13 +869,19 @@ impl Cluster {
             self.fail(format!("journal append of undecoded data: {h:?}"));
         }
         if h.first_seq != self.journal_seq + 1 {
-            self.fail(format!("journal append {}..={} after {}: lost or repeated", h.first_seq, h.last_seq, self.journal_seq));
+            self.fail(format!(
+                "journal append {}..={} after {}: lost or repeated",
+                h.first_seq, h.last_seq, self.journal_seq
+            ));
         }
         let mut at = 0;
         for op in &h.ops {
             let src = &self.source_ops[op.seq as usize - 1];
             if (op.block, op.blocks) != src.span || (op.kind == OpKind::Zero) != src.aligned_zero {
-                self.fail(format!("seq {} is {op:?}, but write #{} was {:?}", op.seq, op.seq, src.span));
+                self.fail(format!(
+                    "seq {} is {op:?}, but write #{} was {:?}",
+                    op.seq, op.seq, src.span
+                ));
             }
             let (s, len) = (op.block as usize * B, op.blocks as usize * B);
             match op.kind {
@@ -745,7 +898,10 @@ impl Cluster {
         if h.consistent {
             self.recovery_points += 1;
             if image_digest(&self.replica) != self.source_at[h.last_seq as usize] {
-                self.fail(format!("recovery point at seq {}: replica differs from the source as it was", h.last_seq));
+                self.fail(format!(
+                    "recovery point at seq {}: replica differs from the source as it was",
+                    h.last_seq
+                ));
             }
         }
     }

@@ -41,9 +41,7 @@ impl Agent {
                 }
             }
             Input::CopyDone { disk } => {
-                self.streams[disk].close_batch();
                 self.streams[disk].copying = false;
-                self.pump(disk);
             }
             Input::SourceDone { io, data } => self.on_source_done(io, data),
             Input::SourceFailed { io, error } => self.on_source_failed(io, error),
@@ -131,10 +129,18 @@ impl Agent {
                 self.pump(disk);
                 self.out.push_back(Output::SourceSync { io, disk });
             }
-            Input::CopyChunk { disk, block, data } => {
+            Input::CopyChunk { disk, block, data, last } => {
                 let blocks = (data.len() as u64 / BLOCK_BYTES) as u32;
-                self.streams[disk].copying = true;
+                // The batch that ends with the last chunk is the first consistent point: every
+                // block was copied after all earlier writes to it, and later writes have later
+                // seqs.
+                self.streams[disk].copying = !last;
                 self.record(disk, block, blocks, Some(data));
+                if last {
+                    self.streams[disk].close_batch();
+                    self.batch_deadline[disk] = None;
+                    self.pump(disk);
+                }
             }
             _ => unreachable!("only writes start"),
         }

@@ -82,8 +82,9 @@ pub enum Input {
     Write { io: IoId, disk: usize, op: SourceOp, fua: bool },
     Flush { io: IoId, disk: usize },
     /// A chunk of the initial copy: `data` is whole blocks read from the source at `block`.
-    CopyChunk { disk: usize, block: u64, data: Vec<u8> },
-    /// The initial copy of a disk is done.
+    /// `last` marks the final chunk: the batch it ends is the first consistent point.
+    CopyChunk { disk: usize, block: u64, data: Vec<u8>, last: bool },
+    /// The initial copy of a disk is done and found nothing to copy (an all-zero disk).
     CopyDone { disk: usize },
     /// The driver carried out `SourceWrite{io}`; `data` holds the touched blocks as they are
     /// now (None when the op was aligned zeroing).

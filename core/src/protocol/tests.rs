@@ -5,7 +5,8 @@ use super::*;
 use crate::batch::{BatchHeader, Encoding, Op, OpKind, BLOCK_BYTES};
 use crate::ids::{ComponentId, DiskId, Epoch};
 use crate::stats::{
-    AgentDiskStats, AgentStats, CacheDiskStats, MasterTargetStats, ProcessServerStats, ReplicaStats, ReplicationMode,
+    AgentDiskStats, AgentStats, CacheDiskStats, MasterTargetStats, ProcessServerStats,
+    ReplicaStats, ReplicationMode,
 };
 use crate::time::Timestamp;
 use proptest::prelude::*;
@@ -19,14 +20,34 @@ fn comp(name: &str) -> ComponentId {
 }
 
 fn hello(role: Role) -> Hello {
-    Hello { version: PROTOCOL_VERSION, role, component: comp("node-1"), epoch: Epoch(3) }
+    Hello {
+        version: PROTOCOL_VERSION,
+        role,
+        component: comp("node-1"),
+        epoch: Epoch(3),
+    }
 }
 
 fn batch_header() -> BatchHeader {
     let ops = vec![
-        Op { seq: 7, block: 0, blocks: 2, kind: OpKind::Data },
-        Op { seq: 8, block: 10, blocks: 3, kind: OpKind::Zero },
-        Op { seq: 9, block: 4, blocks: 1, kind: OpKind::Data },
+        Op {
+            seq: 7,
+            block: 0,
+            blocks: 2,
+            kind: OpKind::Data,
+        },
+        Op {
+            seq: 8,
+            block: 10,
+            blocks: 3,
+            kind: OpKind::Zero,
+        },
+        Op {
+            seq: 9,
+            block: 4,
+            blocks: 1,
+            kind: OpKind::Data,
+        },
     ];
     BatchHeader {
         disk: disk(),
@@ -47,7 +68,10 @@ fn every_message() -> Vec<Message> {
     let reg = Registration {
         data_addr: "10.0.0.1:7001".into(),
         api_addr: "10.0.0.1:8001".into(),
-        disks: vec![DiskInfo { disk: disk(), size_bytes: 1 << 30 }],
+        disks: vec![DiskInfo {
+            disk: disk(),
+            size_bytes: 1 << 30,
+        }],
     };
     let agent_stats = AgentStats {
         disks: vec![AgentDiskStats {
@@ -90,12 +114,35 @@ fn every_message() -> Vec<Message> {
     let msgs = vec![
         Message::Hello(hello(Role::Agent)),
         Message::reject("no"),
-        Message::OpenStream { disk: disk(), epoch: Epoch(1), size_bytes: 1 << 30, first_seq: 5 },
-        Message::StreamState { disk: disk(), epoch: Epoch(1), cached_seq: 9, applied_seq: 8 },
+        Message::OpenStream {
+            disk: disk(),
+            epoch: Epoch(1),
+            size_bytes: 1 << 30,
+            first_seq: 5,
+        },
+        Message::StreamState {
+            disk: disk(),
+            epoch: Epoch(1),
+            cached_seq: 9,
+            applied_seq: 8,
+        },
         Message::Batch(batch_header()),
-        Message::BatchAck { disk: disk(), epoch: Epoch(1), cached_seq: 9, applied_seq: 8 },
-        Message::Busy { disk: disk(), first_seq: 10, retry_after_ms: 50 },
-        Message::Applied { disk: disk(), epoch: Epoch(1), applied_seq: u64::MAX },
+        Message::BatchAck {
+            disk: disk(),
+            epoch: Epoch(1),
+            cached_seq: 9,
+            applied_seq: 8,
+        },
+        Message::Busy {
+            disk: disk(),
+            first_seq: 10,
+            retry_after_ms: 50,
+        },
+        Message::Applied {
+            disk: disk(),
+            epoch: Epoch(1),
+            applied_seq: u64::MAX,
+        },
         Message::Register(reg),
         Message::Assign(vec![Assignment {
             disk: disk(),
@@ -139,7 +186,12 @@ fn raw_header(magic: [u8; 4], body_len: u32, ctl_len: u32, crc: u32) -> Vec<u8> 
 fn raw_frame(ctl: &[u8], data: &[u8]) -> Vec<u8> {
     let mut body = ctl.to_vec();
     body.extend_from_slice(data);
-    let mut f = raw_header(FRAME_MAGIC, body.len() as u32, ctl.len() as u32, crc32fast::hash(&body));
+    let mut f = raw_header(
+        FRAME_MAGIC,
+        body.len() as u32,
+        ctl.len() as u32,
+        crc32fast::hash(&body),
+    );
     f.extend_from_slice(&body);
     f
 }
@@ -188,14 +240,23 @@ fn every_truncated_prefix_is_incomplete() {
     for msg in every_message() {
         let frame = encode(&msg, &pattern(100)).unwrap();
         for len in 0..frame.len() {
-            assert_eq!(decode(&frame[..len]).unwrap(), None, "{} cut at {len}", msg.kind());
+            assert_eq!(
+                decode(&frame[..len]).unwrap(),
+                None,
+                "{} cut at {len}",
+                msg.kind()
+            );
         }
     }
 }
 
 #[test]
 fn a_flipped_body_byte_is_a_checksum_error() {
-    let frame = encode(&Message::Batch(batch_header()), &pattern(3 * BLOCK_BYTES as usize)).unwrap();
+    let frame = encode(
+        &Message::Batch(batch_header()),
+        &pattern(3 * BLOCK_BYTES as usize),
+    )
+    .unwrap();
     for i in FRAME_HEADER_BYTES..frame.len() {
         for bit in [0x01u8, 0x80] {
             let mut bad = frame.clone();
@@ -218,7 +279,10 @@ fn bad_magic_is_refused() {
     frame[0] = b'G';
     assert_eq!(decode(&frame), Err(FrameError::BadMagic(*b"GVN1")));
     // Refused as soon as the header is there, before the body.
-    assert_eq!(decode(&frame[..FRAME_HEADER_BYTES]), Err(FrameError::BadMagic(*b"GVN1")));
+    assert_eq!(
+        decode(&frame[..FRAME_HEADER_BYTES]),
+        Err(FrameError::BadMagic(*b"GVN1"))
+    );
     let http = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
     assert!(matches!(decode(http), Err(FrameError::BadMagic(_))));
 }
@@ -226,7 +290,10 @@ fn bad_magic_is_refused() {
 #[test]
 fn oversized_body_is_refused_from_the_header() {
     let h = raw_header(FRAME_MAGIC, FRAME_BODY_BYTES_MAX + 1, 10, 0);
-    assert_eq!(decode(&h), Err(FrameError::BodyTooLarge(FRAME_BODY_BYTES_MAX + 1)));
+    assert_eq!(
+        decode(&h),
+        Err(FrameError::BodyTooLarge(FRAME_BODY_BYTES_MAX + 1))
+    );
     let h = raw_header(FRAME_MAGIC, u32::MAX, 10, 0);
     assert_eq!(decode(&h), Err(FrameError::BodyTooLarge(u32::MAX)));
     // The limit itself is allowed: the header is fine, the body is just not there yet.
@@ -236,9 +303,19 @@ fn oversized_body_is_refused_from_the_header() {
 
 #[test]
 fn bad_control_lengths_are_refused() {
-    for (body, ctl) in [(10, 0), (0, 0), (10, 11), (0, 1), (FRAME_BODY_BYTES_MAX, FRAME_CONTROL_BYTES_MAX + 1)] {
+    for (body, ctl) in [
+        (10, 0),
+        (0, 0),
+        (10, 11),
+        (0, 1),
+        (FRAME_BODY_BYTES_MAX, FRAME_CONTROL_BYTES_MAX + 1),
+    ] {
         let h = raw_header(FRAME_MAGIC, body, ctl, 0);
-        assert_eq!(decode(&h), Err(FrameError::BadControlLength { ctl, body }), "body {body} ctl {ctl}");
+        assert_eq!(
+            decode(&h),
+            Err(FrameError::BadControlLength { ctl, body }),
+            "body {body} ctl {ctl}"
+        );
     }
 }
 
@@ -252,7 +329,11 @@ fn a_control_part_that_is_not_a_message_is_bad_control() {
     let frame = raw_frame(&ctl[..ctl.len() / 2], &[]);
     assert!(matches!(decode(&frame), Err(FrameError::BadControl(_))));
     // A name that does not validate (DiskId checks on decode).
-    let bad_name = Message::Busy { disk: disk(), first_seq: 1, retry_after_ms: 0 };
+    let bad_name = Message::Busy {
+        disk: disk(),
+        first_seq: 1,
+        retry_after_ms: 0,
+    };
     let mut ctl = postcard::to_allocvec(&bad_name).unwrap();
     let pos = ctl.windows(3).position(|w| w == b"web").unwrap();
     ctl[pos] = b'/';
@@ -263,13 +344,18 @@ fn a_control_part_that_is_not_a_message_is_bad_control() {
 #[test]
 fn oversized_messages_are_not_encoded() {
     let data = vec![0u8; FRAME_BODY_BYTES_MAX as usize];
-    assert!(matches!(encode_head(&Message::reject("x"), &data), Err(FrameError::TooLargeToEncode(_))));
+    assert!(matches!(
+        encode_head(&Message::reject("x"), &data),
+        Err(FrameError::TooLargeToEncode(_))
+    ));
 }
 
 #[test]
 fn reject_reasons_are_bounded() {
     let long = "é".repeat(2000);
-    let Message::Reject { reason } = Message::reject(long) else { panic!() };
+    let Message::Reject { reason } = Message::reject(long) else {
+        panic!()
+    };
     assert!(reason.len() <= message::REASON_BYTES_MAX);
     assert!(reason.chars().all(|c| c == 'é'));
 }
@@ -277,13 +363,18 @@ fn reject_reasons_are_bounded() {
 #[test]
 fn hello_is_checked() {
     let ok = Message::Hello(hello(Role::ProcessServer));
-    assert_eq!(check_hello(&ok, &[Role::Agent, Role::ProcessServer]), Ok(hello(Role::ProcessServer)));
+    assert_eq!(
+        check_hello(&ok, &[Role::Agent, Role::ProcessServer]),
+        Ok(hello(Role::ProcessServer))
+    );
 
     let mut old = hello(Role::Agent);
     old.version = PROTOCOL_VERSION + 1;
     assert_eq!(
         check_hello(&Message::Hello(old), &[Role::Agent]),
-        Err(HandshakeError::Version { theirs: PROTOCOL_VERSION + 1 })
+        Err(HandshakeError::Version {
+            theirs: PROTOCOL_VERSION + 1
+        })
     );
 
     let wrong = Message::Hello(hello(Role::MasterTarget));
@@ -295,8 +386,14 @@ fn hello_is_checked() {
         other => panic!("{other:?}"),
     }
 
-    for msg in every_message().into_iter().filter(|m| !matches!(m, Message::Hello(_))) {
-        assert_eq!(check_hello(&msg, &[Role::Agent]), Err(HandshakeError::NotHello(msg.kind())));
+    for msg in every_message()
+        .into_iter()
+        .filter(|m| !matches!(m, Message::Hello(_)))
+    {
+        assert_eq!(
+            check_hello(&msg, &[Role::Agent]),
+            Err(HandshakeError::NotHello(msg.kind()))
+        );
     }
 }
 

@@ -130,7 +130,13 @@ pub async fn start<T: Transport>(transport: T, cfg: AgentConfig) -> Result<Agent
     let net = Net::new(transport, hello, vec![], ev_tx);
     let clock = Clock::new();
     let agent = Agent::new(cfg.settings.clone(), disks, clock.now());
-    let driver = Driver { agent, net, sources, meta, clock, replies: BTreeMap::new(), next_io: 1, inputs: VecDeque::new() };
+    let mut copies = vec![];
+    for (i, d) in cfg.disks.iter().enumerate() {
+        if !meta.agent_copied(&d.disk).map_err(fail)? {
+            copies.push(Copy { disk: i, id: d.disk.clone(), next: 0, pending: None });
+        }
+    }
+    let driver = Driver { agent, net, sources, meta, clock, replies: BTreeMap::new(), next_io: 1, inputs: VecDeque::new(), copies, copied: vec![] };
     let task = tokio::spawn(driver.run(ev_rx, nbd_rx));
     Ok(AgentHandle { nbd_addr, task })
 }
@@ -145,12 +151,39 @@ struct Driver<T: Transport> {
     next_io: IoId,
     /// Completions to feed back, in emission order.
     inputs: VecDeque<Input>,
+    /// Initial copies in progress.
+    copies: Vec<Copy>,
+    /// Copies sent, waiting to be cached: (disk id, index, last seq of the copy).
+    copied: Vec<(DiskId, usize, haven_core::ids::Seq)>,
+}
+
+/// Bytes read per initial-copy chunk.
+pub const COPY_CHUNK_BYTES: u64 = 1 << 20;
+
+/// The initial copy of a disk: every non-zero chunk of the source is sent through the change
+/// stream (interleaved with the workload's writes, which get later seqs, so the replica ends
+/// equal to the source). It restarts from the beginning if the agent stops before it completes.
+struct Copy {
+    disk: usize,
+    id: DiskId,
+    next: u64,
+    /// The newest non-zero chunk read, fed once the next one is found (so the last can be marked).
+    pending: Option<(u64, Vec<u8>)>,
 }
 
 impl<T: Transport> Driver<T> {
     async fn run(mut self, mut events: mpsc::Receiver<NetInbound>, mut nbd: mpsc::UnboundedReceiver<NbdRequest>) -> Result<(), RoleError> {
         loop {
-            let deadline = self.agent.poll_timeout();
+            self.copy_step()?;
+            self.check_copied()?;
+            let now = self.clock.now();
+            let deadline = if self.copies.iter().any(|c| self.agent.has_room(c.disk)) {
+                Some(now)
+            } else if !self.copies.is_empty() || !self.copied.is_empty() {
+                haven_core::time::earliest(self.agent.poll_timeout(), Some(now.plus_millis(10)))
+            } else {
+                self.agent.poll_timeout()
+            };
             tokio::select! {
                 biased;
                 ev = events.recv() => match ev {
@@ -174,6 +207,62 @@ impl<T: Transport> Driver<T> {
                 }
             }
         }
+    }
+
+    /// Feeds the next chunks of each initial copy while the agent has room for them.
+    fn copy_step(&mut self) -> Result<(), RoleError> {
+        let mut i = 0;
+        while i < self.copies.len() {
+            let (disk, size) = (self.copies[i].disk, self.sources[self.copies[i].disk].size_bytes());
+            let mut fed = 0;
+            while self.copies[i].next < size && self.agent.has_room(disk) && fed < 16 {
+                let off = self.copies[i].next;
+                let n = COPY_CHUNK_BYTES.min(size - off);
+                let mut buf = vec![0u8; n as usize];
+                self.sources[disk].read_at(&mut buf, off).map_err(|e| fail(format!("initial copy read: {e}")))?;
+                self.copies[i].next += n;
+                fed += 1;
+                if !crate::vfs::is_zero(&buf) {
+                    let block = off / haven_core::batch::BLOCK_BYTES;
+                    if let Some((block, data)) = self.copies[i].pending.replace((block, buf)) {
+                        self.feed(Input::CopyChunk { disk, block, data, last: false })?;
+                    }
+                }
+            }
+            if self.copies[i].next >= size {
+                match self.copies[i].pending.take() {
+                    Some((block, data)) => self.feed(Input::CopyChunk { disk, block, data, last: true })?,
+                    None => self.feed(Input::CopyDone { disk })?,
+                }
+                let seq = self.agent.stats().disks[disk].seq_written;
+                tracing::info!("initial copy of {} sent through seq {seq}", self.copies[i].id);
+                let c = self.copies.remove(i);
+                self.copied.push((c.id, disk, seq));
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a copy as complete once the process server holds all of it durably.
+    fn check_copied(&mut self) -> Result<(), RoleError> {
+        if self.copied.is_empty() {
+            return Ok(());
+        }
+        let stats = self.agent.stats();
+        let mut i = 0;
+        while i < self.copied.len() {
+            let (id, disk, seq) = &self.copied[i];
+            if stats.disks[*disk].seq_cached >= *seq {
+                self.meta.set_agent_copied(id).map_err(fail)?;
+                tracing::info!("initial copy of {id} is cached at the process server");
+                self.copied.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
     }
 
     fn on_net(&mut self, ev: NetInbound) -> Result<(), RoleError> {

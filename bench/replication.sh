@@ -1,0 +1,447 @@
+#!/usr/bin/env bash
+# Haven replication benchmark: the agent's NBD export against qemu-nbd, end-to-end replication
+# throughput, RPO under steady load, and process-server-to-master-target bytes per byte written.
+#
+# Usage: bench/replication.sh            (from the workspace root or anywhere)
+#
+# Environment (all optional):
+#   HAVEN_BIN   haven binary (default: target/release/haven, built with cargo if missing)
+#   SKIP_BUILD  1: do not run `cargo build --release --bin haven`
+#   REPEAT      runs of every measurement (default 2)
+#   RUNTIME     seconds of the time-based fio jobs A and B (default 20)
+#   RPO_SECS    seconds of the RPO load (default 30)
+#   RPO_RATE    fio --rate of the RPO load (default 50m)
+#   RPO_BS      block size of the RPO load (default 4k)
+#   E2E_SIZE    bytes written by the end-to-end jobs (default 1g)
+#   BENCH_TMP   directory for the temporary files (default: $TMPDIR or /tmp); it must be on the
+#               filesystem under test: qemu-nbd's file and each lab's disk live there
+#   KEEP        1: keep the temporary directory
+#
+# Needs: fio (with the nbd engine), qemu-nbd, python3. Prints every command it runs (lines
+# starting with "+ cmd:") and, at the end, a markdown table of the results.
+
+set -euo pipefail
+shopt -s inherit_errexit
+
+REPEAT=${REPEAT:-2}
+RUNTIME=${RUNTIME:-20}
+RPO_SECS=${RPO_SECS:-30}
+RPO_RATE=${RPO_RATE:-50m}
+RPO_BS=${RPO_BS:-4k}
+E2E_SIZE=${E2E_SIZE:-1g}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+HAVEN=${HAVEN_BIN:-$ROOT/target/release/haven}
+
+for tool in fio qemu-nbd python3; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y fio qemu-utils python3)" >&2; exit 1; }
+done
+fio --enghelp 2>/dev/null | grep -qw nbd || { echo "this fio has no nbd engine" >&2; exit 1; }
+
+if [[ ${SKIP_BUILD:-0} != 1 && -z ${HAVEN_BIN:-} ]]; then
+    (cd "$ROOT" && cargo build --release --bin haven)
+fi
+[[ -x $HAVEN ]] || { echo "no haven binary at $HAVEN" >&2; exit 1; }
+
+WORK=$(mktemp -d "${BENCH_TMP:-${TMPDIR:-/tmp}}/haven-bench.XXXXXX")
+RESULTS=$WORK/results.tsv   # name <TAB> run <TAB> key <TAB> value
+COMMANDS=$WORK/commands.txt
+: >"$RESULTS"
+: >"$COMMANDS"
+PIDS=()
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -INT "$pid" 2>/dev/null || true
+        fi
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ ${KEEP:-0} == 1 || $rc != 0 ]]; then
+        echo "temporary files kept in $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+log() { echo "[$(date +%T)] $*" >&2; }
+# Records a command; run: records and runs it.
+note() {
+    echo "+ cmd: $*" >&2
+    echo "$*" >>"$COMMANDS"
+}
+run() {
+    note "$@"
+    "$@"
+}
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS"; }
+stop_pid() {
+    local pid=$1 sig=${2:-INT}
+    kill -"$sig" "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+PY=$WORK/bench.py
+cat >"$PY" <<'PYEOF'
+import json, os, socket, sys, time, urllib.request
+
+def get(url, timeout=2.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+def status(api):
+    return get(api.rstrip("/") + "/api/status")
+
+def disk0(s):
+    for d in s.get("disks", []):
+        if d.get("disk") == "disk0":
+            return d
+    return None
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); print(p)
+
+def wait_port(port, deadline_s):
+    end = time.time() + float(deadline_s)
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", int(port)), timeout=0.5).close(); return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"port {port} not listening after {deadline_s} s")
+
+def wait_lab(envfile, deadline_s):
+    """Waits for lab.env and for disk0 in data mode with a replica; prints the env lines."""
+    end = time.time() + float(deadline_s)
+    last = None
+    while time.time() < end:
+        if os.path.exists(envfile):
+            env = dict(l.split("=", 1) for l in open(envfile).read().split() if "=" in l)
+            try:
+                s = status(env["HAVEN_API"]); d = disk0(s); last = d
+                if d and d.get("source") and d["source"]["mode"].lower() == "data" and d.get("replica") \
+                        and d.get("master_target_api") and s.get("process_servers"):
+                    for k, v in env.items(): print(f"{k}={v}")
+                    print(f"HAVEN_MT_API={mt_url(d['master_target_api'])}")
+                    return
+            except Exception as e:
+                last = repr(e)
+        time.sleep(0.2)
+    sys.exit(f"lab not ready after {deadline_s} s: {last}")
+
+def mt_url(a):
+    return a if a.startswith("http") else "http://" + a
+
+def mt_applied(mt):
+    for r in get(mt.rstrip("/") + "/replicas"):
+        if r["disk"] == "disk0":
+            return r["applied_seq"]
+    return None
+
+def poll(api, mt, out, interval, stopfile):
+    """Samples the status (and the master target's live applied seq) until stopfile exists."""
+    interval = float(interval)
+    with open(out, "w") as f:
+        nxt = time.time()
+        while not os.path.exists(stopfile):
+            t = time.time()
+            rec = {"t": t}
+            try:
+                s = status(api); d = disk0(s)
+                rec["src"] = d["source"]; rec["rep"] = d["replica"]
+                rec["ps"] = s["process_servers"]
+                if mt != "-":
+                    rec["mt_applied"] = mt_applied(mt)
+            except Exception as e:
+                rec["err"] = repr(e)
+            rec["t_end"] = time.time()
+            f.write(json.dumps(rec) + "\n"); f.flush()
+            nxt += interval
+            time.sleep(max(0.0, nxt - time.time()))
+
+def fio_summary(path):
+    j = json.load(open(path))
+    w = j["jobs"][0]["write"]
+    lat = w.get("clat_ns", {}).get("percentile", {})
+    print(f"{w['iops']:.0f} {w['bw_bytes']/1e6:.1f} {w['io_bytes']} {j['jobs'][0]['elapsed']} "
+          f"{float(lat.get('99.000000', 0))/1e6:.2f}")
+
+def catchup(api, mt, written_bytes, deadline_s):
+    """After the writes: waits until the status shows every byte written and seq_applied ==
+    seq_written (stable over one heartbeat). Prints final seq_written."""
+    end = time.time() + float(deadline_s)
+    last = None
+    while time.time() < end:
+        s = disk0(status(api))["source"]
+        if s["bytes_written"] >= int(written_bytes) and s["seq_applied"] >= s["seq_written"]:
+            if last == s["seq_written"]:
+                print(s["seq_written"]); return
+            last = s["seq_written"]
+            time.sleep(1.1)
+            continue
+        time.sleep(0.1)
+    s = disk0(status(api))
+    sys.exit(f"replication did not catch up within {deadline_s} s: source={s['source']} replica={s['replica']}")
+
+def e2e(samples, t0, t1, final_seq, nbytes):
+    """Times from write start t0 to (a) the status showing seq_applied >= final_seq, (b) the
+    master target's API showing applied_seq >= final_seq. Prints t_fio t_status t_mt in s."""
+    final_seq = int(final_seq); t0 = float(t0); t1 = float(t1)
+    ts = tm = None
+    for l in open(samples):
+        r = json.loads(l)
+        if "err" in r: continue
+        if ts is None and r["src"]["seq_applied"] >= final_seq: ts = r["t"]
+        if tm is None and r.get("mt_applied") is not None and r["mt_applied"] >= final_seq: tm = r["t_end"]
+    print(f"{t1-t0:.3f} {(ts or float('nan'))-t0:.3f} {(tm or float('nan'))-t0:.3f}")
+
+def ps_ratio(api):
+    s = status(api)
+    ps = s["process_servers"]; src = disk0(s)["source"]; rep = disk0(s)["replica"]
+    bi = sum(p["bytes_in"] for p in ps.values()); bo = sum(p["bytes_out"] for p in ps.values())
+    print(f"{bi} {bo} {bo/bi if bi else float('nan'):.4f} {src['bytes_written']} {rep['journal_bytes']}")
+
+def rpo(samples, t0, t1):
+    t0 = float(t0); t1 = float(t1)
+    v = []; lag = []
+    for l in open(samples):
+        r = json.loads(l)
+        if "err" in r or not (t0 <= r["t"] <= t1): continue
+        v.append(r["src"]["rpo_ms"])
+        lag.append(r["src"]["seq_written"] - r["src"]["seq_applied"])
+    if not v: sys.exit("no RPO samples")
+    v.sort()
+    def pct(p):
+        import math
+        return v[min(len(v) - 1, max(0, math.ceil(p / 100 * len(v)) - 1))]
+    print(f"{pct(50)} {pct(99)} {v[-1]} {len(v)} {max(lag)}")
+
+def table(results, repeat):
+    rows = {}
+    for l in open(results):
+        name, run, key, val = l.rstrip("\n").split("\t")
+        rows.setdefault(name, {}).setdefault(key, {})[int(run)] = val
+    def vals(name, key):
+        d = rows.get(name, {}).get(key, {})
+        return [d.get(i) for i in range(1, int(repeat) + 1)]
+    def fmt(name, key):
+        return " / ".join(x if x is not None else "n/a" for x in vals(name, key))
+    def ratio(a, b, key):
+        out = []
+        for x, y in zip(vals(a, key), vals(b, key)):
+            out.append(f"{float(x)/float(y):.2f}x" if x and y and float(y) else "n/a")
+        return " / ".join(out)
+    print(f"| Measurement | Result (run 1 / run 2 ...) |")
+    print(f"|---|---|")
+    print(f"| A 4k randwrite QD32, qemu-nbd: IOPS | {fmt('qemu-nbd-A','iops')} |")
+    print(f"| A 4k randwrite QD32, Haven agent: IOPS | {fmt('haven-A','iops')} |")
+    print(f"| A ratio Haven/qemu-nbd (IOPS) | {ratio('haven-A','qemu-nbd-A','iops')} |")
+    print(f"| A clat p99 ms, qemu-nbd / Haven | {fmt('qemu-nbd-A','p99ms')} // {fmt('haven-A','p99ms')} |")
+    print(f"| B 1M seq write QD8, qemu-nbd: MB/s | {fmt('qemu-nbd-B','mbs')} |")
+    print(f"| B 1M seq write QD8, Haven agent: MB/s | {fmt('haven-B','mbs')} |")
+    print(f"| B ratio Haven/qemu-nbd (MB/s) | {ratio('haven-B','qemu-nbd-B','mbs')} |")
+    print(f"| A Haven: replication lag right after fio (seqs) / catch-up s | {fmt('haven-A','lag_end')} // {fmt('haven-A','catchup_s')} |")
+    print(f"| B Haven: replication lag right after fio (seqs) / catch-up s | {fmt('haven-B','lag_end')} // {fmt('haven-B','catchup_s')} |")
+    for kind in ("random", "compressible"):
+        n = f"e2e-{kind}"
+        print(f"| E2E {kind}: fio write alone MB/s | {fmt(n,'fio_mbs')} |")
+        print(f"| E2E {kind}: MB/s to applied (master target API, live) | {fmt(n,'mt_mbs')} |")
+        print(f"| E2E {kind}: MB/s to seq_applied==seq_written in /api/status (heartbeat) | {fmt(n,'status_mbs')} |")
+        print(f"| E2E {kind}: seconds write / to applied (MT) / to applied (status) | {fmt(n,'times')} |")
+        print(f"| PS bytes_out/bytes_in after E2E {kind} | {fmt(n,'ps_ratio')} |")
+    print(f"| RPO load: achieved fio MB/s | {fmt('rpo','mbs')} |")
+    print(f"| RPO rpo_ms p50 | {fmt('rpo','p50')} |")
+    print(f"| RPO rpo_ms p99 | {fmt('rpo','p99')} |")
+    print(f"| RPO rpo_ms max | {fmt('rpo','max')} |")
+    print(f"| RPO samples / max seq lag | {fmt('rpo','samples_lag')} |")
+
+cmd = sys.argv[1]
+args = sys.argv[2:]
+{"free_port": free_port, "wait_port": wait_port, "wait_lab": wait_lab, "poll": poll,
+ "fio_summary": fio_summary, "catchup": catchup, "e2e": e2e, "ps_ratio": ps_ratio,
+ "rpo": rpo, "table": table}[cmd](*args)
+PYEOF
+py() { python3 "$PY" "$@"; }
+
+FIO_A=(--ioengine=nbd --rw=randwrite --bs=4k --iodepth=32 --size=1g --runtime="$RUNTIME" --time_based --numjobs=1 --name=a)
+FIO_B=(--ioengine=nbd --rw=write --bs=1M --iodepth=8 --size=1g --runtime="$RUNTIME" --time_based --numjobs=1 --name=b)
+
+# fio_run OUT.json URI ARGS...: runs fio, prints "iops MB/s io_bytes elapsed_s clat_p99_ms".
+fio_run() {
+    local out=$1 uri=$2; shift 2
+    run fio --output-format=json --output="$out" "$@" --uri="$uri" >/dev/null
+    py fio_summary "$out"
+}
+
+# start_qemu_nbd DIR: fresh sparse 1 GiB raw file; sets QEMU_PID, QEMU_URI.
+start_qemu_nbd() {
+    local dir=$1 port
+    mkdir -p "$dir"
+    run truncate -s 1G "$dir/disk0.img"
+    port=$(py free_port)
+    note qemu-nbd -f raw -t -x disk0 -p "$port" -b 127.0.0.1 --cache=writeback "$dir/disk0.img"
+    qemu-nbd -f raw -t -x disk0 -p "$port" -b 127.0.0.1 --cache=writeback "$dir/disk0.img" \
+        >"$dir/qemu-nbd.log" 2>&1 &
+    QEMU_PID=$!
+    PIDS+=("$QEMU_PID")
+    py wait_port "$port" 20
+    QEMU_URI=nbd://127.0.0.1:$port/disk0
+}
+
+# start_lab DIR: fresh lab; sets LAB_PID, HAVEN_API, HAVEN_NBD_URI, HAVEN_MT_API.
+start_lab() {
+    local dir=$1
+    note "$HAVEN" lab --dir "$dir" --disk-size 1G --status-interval 3600
+    "$HAVEN" lab --dir "$dir" --disk-size 1G --status-interval 3600 >"$dir.log" 2>&1 &
+    LAB_PID=$!
+    PIDS+=("$LAB_PID")
+    local env
+    if ! env=$(py wait_lab "$dir/lab.env" 60); then
+        cat "$dir.log" >&2; exit 1
+    fi
+    HAVEN_API=$(sed -n 's/^HAVEN_API=//p' <<<"$env")
+    HAVEN_NBD_URI=$(sed -n 's/^HAVEN_NBD_URI=//p' <<<"$env")
+    HAVEN_MT_API=$(sed -n 's/^HAVEN_MT_API=//p' <<<"$env")
+    log "lab up: $HAVEN_NBD_URI $HAVEN_API (master target $HAVEN_MT_API)"
+}
+stop_lab() {
+    if ! kill -0 "$LAB_PID" 2>/dev/null; then
+        log "the lab process had already exited:"; tail -20 "$1.log" >&2
+    fi
+    stop_pid "$LAB_PID" INT
+    [[ ${KEEP:-0} == 1 ]] || rm -rf "$1"
+}
+
+# lab_lag: seq_written - seq_applied now (from the heartbeat-fed status).
+lab_lag() {
+    python3 - "$HAVEN_API" <<'EOF'
+import json, sys, urllib.request
+s = json.loads(urllib.request.urlopen(sys.argv[1] + "/api/status", timeout=2).read())
+d = [d for d in s["disks"] if d["disk"] == "disk0"][0]["source"]
+print(d["seq_written"] - d["seq_applied"])
+EOF
+}
+
+log "work dir $WORK; $(nproc) CPUs; haven $HAVEN"
+
+for r in $(seq "$REPEAT"); do
+    # --- 1. Baseline: qemu-nbd ---------------------------------------------------------------
+    for job in A B; do
+        d=$WORK/qemu-$job-$r
+        start_qemu_nbd "$d"
+        if [[ $job == A ]]; then args=("${FIO_A[@]}"); else args=("${FIO_B[@]}"); fi
+        out=$(fio_run "$d/fio.json" "$QEMU_URI" "${args[@]}")
+        read -r iops mbs _ _ p99 <<<"$out"
+        log "qemu-nbd job $job run $r: $iops IOPS, $mbs MB/s, clat p99 $p99 ms"
+        record "qemu-nbd-$job" "$r" iops "$iops"; record "qemu-nbd-$job" "$r" mbs "$mbs"
+        record "qemu-nbd-$job" "$r" p99ms "$p99"
+        stop_pid "$QEMU_PID" TERM
+        rm -f "$d/disk0.img"
+    done
+
+    # --- 2. The same jobs against a fresh Haven lab (replication running) -------------------
+    for job in A B; do
+        d=$WORK/lab-$job-$r
+        start_lab "$d"
+        if [[ $job == A ]]; then args=("${FIO_A[@]}"); else args=("${FIO_B[@]}"); fi
+        out=$(fio_run "$d-fio.json" "$HAVEN_NBD_URI" "${args[@]}")
+        read -r iops mbs io_bytes _ p99 <<<"$out"
+        sleep 1.2   # one heartbeat, so that the status reflects the end of the writes
+        lag=$(lab_lag)
+        t=$(date +%s.%N)
+        if fin=$(py catchup "$HAVEN_API" - "$io_bytes" 300); then
+            catchup=$(python3 -c "import time; print(f'{time.time()-$t-1.1:.1f}')")
+        else
+            catchup=FAILED; log "job $job: replication did not catch up: $fin"
+        fi
+        log "haven job $job run $r: $iops IOPS, $mbs MB/s, clat p99 $p99 ms; lag after fio $lag seqs, caught up in ~$catchup s"
+        record "haven-$job" "$r" iops "$iops"; record "haven-$job" "$r" mbs "$mbs"
+        record "haven-$job" "$r" p99ms "$p99"; record "haven-$job" "$r" lag_end "$lag"
+        record "haven-$job" "$r" catchup_s "$catchup"
+        stop_lab "$d"
+    done
+
+    # --- 3. End-to-end replication throughput (+ 5. PS bytes out/in) -----------------------
+    for kind in random compressible; do
+        d=$WORK/lab-e2e-$kind-$r
+        start_lab "$d"
+        if [[ $kind == random ]]; then
+            data=(--refill_buffers)   # fresh random data in every block: incompressible
+        else
+            data=(--refill_buffers --buffer_compress_percentage=67 --buffer_compress_chunk=4k)
+        fi
+        stopf=$d.stop
+        python3 "$PY" poll "$HAVEN_API" "$HAVEN_MT_API" "$d.samples" 0.1 "$stopf" &
+        poll_pid=$!; PIDS+=("$poll_pid")
+        sleep 0.3
+        t0=$(date +%s.%N)
+        out=$(fio_run "$d-fio.json" "$HAVEN_NBD_URI" \
+            --ioengine=nbd --rw=write --bs=1M --iodepth=8 --size="$E2E_SIZE" --numjobs=1 --name=e2e "${data[@]}")
+        read -r _ fmbs io_bytes _ _ <<<"$out"
+        t1=$(date +%s.%N)
+        if final=$(py catchup "$HAVEN_API" - "$io_bytes" 600); then
+            sleep 0.3
+            touch "$stopf"; wait "$poll_pid" || true
+            out=$(py e2e "$d.samples" "$t0" "$t1" "$final" "$io_bytes")
+            read -r tw ts tm <<<"$out"
+            mt_mbs=$(python3 -c "print(f'{$io_bytes/$tm/1e6:.1f}')")
+            st_mbs=$(python3 -c "print(f'{$io_bytes/$ts/1e6:.1f}')")
+            out=$(py ps_ratio "$HAVEN_API")
+            read -r bi bo ratio bw jb <<<"$out"
+            log "e2e $kind run $r: $io_bytes bytes; fio $fmbs MB/s (${tw}s); applied per MT API after ${tm}s ($mt_mbs MB/s), per status after ${ts}s ($st_mbs MB/s); PS in $bi out $bo ratio $ratio; agent bytes_written $bw; journal $jb"
+            record "e2e-$kind" "$r" fio_mbs "$fmbs"
+            record "e2e-$kind" "$r" mt_mbs "$mt_mbs"
+            record "e2e-$kind" "$r" status_mbs "$st_mbs"
+            record "e2e-$kind" "$r" times "${tw}/${tm}/${ts}"
+            record "e2e-$kind" "$r" ps_ratio "$ratio ($bo/$bi)"
+        else
+            touch "$stopf"; wait "$poll_pid" || true
+            log "e2e $kind run $r: replication did not catch up: $final"
+            record "e2e-$kind" "$r" fio_mbs "$fmbs"
+            record "e2e-$kind" "$r" mt_mbs "FAILED (no catch-up)"
+        fi
+        stop_lab "$d"
+    done
+
+    # --- 4. RPO under steady load ----------------------------------------------------------
+    d=$WORK/lab-rpo-$r
+    start_lab "$d"
+    stopf=$d.stop
+    python3 "$PY" poll "$HAVEN_API" - "$d.samples" 0.2 "$stopf" &
+    poll_pid=$!; PIDS+=("$poll_pid")
+    t0=$(date +%s.%N)
+    out=$(fio_run "$d-fio.json" "$HAVEN_NBD_URI" --ioengine=nbd --rw=randwrite \
+        --bs="$RPO_BS" --iodepth=32 --size=1g --rate="$RPO_RATE" --runtime="$RPO_SECS" --time_based \
+        --numjobs=1 --name=rpo)
+    read -r _ mbs _ _ _ <<<"$out"
+    t1=$(date +%s.%N)
+    touch "$stopf"; wait "$poll_pid" || true
+    out=$(py rpo "$d.samples" "$t0" "$t1")
+    read -r p50 p99 max n lag <<<"$out"
+    log "rpo run $r: fio $mbs MB/s; rpo_ms p50 $p50 p99 $p99 max $max over $n samples; max lag $lag seqs"
+    record rpo "$r" mbs "$mbs"; record rpo "$r" p50 "$p50"; record rpo "$r" p99 "$p99"
+    record rpo "$r" max "$max"; record rpo "$r" samples_lag "$n/$lag"
+    stop_lab "$d"
+done
+
+echo
+echo "## Results ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo))"
+echo
+py table "$RESULTS" "$REPEAT"
+echo
+echo "MB = 10^6 bytes. Commands run (temporary paths and ports vary):"
+echo
+echo '```'
+sort -u "$COMMANDS" | sed "s#$WORK#\$WORK#g"
+echo '```'

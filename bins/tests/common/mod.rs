@@ -1,0 +1,515 @@
+//! Helpers for the end-to-end tests: four `haven` daemons as child processes, a model of the
+//! protected disk, qemu-io as the workload, and raw sockets for hostile input.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const DISK: &str = "disk0";
+pub const DISK_BYTES: u64 = 64 << 20;
+/// Generous bound for anything the cluster must reach (assignment, replication, restarts).
+pub const DEADLINE: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(100);
+/// Heartbeat interval of every daemon; a status seen this long after an event reflects it.
+const HEARTBEAT_MS: u64 = 100;
+
+/// Startup picks ports and binds them in the daemons; one cluster at a time keeps the window in
+/// which a released port could be taken by another test's cluster closed.
+static STARTUP: Mutex<()> = Mutex::new(());
+
+/// True when qemu-io runs. Without it the test skips, except under CI, where it fails.
+pub fn have_qemu_io() -> bool {
+    let ok = Command::new("qemu-io").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "qemu-io is required (CI is set) but does not run; install qemu-utils");
+        eprintln!("SKIPPED: qemu-io not found; install qemu-utils to run the end-to-end tests");
+    }
+    ok
+}
+
+pub fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64
+}
+
+/// Polls `f` every 100 ms until it returns Ok; panics with the last Err after `timeout`.
+pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= end => panic!("timed out after {timeout:?} waiting for {what}; last state: {e}"),
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+/// Compares two disk images without printing 64 MiB on a mismatch.
+pub fn assert_same(what: &str, got: &[u8], want: &[u8]) {
+    assert_eq!(got.len(), want.len(), "{what}: image sizes differ");
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        let n = got.iter().zip(want).filter(|(a, b)| a != b).count();
+        panic!("{what}: first difference at byte {i} (got {:#04x}, want {:#04x}); {n} bytes differ", got[i], want[i]);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Daemon {
+    ConfigServer,
+    ProcessServer,
+    MasterTarget,
+    Agent,
+}
+
+const DAEMONS: [Daemon; 4] = [Daemon::ConfigServer, Daemon::ProcessServer, Daemon::MasterTarget, Daemon::Agent];
+
+impl Daemon {
+    fn command(self) -> &'static str {
+        match self {
+            Daemon::ConfigServer => "config-server",
+            Daemon::ProcessServer => "process-server",
+            Daemon::MasterTarget => "master-target",
+            Daemon::Agent => "agent",
+        }
+    }
+}
+
+/// Every listening port of the cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub cs: u16,
+    pub cs_api: u16,
+    pub ps: u16,
+    pub mt: u16,
+    pub mt_api: u16,
+    pub nbd: u16,
+}
+
+fn free_ports() -> Ports {
+    let ls: Vec<TcpListener> = (0..6).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();
+    let p: Vec<u16> = ls.iter().map(|l| l.local_addr().expect("local addr").port()).collect();
+    Ports { cs: p[0], cs_api: p[1], ps: p[2], mt: p[3], mt_api: p[4], nbd: p[5] }
+}
+
+/// Four daemons; dropping it kills them (and prints their logs if the test failed).
+pub struct Cluster {
+    pub api: Api,
+    pub ports: Ports,
+    children: [Option<Child>; 4],
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start(tmp: tempfile::TempDir) -> Cluster {
+        let _one_at_a_time = STARTUP.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tmp.path().to_path_buf();
+        let ports = free_ports();
+        write_configs(&dir, &ports);
+        let api = Api { api: format!("http://127.0.0.1:{}", ports.cs_api), nbd: format!("nbd://127.0.0.1:{}/{DISK}", ports.nbd), dir: dir.clone() };
+        let mut c = Cluster { api, ports, children: [None, None, None, None], dir, _tmp: tmp };
+        for role in DAEMONS {
+            c.spawn(role);
+        }
+        c.wait_assigned();
+        c
+    }
+
+    fn spawn(&mut self, role: Daemon) {
+        let log = OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{}.log", role.command()))).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_haven"))
+            .args([role.command(), "--config"])
+            .arg(self.dir.join(format!("{}.toml", role.command())))
+            .env("HAVEN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn haven");
+        self.children[role as usize] = Some(child);
+    }
+
+    /// SIGKILL: the daemon gets no chance to flush or say goodbye.
+    pub fn kill(&mut self, role: Daemon) {
+        let mut child = self.children[role as usize].take().expect("role running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+
+    /// Starts a killed daemon again with the same configuration and data directory.
+    pub fn restart(&mut self, role: Daemon) {
+        assert!(self.children[role as usize].is_none(), "{role:?} is still running");
+        self.spawn(role);
+    }
+
+    /// Waits until disk0 is placed on the process server and master target and streaming.
+    pub fn wait_assigned(&self) {
+        poll("disk0 to be assigned and streaming", DEADLINE, || {
+            let v = self.api.status()?;
+            let d = disk_view(&v).ok_or("disk0 not protected yet")?;
+            let placed = d["process_server"].is_string() && d["master_target"].is_string();
+            let streaming = d["source"]["mode"] == "Data" && d["source"]["connected"] == true;
+            (placed && streaming).then_some(()).ok_or_else(|| d.to_string())
+        })
+    }
+
+    pub fn assert_alive(&mut self) {
+        for (role, child) in DAEMONS.iter().zip(self.children.iter_mut()) {
+            let child = child.as_mut().unwrap_or_else(|| panic!("{role:?} was not restarted"));
+            let state = child.try_wait().expect("try_wait");
+            assert!(state.is_none(), "{role:?} exited: {state:?}");
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            for role in DAEMONS {
+                let log = std::fs::read_to_string(self.dir.join(format!("{}.log", role.command()))).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("---- {} log (last lines) ----", role.command());
+                tail.iter().rev().for_each(|l| eprintln!("{l}"));
+            }
+        }
+    }
+}
+
+fn write_configs(dir: &Path, p: &Ports) {
+    let cs = format!("127.0.0.1:{}", p.cs);
+    let d = dir.display();
+    let hb = format!("heartbeat_interval_ms = {HEARTBEAT_MS}\nreconnect_delay_ms = 100\n");
+    let files = [
+        ("config-server", format!("listen = \"{cs}\"\napi_listen = \"127.0.0.1:{}\"\n", p.cs_api)),
+        ("process-server", format!("id = \"ps1\"\nconfig_server = \"{cs}\"\ndata_dir = \"{d}/ps\"\nlisten = \"127.0.0.1:{}\"\n{hb}", p.ps)),
+        (
+            "master-target",
+            format!("id = \"mt1\"\nconfig_server = \"{cs}\"\ndata_dir = \"{d}/mt\"\nlisten = \"127.0.0.1:{}\"\napi_listen = \"127.0.0.1:{}\"\n{hb}", p.mt, p.mt_api),
+        ),
+        (
+            "agent",
+            format!(
+                "id = \"agent1\"\nconfig_server = \"{cs}\"\ndata_dir = \"{d}/agent\"\nnbd_listen = \"127.0.0.1:{}\"\n{hb}\n[[disk]]\nid = \"{DISK}\"\npath = \"{d}/disk0.img\"\ncreate_size = \"64M\"\n",
+                p.nbd
+            ),
+        ),
+    ];
+    for (name, text) in files {
+        std::fs::write(dir.join(format!("{name}.toml")), text).expect("write config");
+    }
+}
+
+fn disk_view(status: &Value) -> Option<&Value> {
+    status["disks"].as_array()?.iter().find(|d| d["disk"] == DISK)
+}
+
+/// disk0 as `haven status --json` shows it.
+#[derive(Clone, Debug)]
+pub struct DiskState {
+    pub written: u64,
+    pub cached: u64,
+    pub applied: u64,
+    pub replica_applied: u64,
+    pub connected: bool,
+    pub inconsistent: Value,
+    /// Configuration-server time (ms since the epoch) of the agent's latest heartbeat.
+    pub agent_seen_ms: u64,
+}
+
+fn disk_state(v: &Value) -> Option<DiskState> {
+    let d = disk_view(v)?;
+    let (s, r) = (&d["source"], &d["replica"]);
+    let agent = v["components"].as_array()?.iter().find(|c| c["role"] == "agent")?;
+    Some(DiskState {
+        written: s["seq_written"].as_u64()?,
+        cached: s["seq_cached"].as_u64()?,
+        applied: s["seq_applied"].as_u64()?,
+        replica_applied: r["applied_seq"].as_u64().unwrap_or(0),
+        connected: s["connected"].as_bool()?,
+        inconsistent: r["inconsistent"].clone(),
+        agent_seen_ms: v["time_ms"].as_u64()? - agent["last_seen_ms"].as_u64()?,
+    })
+}
+
+/// The console and the workload, usable from any thread (no daemon handles).
+#[derive(Clone, Debug)]
+pub struct Api {
+    pub api: String,
+    pub nbd: String,
+    dir: PathBuf,
+}
+
+impl Api {
+    fn haven(&self, args: &[&str]) -> Result<Output, String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_haven")).args(args).args(["--api", &self.api]).output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("haven {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(out)
+    }
+
+    pub fn status(&self) -> Result<Value, String> {
+        let out = self.haven(&["status", "--json"])?;
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("status JSON: {e}"))
+    }
+
+    pub fn disk(&self) -> Result<DiskState, String> {
+        let v = self.status()?;
+        disk_state(&v).ok_or_else(|| format!("no complete disk0 view in {v}"))
+    }
+
+    /// A status that reflects everything the agent did before `since_ms` (a heartbeat taken
+    /// after it) and shows at least `min_written` writes.
+    pub fn fresh_disk(&self, since_ms: u64, min_written: u64) -> DiskState {
+        poll("a fresh agent heartbeat", DEADLINE, || {
+            let d = self.disk()?;
+            let ok = d.agent_seen_ms >= since_ms + HEARTBEAT_MS && d.written >= min_written;
+            ok.then_some(d.clone()).ok_or_else(|| format!("{d:?}, want seen >= {} and written >= {min_written}", since_ms + HEARTBEAT_MS))
+        })
+    }
+
+    /// Waits until everything written is cached and applied; returns seq_written.
+    pub fn wait_applied(&self) -> u64 {
+        let since = wall_ms();
+        let d = poll("applied == written", DEADLINE, || {
+            let d = self.disk()?;
+            let done = d.agent_seen_ms >= since + HEARTBEAT_MS
+                && d.connected
+                && d.cached == d.written
+                && d.applied == d.written
+                && d.replica_applied == d.written;
+            done.then_some(d.clone()).ok_or_else(|| format!("{d:?}"))
+        });
+        assert!(d.inconsistent.is_null(), "replica marked inconsistent: {}", d.inconsistent);
+        d.written
+    }
+
+    pub fn points(&self) -> Result<Vec<u64>, String> {
+        let out = self.haven(&["points", DISK, "--json"])?;
+        let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("points JSON: {e}"))?;
+        let list = v.as_array().ok_or("points is not a list")?;
+        list.iter().map(|p| p["seq"].as_u64().ok_or_else(|| format!("bad point {p}"))).collect()
+    }
+
+    /// `haven export --point POINT`: the seq it chose and the image.
+    pub fn export(&self, point: &str) -> (u64, Vec<u8>) {
+        let file = self.dir.join("export.img");
+        let out = self.haven(&["export", DISK, "--point", point, "--out", file.to_str().expect("utf-8 path")]).expect("export");
+        let seq = String::from_utf8_lossy(&out.stdout).trim().parse().expect("export prints the seq");
+        let bytes = std::fs::read(&file).expect("read export");
+        std::fs::remove_file(&file).expect("remove export");
+        (seq, bytes)
+    }
+
+    /// The agent's backing file (the protected disk itself).
+    pub fn source(&self) -> Vec<u8> {
+        std::fs::read(self.dir.join("disk0.img")).expect("read source disk")
+    }
+
+    /// Runs qemu-io with `cmds` against the NBD export; (success, combined output).
+    pub fn qemu_io(&self, cmds: &[String]) -> (bool, String) {
+        let mut cmd = Command::new("qemu-io");
+        cmd.args(["-f", "raw"]);
+        for c in cmds {
+            cmd.args(["-c", c]);
+        }
+        let mut child = cmd.arg(&self.nbd).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn qemu-io");
+        let status = poll("qemu-io to finish", DEADLINE, || child.try_wait().map_err(|e| e.to_string())?.ok_or("running".into()));
+        let mut text = String::new();
+        child.stdout.take().expect("stdout").read_to_string(&mut text).expect("qemu-io stdout");
+        child.stderr.take().expect("stderr").read_to_string(&mut text).expect("qemu-io stderr");
+        (status.success() && !text.contains("failed"), text)
+    }
+
+    /// Runs one round of ops, updates the model and closes the round at the seq the agent
+    /// reports for it; returns that seq.
+    pub fn run_round(&self, model: &mut Model, ops: &[Op]) -> u64 {
+        let cmds: Vec<String> = ops.iter().map(Op::command).collect();
+        let (ok, text) = self.qemu_io(&cmds);
+        assert!(ok, "qemu-io {cmds:?} failed:\n{text}");
+        let exited = wall_ms();
+        model.apply(ops);
+        let prev = model.rounds.last().map_or(0, |r| r.seq);
+        let seq = self.fresh_disk(exited, prev + ops.len() as u64).written;
+        model.end_round(seq);
+        seq
+    }
+}
+
+/// One workload command, as qemu-io runs it and as the model applies it.
+#[derive(Clone, Debug)]
+pub enum Op {
+    Write { off: u64, len: u64, pat: u8 },
+    Zero { off: u64, len: u64 },
+    Discard { off: u64, len: u64 },
+}
+
+impl Op {
+    pub fn command(&self) -> String {
+        match *self {
+            Op::Write { off, len, pat } => format!("write -P {pat:#04x} {off} {len}"),
+            Op::Zero { off, len } => format!("write -z {off} {len}"),
+            Op::Discard { off, len } => format!("discard {off} {len}"),
+        }
+    }
+
+    fn apply(&self, disk: &mut [u8]) {
+        let (off, len, fill) = match *self {
+            Op::Write { off, len, pat } => (off, len, pat),
+            // The agent punches holes for discards: they read back as zeros.
+            Op::Zero { off, len } | Op::Discard { off, len } => (off, len, 0),
+        };
+        disk[off as usize..(off + len) as usize].fill(fill);
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Round {
+    /// seq_written after the round's qemu-io exited.
+    pub seq: u64,
+    ops: usize,
+}
+
+/// The disk as the workload wrote it, with the history of rounds.
+pub struct Model {
+    pub bytes: Vec<u8>,
+    ops: Vec<Op>,
+    pub rounds: Vec<Round>,
+}
+
+impl Model {
+    pub fn new() -> Model {
+        Model { bytes: vec![0; DISK_BYTES as usize], ops: vec![], rounds: vec![] }
+    }
+
+    pub fn apply(&mut self, ops: &[Op]) {
+        for op in ops {
+            op.apply(&mut self.bytes);
+            self.ops.push(op.clone());
+        }
+    }
+
+    pub fn end_round(&mut self, seq: u64) {
+        self.rounds.push(Round { seq, ops: self.ops.len() });
+    }
+
+    /// The disk as it was at the end of round `i` (replayed, so no snapshot is stored).
+    pub fn at_round(&self, i: usize) -> Vec<u8> {
+        let mut disk = vec![0; DISK_BYTES as usize];
+        self.ops[..self.rounds[i].ops].iter().for_each(|op| op.apply(&mut disk));
+        disk
+    }
+}
+
+/// xorshift64*: a deterministic workload without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+/// One round of writes spread over the disk: patterned writes, an unaligned overwrite, an
+/// unaligned small write, aligned and unaligned discards over written data, and zeroing.
+pub fn gen_round(rng: &mut Rng, round: usize) -> Vec<Op> {
+    const B: u64 = 4096;
+    let pat = |i: usize| (1 + (round * 13 + i) % 254) as u8;
+    let mut spot = |rng: &mut Rng| (rng.below(DISK_BYTES / B - 300) * B, (1 + rng.below(256)) * B);
+    let w: Vec<(u64, u64)> = (0..3).map(|_| spot(rng)).collect();
+    let mut ops: Vec<Op> = w.iter().enumerate().map(|(i, &(off, len))| Op::Write { off, len, pat: pat(i) }).collect();
+    ops.push(Op::Write { off: w[0].0 + w[0].1 / 2 + 7, len: w[0].1 / 2 + 1000, pat: pat(3) });
+    let small = if round == 0 { 4097 } else { rng.below(DISK_BYTES / B - 2) * B + 4097 };
+    ops.push(Op::Write { off: small, len: 3000, pat: pat(4) });
+    ops.push(Op::Discard { off: w[1].0 + B, len: (w[1].1 / 2 / B).max(1) * B });
+    ops.push(Op::Discard { off: w[2].0 + 100, len: 5000 });
+    ops.push(Op::Zero { off: w[2].0 + 2 * B, len: (1 + rng.below(32)) * B });
+    if round == 1 {
+        // The last bytes of the disk, unaligned start.
+        ops.push(Op::Write { off: DISK_BYTES - B - 333, len: B + 333, pat: pat(5) });
+    }
+    ops
+}
+
+/// Sends `bytes` (then half-closes if `eof`) and reads until the peer closes; panics if the
+/// connection is still open after `within`. Returns what the peer sent.
+pub fn send_expect_close(addr: &str, bytes: &[u8], eof: bool, within: Duration) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(within)).expect("read timeout");
+    let _ = s.write_all(bytes); // the peer may already have closed: that is fine
+    if eof {
+        let _ = s.shutdown(Shutdown::Write);
+    }
+    let (end, mut got) = (Instant::now() + within, vec![]);
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("{addr}: connection still open after {within:?} ({e}); received {} bytes", got.len()),
+        }
+        assert!(Instant::now() < end, "{addr}: connection still open after {within:?}");
+    }
+}
+
+/// A bare NBD client (fixed newstyle, NBD_OPT_EXPORT_NAME) for the requests qemu-io refuses
+/// to send, such as reads and writes past the end of the export.
+pub struct RawNbd {
+    s: TcpStream,
+    pub size: u64,
+}
+
+impl RawNbd {
+    pub fn connect(port: u16) -> RawNbd {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to NBD");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+        let mut greeting = [0u8; 18];
+        s.read_exact(&mut greeting).expect("NBD greeting");
+        assert_eq!(&greeting[..16], b"NBDMAGICIHAVEOPT", "NBD greeting");
+        let mut hello = 3u32.to_be_bytes().to_vec(); // FIXED_NEWSTYLE | NO_ZEROES
+        hello.extend_from_slice(b"IHAVEOPT");
+        hello.extend_from_slice(&1u32.to_be_bytes()); // NBD_OPT_EXPORT_NAME
+        hello.extend_from_slice(&(DISK.len() as u32).to_be_bytes());
+        hello.extend_from_slice(DISK.as_bytes());
+        s.write_all(&hello).expect("NBD options");
+        let mut reply = [0u8; 10];
+        s.read_exact(&mut reply).expect("NBD export reply");
+        RawNbd { s, size: u64::from_be_bytes(reply[..8].try_into().expect("8 bytes")) }
+    }
+
+    /// One request (`kind` 0 = read, 1 = write); returns the error code and the data read.
+    pub fn request(&mut self, kind: u16, offset: u64, len: u32, payload: &[u8]) -> (u32, Vec<u8>) {
+        let mut req = 0x2560_9513u32.to_be_bytes().to_vec();
+        req.extend_from_slice(&0u16.to_be_bytes());
+        req.extend_from_slice(&kind.to_be_bytes());
+        req.extend_from_slice(&0x00c0_ffeeu64.to_be_bytes());
+        req.extend_from_slice(&offset.to_be_bytes());
+        req.extend_from_slice(&len.to_be_bytes());
+        req.extend_from_slice(payload);
+        self.s.write_all(&req).expect("NBD request");
+        let mut reply = [0u8; 16];
+        self.s.read_exact(&mut reply).expect("NBD reply");
+        assert_eq!(reply[..4], 0x6744_6698u32.to_be_bytes(), "NBD simple reply magic");
+        assert_eq!(reply[8..], 0x00c0_ffeeu64.to_be_bytes(), "NBD reply cookie");
+        let error = u32::from_be_bytes(reply[4..8].try_into().expect("4 bytes"));
+        let mut data = vec![];
+        if error == 0 && kind == 0 {
+            data.resize(len as usize, 0);
+            self.s.read_exact(&mut data).expect("NBD read data");
+        }
+        (error, data)
+    }
+}
