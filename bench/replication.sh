@@ -443,5 +443,5 @@ echo
 echo "MB = 10^6 bytes. Commands run (temporary paths and ports vary):"
 echo
 echo '```'
-sort -u "$COMMANDS" | sed "s#$WORK#\$WORK#g"
+awk '!seen[$0]++' "$COMMANDS" | sed "s#$WORK#\$WORK#g"
 echo '```'

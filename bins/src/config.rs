@@ -142,7 +142,8 @@ fn default_cs_id() -> ComponentId {
 }
 
 pub fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -156,10 +157,22 @@ fn check(cond: bool, what: &str) -> Result<(), String> {
 
 impl AgentFile {
     pub fn into_config(self) -> Result<AgentConfig, String> {
-        check(self.batch_bytes_max >= 4096 && self.batch_bytes_max <= BATCH_DATA_BYTES_MAX / 2, "batch_bytes_max must be between 4K and 32M")?;
-        check(self.buffer_bytes_max >= self.batch_bytes_max * 2, "buffer_bytes_max must be at least twice batch_bytes_max")?;
-        check(self.window_batches_max >= 1 && self.window_batches_max <= 1024, "window_batches_max must be between 1 and 1024")?;
-        check(!self.disks.is_empty(), "an agent needs at least one [[disk]]")?;
+        check(
+            self.batch_bytes_max >= 4096 && self.batch_bytes_max <= BATCH_DATA_BYTES_MAX / 2,
+            "batch_bytes_max must be between 4K and 32M",
+        )?;
+        check(
+            self.buffer_bytes_max >= self.batch_bytes_max * 2,
+            "buffer_bytes_max must be at least twice batch_bytes_max",
+        )?;
+        check(
+            self.window_batches_max >= 1 && self.window_batches_max <= 1024,
+            "window_batches_max must be between 1 and 1024",
+        )?;
+        check(
+            !self.disks.is_empty(),
+            "an agent needs at least one [[disk]]",
+        )?;
         let settings = AgentSettings {
             component: self.id,
             config_server_addr: self.config_server,
@@ -173,16 +186,31 @@ impl AgentFile {
         let disks = self
             .disks
             .into_iter()
-            .map(|d| AgentDiskConfig { disk: d.id, path: d.path, create_size: d.create_size })
+            .map(|d| AgentDiskConfig {
+                disk: d.id,
+                path: d.path,
+                create_size: d.create_size,
+            })
             .collect();
-        Ok(AgentConfig { settings, disks, data_dir: self.data_dir, nbd_listen: self.nbd_listen })
+        Ok(AgentConfig {
+            settings,
+            disks,
+            data_dir: self.data_dir,
+            nbd_listen: self.nbd_listen,
+        })
     }
 }
 
 impl ProcessServerFile {
     pub fn into_config(self) -> Result<ProcessServerConfig, String> {
-        check(self.cache_bytes_max >= 64 << 20, "cache_bytes_max must be at least 64M")?;
-        check(self.window_batches_max >= 1 && self.window_batches_max <= 1024, "window_batches_max must be between 1 and 1024")?;
+        check(
+            self.cache_bytes_max >= 64 << 20,
+            "cache_bytes_max must be at least 64M",
+        )?;
+        check(
+            self.window_batches_max >= 1 && self.window_batches_max <= 1024,
+            "window_batches_max must be between 1 and 1024",
+        )?;
         let settings = ProcessServerSettings {
             component: self.id,
             config_server_addr: self.config_server,
@@ -193,7 +221,11 @@ impl ProcessServerFile {
             reconnect_delay_ms: self.reconnect_delay_ms.max(10),
             busy_retry_ms: self.busy_retry_ms.max(10),
         };
-        Ok(ProcessServerConfig { settings, data_dir: self.data_dir, listen: self.listen })
+        Ok(ProcessServerConfig {
+            settings,
+            data_dir: self.data_dir,
+            listen: self.listen,
+        })
     }
 }
 
@@ -207,14 +239,27 @@ impl MasterTargetFile {
             heartbeat_interval_ms: self.heartbeat_interval_ms.max(100),
             reconnect_delay_ms: self.reconnect_delay_ms.max(10),
         };
-        MasterTargetConfig { settings, data_dir: self.data_dir, listen: self.listen, api_listen: self.api_listen }
+        MasterTargetConfig {
+            settings,
+            data_dir: self.data_dir,
+            listen: self.listen,
+            api_listen: self.api_listen,
+        }
     }
 }
 
 impl ConfigServerFile {
     pub fn into_config(self) -> ConfigServerConfig {
-        let settings = ConfigServerSettings { rules: self.rules, heartbeat_timeout_ms: self.heartbeat_timeout_ms.max(500) };
-        ConfigServerConfig { component: self.id, settings, listen: self.listen, api_listen: self.api_listen }
+        let settings = ConfigServerSettings {
+            rules: self.rules,
+            heartbeat_timeout_ms: self.heartbeat_timeout_ms.max(500),
+        };
+        ConfigServerConfig {
+            component: self.id,
+            settings,
+            listen: self.listen,
+            api_listen: self.api_listen,
+        }
     }
 }
 
@@ -223,21 +268,33 @@ mod tests {
     use super::*;
 
     fn example(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../docs/examples")
+            .join(name)
     }
 
     #[test]
     fn example_configs_load_and_validate() {
-        let a = load::<AgentFile>(&example("agent.toml")).unwrap().into_config().unwrap();
+        let a = load::<AgentFile>(&example("agent.toml"))
+            .unwrap()
+            .into_config()
+            .unwrap();
         assert_eq!(a.disks.len(), 1);
         assert_eq!(a.disks[0].create_size, Some(20u64 << 30));
         assert_eq!(a.settings.batch_bytes_max, 4 << 20);
-        let p = load::<ProcessServerFile>(&example("process-server.toml")).unwrap().into_config().unwrap();
+        let p = load::<ProcessServerFile>(&example("process-server.toml"))
+            .unwrap()
+            .into_config()
+            .unwrap();
         assert_eq!(p.settings.cache_bytes_max, 100u64 << 30);
         assert_eq!(p.settings.data_addr, "ps1.prod.example:7100");
-        let m = load::<MasterTargetFile>(&example("master-target.toml")).unwrap().into_config();
+        let m = load::<MasterTargetFile>(&example("master-target.toml"))
+            .unwrap()
+            .into_config();
         assert_eq!(m.settings.api_addr, "mt1.dr.example:7280");
-        let c = load::<ConfigServerFile>(&example("config-server.toml")).unwrap().into_config();
+        let c = load::<ConfigServerFile>(&example("config-server.toml"))
+            .unwrap()
+            .into_config();
         assert_eq!(c.settings.rules.len(), 1);
     }
 
@@ -249,8 +306,9 @@ mod tests {
         let small: ProcessServerFile =
             toml::from_str("id = \"ps1\"\nconfig_server = \"x:1\"\ndata_dir = \"/x\"\nlisten = \"a:1\"\ncache_bytes_max = \"1M\"\n").unwrap();
         assert!(small.into_config().is_err());
-        let bad_id: Result<ProcessServerFile, _> =
-            toml::from_str("id = \"p s\"\nconfig_server = \"x:1\"\ndata_dir = \"/x\"\nlisten = \"a:1\"\n");
+        let bad_id: Result<ProcessServerFile, _> = toml::from_str(
+            "id = \"p s\"\nconfig_server = \"x:1\"\ndata_dir = \"/x\"\nlisten = \"a:1\"\n",
+        );
         assert!(bad_id.is_err());
     }
 }

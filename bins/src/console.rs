@@ -13,16 +13,30 @@ use std::path::Path;
 const EXPORT_CHUNK_BYTES: usize = 4 << 20;
 
 pub async fn fetch_status(api: &str) -> Result<StatusView, String> {
-    http::get_json::<StatusView>(api, "/api/status").await.map_err(|e| e.to_string())
+    http::get_json::<StatusView>(api, "/api/status")
+        .await
+        .map_err(|e| e.to_string())
 }
 
 pub fn disk_line(d: &DiskView) -> String {
     let (mode, written, cached, applied, rpo, bytes) = match &d.source {
-        Some(s) => (s.mode.name(), s.seq_written, s.seq_cached, s.seq_applied, format!("{} ms", s.rpo_ms), human_bytes(s.bytes_written)),
+        Some(s) => (
+            s.mode.name(),
+            s.seq_written,
+            s.seq_cached,
+            s.seq_applied,
+            format!("{} ms", s.rpo_ms),
+            human_bytes(s.bytes_written),
+        ),
         None => ("unknown", 0, 0, 0, "-".into(), "-".into()),
     };
     let points = d.replica.as_ref().map_or(0, |r| r.points);
-    let warn = d.replica.as_ref().and_then(|r| r.inconsistent.clone()).map(|w| format!("  INCONSISTENT: {w}")).unwrap_or_default();
+    let warn = d
+        .replica
+        .as_ref()
+        .and_then(|r| r.inconsistent.clone())
+        .map(|w| format!("  INCONSISTENT: {w}"))
+        .unwrap_or_default();
     format!(
         "{disk}: mode {mode}, seq written {written} / cached {cached} / applied {applied}, RPO {rpo}, written {bytes}, {points} recovery points{warn}",
         disk = d.disk
@@ -32,13 +46,19 @@ pub fn disk_line(d: &DiskView) -> String {
 pub async fn status(api: &str, json: bool) -> Result<(), String> {
     let s = fetch_status(api).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&s).expect("status serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&s).expect("status serializes")
+        );
         return Ok(());
     }
     println!("components:");
     for c in &s.components {
         let state = if c.online { "online" } else { "OFFLINE" };
-        println!("  {:<16} {:<15} {state:<8} last seen {} ms ago  {}", c.id, c.role, c.last_seen_ms, c.data_addr);
+        println!(
+            "  {:<16} {:<15} {state:<8} last seen {} ms ago  {}",
+            c.id, c.role, c.last_seen_ms, c.data_addr
+        );
     }
     println!("disks:");
     for d in &s.disks {
@@ -51,13 +71,18 @@ pub async fn status(api: &str, json: bool) -> Result<(), String> {
 }
 
 async fn fetch_points(api: &str, disk: &str) -> Result<Vec<PointRecord>, String> {
-    http::get_json::<Vec<PointRecord>>(api, &format!("/api/disks/{disk}/points")).await.map_err(|e| e.to_string())
+    http::get_json::<Vec<PointRecord>>(api, &format!("/api/disks/{disk}/points"))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 pub async fn points(api: &str, disk: &str, json: bool) -> Result<(), String> {
     let pts = fetch_points(api, disk).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&pts).expect("points serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&pts).expect("points serialize")
+        );
         return Ok(());
     }
     println!("{:>12}  {:<24}  kind", "seq", "time (UTC)");
@@ -71,7 +96,9 @@ pub async fn points(api: &str, disk: &str, json: bool) -> Result<(), String> {
 /// Picks the recovery point named by `spec`: `latest`, a seq, or a time (the newest point at or
 /// before it).
 pub fn resolve_point(points: &[PointRecord], spec: &str) -> Result<PointRecord, String> {
-    let none = || "the disk has no recovery points yet; wait for replication (see `haven status`)".to_string();
+    let none = || {
+        "the disk has no recovery points yet; wait for replication (see `haven status`)".to_string()
+    };
     if spec == "latest" {
         return points.last().cloned().ok_or_else(none);
     }
@@ -80,9 +107,12 @@ pub fn resolve_point(points: &[PointRecord], spec: &str) -> Result<PointRecord, 
             .iter()
             .find(|p| p.seq == seq)
             .cloned()
-            .ok_or_else(|| format!("seq {seq} is not a recovery point; list them with `haven points`"));
+            .ok_or_else(|| {
+                format!("seq {seq} is not a recovery point; list them with `haven points`")
+            });
     }
-    let t = parse_time(spec).map_err(|e| format!("--point must be latest, a seq or a time: {e}"))?;
+    let t =
+        parse_time(spec).map_err(|e| format!("--point must be latest, a seq or a time: {e}"))?;
     points
         .iter()
         .rev()
@@ -98,38 +128,69 @@ pub async fn export(api: &str, disk: &str, spec: &str, out: &Path) -> Result<(),
         .iter()
         .find(|d| d.disk.as_str() == disk)
         .ok_or_else(|| format!("disk {disk} is not protected; see `haven status`"))?;
-    let mt = d.master_target_api.clone().filter(|a| !a.is_empty()).ok_or("the disk's master target is not registered")?;
+    let mt = d
+        .master_target_api
+        .clone()
+        .filter(|a| !a.is_empty())
+        .ok_or("the disk's master target is not registered")?;
     let pts = fetch_points(api, disk).await?;
     let point = resolve_point(&pts, spec)?;
-    eprintln!("exporting {disk} at seq {} ({}) to {}", point.seq, format_time(point.time.0), out.display());
-    let stream = tokio::net::TcpStream::connect(&mt).await.map_err(|e| format!("cannot reach the master target at {mt}: {e}"))?;
+    eprintln!(
+        "exporting {disk} at seq {} ({}) to {}",
+        point.seq,
+        format_time(point.time.0),
+        out.display()
+    );
+    let stream = tokio::net::TcpStream::connect(&mt)
+        .await
+        .map_err(|e| format!("cannot reach the master target at {mt}: {e}"))?;
     let path = format!("/replicas/{disk}/image?seq={}", point.seq);
-    let mut resp = http::request(stream, "GET", &mt, &path, None).await.map_err(|e| e.to_string())?;
+    let mut resp = http::request(stream, "GET", &mt, &path, None)
+        .await
+        .map_err(|e| e.to_string())?;
     if resp.status != 200 {
         let status = resp.status;
         let body = resp.body_bytes(64 << 10).await.unwrap_or_default();
-        return Err(format!("master target answered {status}: {}", String::from_utf8_lossy(&body)));
+        return Err(format!(
+            "master target answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
     }
     let len = resp.content_length.ok_or("master target sent no length")?;
-    let file = std::fs::File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let file =
+        std::fs::File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     file.set_len(len).map_err(|e| e.to_string())?;
     write_sparse(&mut resp, &file, len).await?;
     file.sync_all().map_err(|e| e.to_string())?;
-    eprintln!("\rwrote {} ({})            ", out.display(), human_bytes(len));
+    eprintln!(
+        "\rwrote {} ({})            ",
+        out.display(),
+        human_bytes(len)
+    );
     println!("{}", point.seq);
     Ok(())
 }
 
-async fn write_sparse<S: tokio::io::AsyncRead + Unpin>(resp: &mut http::ClientResponse<S>, file: &std::fs::File, len: u64) -> Result<(), String> {
+async fn write_sparse<S: tokio::io::AsyncRead + Unpin>(
+    resp: &mut http::ClientResponse<S>,
+    file: &std::fs::File,
+    len: u64,
+) -> Result<(), String> {
     let mut buf = vec![0u8; EXPORT_CHUNK_BYTES];
     let mut off = 0u64;
     let mut last_report = 0u64;
     while off < len {
         let mut filled = 0;
         while filled < buf.len() && off + (filled as u64) < len {
-            let n = resp.read_chunk(&mut buf[filled..]).await.map_err(|e: HttpError| e.to_string())?;
+            let n = resp
+                .read_chunk(&mut buf[filled..])
+                .await
+                .map_err(|e: HttpError| e.to_string())?;
             if n == 0 {
-                return Err(format!("export ended early at {} of {len} bytes", off + filled as u64));
+                return Err(format!(
+                    "export ended early at {} of {len} bytes",
+                    off + filled as u64
+                ));
             }
             filled += n;
         }
@@ -140,7 +201,12 @@ async fn write_sparse<S: tokio::io::AsyncRead + Unpin>(resp: &mut http::ClientRe
         off += filled as u64;
         if off - last_report >= 64 << 20 || off == len {
             last_report = off;
-            eprint!("\r{:>5.1}%  {} of {}", off as f64 * 100.0 / len as f64, human_bytes(off), human_bytes(len));
+            eprint!(
+                "\r{:>5.1}%  {} of {}",
+                off as f64 * 100.0 / len as f64,
+                human_bytes(off),
+                human_bytes(len)
+            );
             let _ = std::io::stderr().flush();
         }
     }
@@ -155,7 +221,11 @@ mod tests {
 
     #[test]
     fn points_resolve() {
-        let p = |seq, t: u64| PointRecord { seq, time: Timestamp(t * 1_000_000), kind: PointKind::Crash };
+        let p = |seq, t: u64| PointRecord {
+            seq,
+            time: Timestamp(t * 1_000_000),
+            kind: PointKind::Crash,
+        };
         let pts = vec![p(3, 100), p(7, 200), p(9, 300)];
         assert_eq!(resolve_point(&pts, "latest").unwrap().seq, 9);
         assert_eq!(resolve_point(&pts, "7").unwrap().seq, 7);

@@ -25,31 +25,53 @@ fn id(s: &str) -> ComponentId {
 }
 
 pub async fn run(o: LabOptions) -> Result<(), String> {
-    std::fs::create_dir_all(&o.dir).map_err(|e| format!("cannot create {}: {e}", o.dir.display()))?;
+    std::fs::create_dir_all(&o.dir)
+        .map_err(|e| format!("cannot create {}: {e}", o.dir.display()))?;
     let dir = o.dir.canonicalize().map_err(|e| e.to_string())?;
     let e = |e: RoleError| e.to_string();
     let cs = drivers::config_server::start(
         Tcp,
         drivers::config_server::ConfigServerConfig {
             component: id("config-server"),
-            settings: ConfigServerSettings { rules: vec![], heartbeat_timeout_ms: DEFAULT_HEARTBEAT_INTERVAL_MS * 5 },
+            settings: ConfigServerSettings {
+                rules: vec![],
+                heartbeat_timeout_ms: DEFAULT_HEARTBEAT_INTERVAL_MS * 5,
+            },
             listen: "127.0.0.1:0".into(),
             api_listen: o.api_listen.clone(),
         },
     )
     .await
     .map_err(e)?;
-    let ps = drivers::process_server::start(Tcp, ps_config(&dir, &cs.addr)).await.map_err(e)?;
-    let mt = drivers::master_target::start(Tcp, mt_config(&dir, &cs.addr)).await.map_err(e)?;
-    let agent = drivers::agent::start(Tcp, agent_config(&dir, &cs.addr, &o)).await.map_err(e)?;
+    let ps = drivers::process_server::start(Tcp, ps_config(&dir, &cs.addr))
+        .await
+        .map_err(e)?;
+    let mt = drivers::master_target::start(Tcp, mt_config(&dir, &cs.addr))
+        .await
+        .map_err(e)?;
+    let agent = drivers::agent::start(Tcp, agent_config(&dir, &cs.addr, &o))
+        .await
+        .map_err(e)?;
     let api = format!("http://{}", cs.api_addr);
     let nbd = format!("nbd://{}/disk0", agent.nbd_addr);
-    let env = format!("HAVEN_API={api}\nHAVEN_NBD_URI={nbd}\nHAVEN_LAB_DIR={}\n", dir.display());
+    let env = format!(
+        "HAVEN_API={api}\nHAVEN_NBD_URI={nbd}\nHAVEN_LAB_DIR={}\n",
+        dir.display()
+    );
     std::fs::write(dir.join("lab.env"), env).map_err(|e| format!("cannot write lab.env: {e}"))?;
-    println!("Haven lab is running (all four roles on loopback), data in {}", dir.display());
-    println!("  protected disk disk0 ({}): {nbd}", crate::size::human_bytes(o.disk_size));
+    println!(
+        "Haven lab is running (all four roles on loopback), data in {}",
+        dir.display()
+    );
+    println!(
+        "  protected disk disk0 ({}): {nbd}",
+        crate::size::human_bytes(o.disk_size)
+    );
     println!("  configuration server API: {api}");
-    println!("  environment for scripts: source {}/lab.env", dir.display());
+    println!(
+        "  environment for scripts: source {}/lab.env",
+        dir.display()
+    );
     println!("  try: qemu-io -f raw -c 'write -P 0x5a 0 1M' {nbd}");
     println!("       haven status --api {api}; haven export disk0 --api {api} --point latest --out disk0.img");
     let core = cs.core.clone();

@@ -11,7 +11,11 @@ use haven_runtime::transport::Tcp;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "haven", version, about = "Haven: disaster recovery by continuous replication of server disks")]
+#[command(
+    name = "haven",
+    version,
+    about = "Haven: disaster recovery by continuous replication of server disks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -83,11 +87,18 @@ enum Command {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HAVEN_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("HAVEN_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
-async fn wait(name: &str, task: tokio::task::JoinHandle<Result<(), RoleError>>) -> Result<(), String> {
+async fn wait(
+    name: &str,
+    task: tokio::task::JoinHandle<Result<(), RoleError>>,
+) -> Result<(), String> {
     tokio::select! {
         r = task => match r {
             Ok(Ok(())) => Err(format!("{name} stopped")),
@@ -103,42 +114,74 @@ async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Agent { config } => {
             let cfg = config::load::<config::AgentFile>(&config)?.into_config()?;
-            let h = drivers::agent::start(Tcp, cfg).await.map_err(|e| e.to_string())?;
+            let h = drivers::agent::start(Tcp, cfg)
+                .await
+                .map_err(|e| e.to_string())?;
             tracing::info!("agent running; NBD on {}", h.nbd_addr);
             wait("agent", h.task).await
         }
         Command::ProcessServer { config } => {
             let cfg = config::load::<config::ProcessServerFile>(&config)?.into_config()?;
-            let h = drivers::process_server::start(Tcp, cfg).await.map_err(|e| e.to_string())?;
+            let h = drivers::process_server::start(Tcp, cfg)
+                .await
+                .map_err(|e| e.to_string())?;
             tracing::info!("process server running on {}", h.addr);
             wait("process server", h.task).await
         }
         Command::MasterTarget { config } => {
             let cfg = config::load::<config::MasterTargetFile>(&config)?.into_config();
-            let h = drivers::master_target::start(Tcp, cfg).await.map_err(|e| e.to_string())?;
+            let h = drivers::master_target::start(Tcp, cfg)
+                .await
+                .map_err(|e| e.to_string())?;
             tracing::info!("master target running on {}, API on {}", h.addr, h.api_addr);
             wait("master target", h.task).await
         }
         Command::ConfigServer { config } => {
             let cfg = config::load::<config::ConfigServerFile>(&config)?.into_config();
-            let h = drivers::config_server::start(Tcp, cfg).await.map_err(|e| e.to_string())?;
-            tracing::info!("configuration server running on {}, API on http://{}", h.addr, h.api_addr);
+            let h = drivers::config_server::start(Tcp, cfg)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(
+                "configuration server running on {}, API on http://{}",
+                h.addr,
+                h.api_addr
+            );
             wait("configuration server", h.task).await
         }
-        Command::Lab { dir, disk_size, nbd_listen, api_listen, status_interval } => {
-            let o = lab::LabOptions { dir, disk_size, nbd_listen, api_listen, status_interval_s: status_interval };
+        Command::Lab {
+            dir,
+            disk_size,
+            nbd_listen,
+            api_listen,
+            status_interval,
+        } => {
+            let o = lab::LabOptions {
+                dir,
+                disk_size,
+                nbd_listen,
+                api_listen,
+                status_interval_s: status_interval,
+            };
             lab::run(o).await
         }
         Command::Status { api: a, json } => console::status(&api(&a)?, json).await,
         Command::Points { disk, api: a, json } => console::points(&api(&a)?, &disk, json).await,
-        Command::Export { disk, api: a, point, out } => console::export(&api(&a)?, &disk, &point, &out).await,
+        Command::Export {
+            disk,
+            api: a,
+            point,
+            out,
+        } => console::export(&api(&a)?, &disk, &point, &out).await,
     }
 }
 
 fn main() {
     let cli = Cli::parse();
     init_tracing();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     if let Err(e) = rt.block_on(run(cli)) {
         eprintln!("haven: {e}");
         std::process::exit(1);

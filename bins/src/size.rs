@@ -8,20 +8,29 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let (num, mult) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         None => (t, 1u64),
         Some((i, _)) => {
-            let unit = t[i..].trim_end_matches(['i', 'B', 'b']).to_ascii_uppercase();
+            let unit = t[i..]
+                .trim_end_matches(['i', 'B', 'b'])
+                .to_ascii_uppercase();
             let m = match unit.as_str() {
                 "" => 1,
                 "K" => 1 << 10,
                 "M" => 1 << 20,
                 "G" => 1 << 30,
                 "T" => 1 << 40,
-                _ => return Err(format!("size {s:?}: unknown unit; use K, M, G or T (e.g. 1G)")),
+                _ => {
+                    return Err(format!(
+                        "size {s:?}: unknown unit; use K, M, G or T (e.g. 1G)"
+                    ))
+                }
             };
             (&t[..i], m)
         }
     };
-    let n: u64 = num.parse().map_err(|_| format!("size {s:?} is not a number with an optional K/M/G/T unit"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("size {s:?} is not a number with an optional K/M/G/T unit"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 /// A size in a TOML file: an integer or a string with a unit.
@@ -61,18 +70,36 @@ pub fn human_bytes(n: u64) -> String {
 pub fn parse_time(s: &str) -> Result<u64, String> {
     let bad = || format!("time {s:?}: use YYYY-MM-DDTHH:MM:SSZ (UTC) or @UNIX_SECONDS");
     if let Some(secs) = s.strip_prefix('@') {
-        return secs.parse::<u64>().map(|v| v * 1_000_000).map_err(|_| bad());
+        return secs
+            .parse::<u64>()
+            .map(|v| v * 1_000_000)
+            .map_err(|_| bad());
     }
     let t = s.trim_end_matches('Z');
     let (date, time) = t.split_once(['T', ' ']).ok_or_else(bad)?;
-    let d: Vec<i64> = date.split('-').map(|x| x.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
-    let h: Vec<i64> = time.split(':').map(|x| x.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
-    if d.len() != 3 || h.len() != 3 || !(1..=12).contains(&d[1]) || !(1..=31).contains(&d[2]) || h[0] > 23 || h[1] > 59 || h[2] > 60 {
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|x| x.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let h: Vec<i64> = time
+        .split(':')
+        .map(|x| x.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    if d.len() != 3
+        || h.len() != 3
+        || !(1..=12).contains(&d[1])
+        || !(1..=31).contains(&d[2])
+        || h[0] > 23
+        || h[1] > 59
+        || h[2] > 60
+    {
         return Err(bad());
     }
     let days = days_from_civil(d[0], d[1], d[2]);
     let secs = days * 86_400 + h[0] * 3600 + h[1] * 60 + h[2];
-    u64::try_from(secs).map(|v| v * 1_000_000).map_err(|_| bad())
+    u64::try_from(secs)
+        .map(|v| v * 1_000_000)
+        .map_err(|_| bad())
 }
 
 /// Formats microseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
@@ -80,7 +107,13 @@ pub fn format_time(us: u64) -> String {
     let secs = (us / 1_000_000) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, us / 1000 % 1000)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        us / 1000 % 1000
+    )
 }
 
 // Howard Hinnant's civil calendar algorithms.
@@ -102,7 +135,15 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
 }
 
 #[cfg(test)]

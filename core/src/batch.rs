@@ -72,7 +72,11 @@ pub enum BatchError {
     #[error("batch data is {actual} bytes but its ops need {expected}")]
     DataLength { expected: u64, actual: u64 },
     #[error("batch op {index} reaches block {end}, past the end of the {disk_bytes}-byte disk")]
-    PastEnd { index: usize, end: u64, disk_bytes: u64 },
+    PastEnd {
+        index: usize,
+        end: u64,
+        disk_bytes: u64,
+    },
     #[error("batch data does not decompress: {0}")]
     Decompress(String),
 }
@@ -80,21 +84,30 @@ pub enum BatchError {
 impl BatchHeader {
     /// Bytes of data the ops need, once decoded.
     pub fn data_bytes_needed(ops: &[Op]) -> u64 {
-        ops.iter().filter(|o| o.kind == OpKind::Data).map(|o| o.blocks as u64 * BLOCK_BYTES).sum()
+        ops.iter()
+            .filter(|o| o.kind == OpKind::Data)
+            .map(|o| o.blocks as u64 * BLOCK_BYTES)
+            .sum()
     }
 
     /// Checks the header's own consistency: the seq range, the ops (every seq of the range is
     /// present, in order), and `raw_bytes`. A peer's batch is validated before anything else.
     pub fn validate(&self) -> Result<(), BatchError> {
         if self.first_seq == 0 || self.first_seq > self.last_seq {
-            return Err(BatchError::BadRange { first: self.first_seq, last: self.last_seq });
+            return Err(BatchError::BadRange {
+                first: self.first_seq,
+                last: self.last_seq,
+            });
         }
         if self.ops.len() > BATCH_OPS_MAX {
             return Err(BatchError::TooManyOps(self.ops.len()));
         }
         let mut expect = self.first_seq;
         for (index, op) in self.ops.iter().enumerate() {
-            let bad = |what: &str| BatchError::BadOp { index, what: what.to_string() };
+            let bad = |what: &str| BatchError::BadOp {
+                index,
+                what: what.to_string(),
+            };
             if op.blocks == 0 {
                 return Err(bad("covers no blocks"));
             }
@@ -102,17 +115,24 @@ impl BatchHeader {
                 return Err(bad("block range overflows"));
             }
             // Several ops may share a seq (one write split in pieces); seqs never skip.
-            if op.seq != expect && op.seq != expect + 1 || (index == 0 && op.seq != self.first_seq) {
+            if op.seq != expect && op.seq != expect + 1 || (index == 0 && op.seq != self.first_seq)
+            {
                 return Err(bad("seqs must be consecutive from first_seq"));
             }
             expect = op.seq;
         }
         if expect != self.last_seq {
-            return Err(BatchError::BadRange { first: self.first_seq, last: self.last_seq });
+            return Err(BatchError::BadRange {
+                first: self.first_seq,
+                last: self.last_seq,
+            });
         }
         let needed = Self::data_bytes_needed(&self.ops);
         if needed != self.raw_bytes || needed > BATCH_DATA_BYTES_MAX {
-            return Err(BatchError::DataLength { expected: needed, actual: self.raw_bytes });
+            return Err(BatchError::DataLength {
+                expected: needed,
+                actual: self.raw_bytes,
+            });
         }
         Ok(())
     }
@@ -123,7 +143,11 @@ impl BatchHeader {
         for (index, op) in self.ops.iter().enumerate() {
             let end = op.block + op.blocks as u64;
             if end > disk_blocks {
-                return Err(BatchError::PastEnd { index, end, disk_bytes });
+                return Err(BatchError::PastEnd {
+                    index,
+                    end,
+                    disk_bytes,
+                });
             }
         }
         Ok(())
@@ -161,7 +185,10 @@ pub fn decompress(header: &BatchHeader, data: Vec<u8>) -> Result<Vec<u8>, BatchE
             .map_err(|e| BatchError::Decompress(e.to_string()))?,
     };
     if raw.len() as u64 != header.raw_bytes {
-        return Err(BatchError::DataLength { expected: header.raw_bytes, actual: raw.len() as u64 });
+        return Err(BatchError::DataLength {
+            expected: header.raw_bytes,
+            actual: raw.len() as u64,
+        });
     }
     Ok(raw)
 }
@@ -188,12 +215,24 @@ mod tests {
     }
 
     fn op(seq: Seq, block: u64, blocks: u32, kind: OpKind) -> Op {
-        Op { seq, block, blocks, kind }
+        Op {
+            seq,
+            block,
+            blocks,
+            kind,
+        }
     }
 
     #[test]
     fn valid_batches_pass() {
-        let h = header(5, vec![op(5, 0, 2, OpKind::Data), op(6, 9, 1, OpKind::Zero), op(6, 3, 1, OpKind::Data)]);
+        let h = header(
+            5,
+            vec![
+                op(5, 0, 2, OpKind::Data),
+                op(6, 9, 1, OpKind::Zero),
+                op(6, 3, 1, OpKind::Data),
+            ],
+        );
         h.validate().unwrap();
         assert_eq!(h.raw_bytes, 3 * BLOCK_BYTES);
         h.check_bounds(10 * BLOCK_BYTES).unwrap();
@@ -202,7 +241,10 @@ mod tests {
 
     #[test]
     fn malformed_batches_are_refused() {
-        let mut h = header(5, vec![op(5, 0, 1, OpKind::Data), op(7, 0, 1, OpKind::Data)]);
+        let mut h = header(
+            5,
+            vec![op(5, 0, 1, OpKind::Data), op(7, 0, 1, OpKind::Data)],
+        );
         assert!(h.validate().is_err(), "skipped seq");
         h = header(5, vec![op(5, 0, 0, OpKind::Data)]);
         assert!(h.validate().is_err(), "empty op");
@@ -220,7 +262,12 @@ mod tests {
 
     #[test]
     fn compression_round_trips_and_skips_noise() {
-        let text: Vec<u8> = b"haven replicates every write ".iter().cycle().take(1 << 20).copied().collect();
+        let text: Vec<u8> = b"haven replicates every write "
+            .iter()
+            .cycle()
+            .take(1 << 20)
+            .copied()
+            .collect();
         let (enc, packed) = compress(text.clone());
         assert_eq!(enc, Encoding::Zstd);
         assert!(packed.len() < text.len() / 4);

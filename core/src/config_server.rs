@@ -9,7 +9,9 @@
 use crate::ids::{ComponentId, ConnId, DiskId, Epoch};
 use crate::net::{NetCommand, NetEvent};
 use crate::protocol::{Assignment, Message, Registration, Role, Route};
-use crate::stats::{AgentDiskStats, AgentStats, MasterTargetStats, ProcessServerStats, ReplicaStats};
+use crate::stats::{
+    AgentDiskStats, AgentStats, MasterTargetStats, ProcessServerStats, ReplicaStats,
+};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -156,12 +158,22 @@ impl ConfigServer {
         if self.events.len() >= EVENTS_MAX {
             self.events.pop_front();
         }
-        self.events.push_back(Event { time_ms: self.now.as_millis(), level: level.to_string(), text });
+        self.events.push_back(Event {
+            time_ms: self.now.as_millis(),
+            level: level.to_string(),
+            text,
+        });
     }
 
     fn on_closed(&mut self, conn: ConnId) {
-        let Some((_, id)) = self.conns.remove(&conn) else { return };
-        if let Some(c) = self.components.get_mut(&id).filter(|c| c.conn == Some(conn)) {
+        let Some((_, id)) = self.conns.remove(&conn) else {
+            return;
+        };
+        if let Some(c) = self
+            .components
+            .get_mut(&id)
+            .filter(|c| c.conn == Some(conn))
+        {
             c.conn = None;
         }
     }
@@ -173,7 +185,11 @@ impl ConfigServer {
         for (id, c) in self.components.iter_mut() {
             if c.online && now.millis_since(c.last_seen) > timeout {
                 c.online = false;
-                lost.push(format!("{} {id} is offline: no heartbeat for {} ms", c.role.name(), timeout));
+                lost.push(format!(
+                    "{} {id} is offline: no heartbeat for {} ms",
+                    c.role.name(),
+                    timeout
+                ));
             }
         }
         for text in lost {
@@ -205,7 +221,8 @@ impl ConfigServer {
             }
             other => {
                 let reason = format!("unexpected {} from a {}", other.kind(), role.name());
-                self.out.push_back(Output::Net(NetCommand::send(conn, Message::reject(reason))));
+                self.out
+                    .push_back(Output::Net(NetCommand::send(conn, Message::reject(reason))));
                 self.out.push_back(Output::Net(NetCommand::Close { conn }));
             }
         }
@@ -214,27 +231,43 @@ impl ConfigServer {
     fn on_register(&mut self, conn: ConnId, role: Role, id: ComponentId, reg: Registration) {
         if !self.components.contains_key(&id) && self.components.len() >= COMPONENTS_MAX {
             let reason = format!("too many components (limit {COMPONENTS_MAX})");
-            self.out.push_back(Output::Net(NetCommand::send(conn, Message::reject(reason))));
+            self.out
+                .push_back(Output::Net(NetCommand::send(conn, Message::reject(reason))));
             self.out.push_back(Output::Net(NetCommand::Close { conn }));
             return;
         }
-        if let Some(old) = self.components.get(&id).and_then(|c| c.conn).filter(|c| *c != conn) {
+        if let Some(old) = self
+            .components
+            .get(&id)
+            .and_then(|c| c.conn)
+            .filter(|c| *c != conn)
+        {
             // The same component reconnected; the old connection is stale.
-            self.out.push_back(Output::Net(NetCommand::Close { conn: old }));
+            self.out
+                .push_back(Output::Net(NetCommand::Close { conn: old }));
         }
         for d in &reg.disks {
-            let p = self.protections.entry(d.disk.clone()).or_insert_with(|| Protection {
-                agent: id.clone(),
-                size_bytes: d.size_bytes,
-                epoch: Epoch(1),
-                ps: None,
-                mt: None,
-            });
+            let p = self
+                .protections
+                .entry(d.disk.clone())
+                .or_insert_with(|| Protection {
+                    agent: id.clone(),
+                    size_bytes: d.size_bytes,
+                    epoch: Epoch(1),
+                    ps: None,
+                    mt: None,
+                });
             p.agent = id.clone();
             p.size_bytes = d.size_bytes;
         }
         let text = format!("{} {id} registered", role.name());
-        let c = Component { role, conn: Some(conn), reg, last_seen: self.now, online: true };
+        let c = Component {
+            role,
+            conn: Some(conn),
+            reg,
+            last_seen: self.now,
+            online: true,
+        };
         self.components.insert(id, c);
         self.event("info", text);
         self.place_and_announce();
@@ -244,7 +277,11 @@ impl ConfigServer {
         let ok = |id: &ComponentId| self.components.get(id).is_some_and(|c| c.role == role);
         match named {
             Some(id) => ok(id).then(|| id.clone()),
-            None => self.components.iter().find(|(_, c)| c.role == role && c.online).map(|(id, _)| id.clone()),
+            None => self
+                .components
+                .iter()
+                .find(|(_, c)| c.role == role && c.online)
+                .map(|(id, _)| id.clone()),
         }
     }
 
@@ -253,8 +290,14 @@ impl ConfigServer {
         let disks: Vec<DiskId> = self.protections.keys().cloned().collect();
         for disk in disks {
             let rule = self.settings.rules.iter().find(|r| r.disk == disk);
-            let ps = self.pick(Role::ProcessServer, rule.and_then(|r| r.process_server.as_ref()));
-            let mt = self.pick(Role::MasterTarget, rule.and_then(|r| r.master_target.as_ref()));
+            let ps = self.pick(
+                Role::ProcessServer,
+                rule.and_then(|r| r.process_server.as_ref()),
+            );
+            let mt = self.pick(
+                Role::MasterTarget,
+                rule.and_then(|r| r.master_target.as_ref()),
+            );
             let p = self.protections.get_mut(&disk).expect("listed");
             if p.ps.is_none() {
                 p.ps = ps;
@@ -266,14 +309,21 @@ impl ConfigServer {
         let mut assigns: BTreeMap<ComponentId, Vec<Assignment>> = BTreeMap::new();
         let mut routes: BTreeMap<ComponentId, Vec<Route>> = BTreeMap::new();
         for (disk, p) in &self.protections {
-            let (Some(ps), Some(mt)) = (&p.ps, &p.mt) else { continue };
-            let (Some(psc), Some(mtc)) = (self.components.get(ps), self.components.get(mt)) else { continue };
-            assigns.entry(p.agent.clone()).or_default().push(Assignment {
-                disk: disk.clone(),
-                epoch: p.epoch,
-                process_server: ps.clone(),
-                process_server_addr: psc.reg.data_addr.clone(),
-            });
+            let (Some(ps), Some(mt)) = (&p.ps, &p.mt) else {
+                continue;
+            };
+            let (Some(psc), Some(mtc)) = (self.components.get(ps), self.components.get(mt)) else {
+                continue;
+            };
+            assigns
+                .entry(p.agent.clone())
+                .or_default()
+                .push(Assignment {
+                    disk: disk.clone(),
+                    epoch: p.epoch,
+                    process_server: ps.clone(),
+                    process_server_addr: psc.reg.data_addr.clone(),
+                });
             routes.entry(ps.clone()).or_default().push(Route {
                 disk: disk.clone(),
                 epoch: p.epoch,
@@ -284,12 +334,14 @@ impl ConfigServer {
         }
         for (id, list) in assigns {
             if let Some(conn) = self.components.get(&id).and_then(|c| c.conn) {
-                self.out.push_back(Output::Net(NetCommand::send(conn, Message::Assign(list))));
+                self.out
+                    .push_back(Output::Net(NetCommand::send(conn, Message::Assign(list))));
             }
         }
         for (id, list) in routes {
             if let Some(conn) = self.components.get(&id).and_then(|c| c.conn) {
-                self.out.push_back(Output::Net(NetCommand::send(conn, Message::Routes(list))));
+                self.out
+                    .push_back(Output::Net(NetCommand::send(conn, Message::Routes(list))));
             }
         }
     }
@@ -309,7 +361,11 @@ impl ConfigServer {
                 api_addr: c.reg.api_addr.clone(),
             })
             .collect();
-        let disks = self.protections.iter().map(|(disk, p)| self.disk_view(disk, p)).collect();
+        let disks = self
+            .protections
+            .iter()
+            .map(|(disk, p)| self.disk_view(disk, p))
+            .collect();
         StatusView {
             time_ms: now.as_millis(),
             components,
@@ -320,13 +376,18 @@ impl ConfigServer {
     }
 
     fn disk_view(&self, disk: &DiskId, p: &Protection) -> DiskView {
-        let source = self.agent_stats.get(&p.agent).and_then(|s| s.disks.iter().find(|d| &d.disk == disk).cloned());
-        let replica = p
-            .mt
-            .as_ref()
-            .and_then(|mt| self.mt_stats.get(mt))
-            .and_then(|s| s.replicas.iter().find(|r| &r.disk == disk).cloned());
-        let master_target_api = p.mt.as_ref().and_then(|mt| self.components.get(mt)).map(|c| c.reg.api_addr.clone());
+        let source = self
+            .agent_stats
+            .get(&p.agent)
+            .and_then(|s| s.disks.iter().find(|d| &d.disk == disk).cloned());
+        let replica =
+            p.mt.as_ref()
+                .and_then(|mt| self.mt_stats.get(mt))
+                .and_then(|s| s.replicas.iter().find(|r| &r.disk == disk).cloned());
+        let master_target_api =
+            p.mt.as_ref()
+                .and_then(|mt| self.components.get(mt))
+                .map(|c| c.reg.api_addr.clone());
         DiskView {
             disk: disk.clone(),
             epoch: p.epoch,

@@ -91,7 +91,9 @@ name_type!(
 
 /// A protection's epoch. Failover, reprotect and failback bump it; a master target refuses data
 /// from an older epoch, which fences an old primary that comes back.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Epoch(pub u64);
 
 impl fmt::Display for Epoch {
@@ -115,7 +117,10 @@ mod tests {
         assert_eq!(DiskId::new(""), Err(NameError::Empty));
         assert!(matches!(DiskId::new("a/b"), Err(NameError::BadChar(_))));
         assert!(matches!(DiskId::new(".."), Err(NameError::BadChar(_))));
-        assert!(matches!(DiskId::new("x".repeat(65)), Err(NameError::TooLong(_))));
+        assert!(matches!(
+            DiskId::new("x".repeat(65)),
+            Err(NameError::TooLong(_))
+        ));
     }
 
     #[test]
@@ -123,6 +128,9 @@ mod tests {
         let bytes = postcard::to_allocvec(&"a b".to_string()).unwrap();
         assert!(postcard::from_bytes::<DiskId>(&bytes).is_err());
         let bytes = postcard::to_allocvec(&"ok".to_string()).unwrap();
-        assert_eq!(postcard::from_bytes::<DiskId>(&bytes).unwrap().as_str(), "ok");
+        assert_eq!(
+            postcard::from_bytes::<DiskId>(&bytes).unwrap().as_str(),
+            "ok"
+        );
     }
 }

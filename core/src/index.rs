@@ -13,7 +13,10 @@ pub enum BlockSource {
     /// The block reads as zeros.
     Zero,
     /// In journal record `record` (an opaque id the store chooses), at `body_offset` of its body.
-    Journal { record: (u64, u64), body_offset: u64 },
+    Journal {
+        record: (u64, u64),
+        body_offset: u64,
+    },
 }
 
 #[derive(Default, Debug)]
@@ -43,7 +46,10 @@ impl BlockIndex {
             for i in 0..op.blocks as u64 {
                 let src = match op.kind {
                     OpKind::Zero => BlockSource::Zero,
-                    OpKind::Data => BlockSource::Journal { record, body_offset: off + i * BLOCK_BYTES },
+                    OpKind::Data => BlockSource::Journal {
+                        record,
+                        body_offset: off + i * BLOCK_BYTES,
+                    },
                 };
                 self.map.insert((op.block + i, op.seq), src);
             }
@@ -55,7 +61,10 @@ impl BlockIndex {
 
     /// The source of `block` as of `seq`; None means the base image.
     pub fn lookup(&self, block: u64, seq: Seq) -> Option<BlockSource> {
-        self.map.range((block, 0)..=(block, seq)).next_back().map(|(_, s)| *s)
+        self.map
+            .range((block, 0)..=(block, seq))
+            .next_back()
+            .map(|(_, s)| *s)
     }
 }
 
@@ -84,18 +93,51 @@ mod tests {
     #[test]
     fn lookups_see_the_newest_write_at_or_before_the_point() {
         let mut ix = BlockIndex::new();
-        let b1 = batch(vec![Op { seq: 1, block: 10, blocks: 2, kind: OpKind::Data }]);
+        let b1 = batch(vec![Op {
+            seq: 1,
+            block: 10,
+            blocks: 2,
+            kind: OpKind::Data,
+        }]);
         ix.insert_batch(&b1, (0, 0), 100);
         let b2 = batch(vec![
-            Op { seq: 2, block: 11, blocks: 1, kind: OpKind::Zero },
-            Op { seq: 3, block: 11, blocks: 1, kind: OpKind::Data },
+            Op {
+                seq: 2,
+                block: 11,
+                blocks: 1,
+                kind: OpKind::Zero,
+            },
+            Op {
+                seq: 3,
+                block: 11,
+                blocks: 1,
+                kind: OpKind::Data,
+            },
         ]);
         ix.insert_batch(&b2, (0, 9000), 50);
         assert_eq!(ix.lookup(10, 0), None);
-        assert_eq!(ix.lookup(10, 5), Some(BlockSource::Journal { record: (0, 0), body_offset: 100 }));
-        assert_eq!(ix.lookup(11, 1), Some(BlockSource::Journal { record: (0, 0), body_offset: 100 + BLOCK_BYTES }));
+        assert_eq!(
+            ix.lookup(10, 5),
+            Some(BlockSource::Journal {
+                record: (0, 0),
+                body_offset: 100
+            })
+        );
+        assert_eq!(
+            ix.lookup(11, 1),
+            Some(BlockSource::Journal {
+                record: (0, 0),
+                body_offset: 100 + BLOCK_BYTES
+            })
+        );
         assert_eq!(ix.lookup(11, 2), Some(BlockSource::Zero));
-        assert_eq!(ix.lookup(11, 3), Some(BlockSource::Journal { record: (0, 9000), body_offset: 50 }));
+        assert_eq!(
+            ix.lookup(11, 3),
+            Some(BlockSource::Journal {
+                record: (0, 9000),
+                body_offset: 50
+            })
+        );
         assert_eq!(ix.lookup(12, 3), None);
     }
 }

@@ -45,7 +45,10 @@ pub struct ReplicaMeta {
 pub enum Input {
     Net(NetEvent),
     /// `JournalAppend{id}` is appended, synced and indexed; `journal_bytes` is the new total.
-    JournalPersisted { id: u64, journal_bytes: u64 },
+    JournalPersisted {
+        id: u64,
+        journal_bytes: u64,
+    },
     Tick,
 }
 
@@ -58,7 +61,11 @@ pub enum Output {
     SaveReplica(ReplicaMeta),
     /// Append this batch (raw data) to the replica's journal, fsync, index it and record its
     /// recovery point; then answer `JournalPersisted`.
-    JournalAppend { id: u64, header: BatchHeader, data: Vec<u8> },
+    JournalAppend {
+        id: u64,
+        header: BatchHeader,
+        data: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +101,17 @@ impl MasterTarget {
     pub fn new(settings: MasterTargetSettings, replicas: Vec<ReplicaMeta>, now: Timestamp) -> Self {
         let replicas = replicas
             .into_iter()
-            .map(|m| (m.disk.clone(), Replica { expect_seq: m.applied_seq + 1, meta: m, stream: None, appending: 0 }))
+            .map(|m| {
+                (
+                    m.disk.clone(),
+                    Replica {
+                        expect_seq: m.applied_seq + 1,
+                        meta: m,
+                        stream: None,
+                        appending: 0,
+                    },
+                )
+            })
             .collect();
         let mut mt = MasterTarget {
             settings,
@@ -164,7 +181,10 @@ impl MasterTarget {
     fn connect_cs(&mut self) {
         self.cs = Link::Connecting;
         let addr = self.settings.config_server_addr.clone();
-        self.out.push_back(Output::Net(NetCommand::Connect { token: CS_TOKEN, addr }));
+        self.out.push_back(Output::Net(NetCommand::Connect {
+            token: CS_TOKEN,
+            addr,
+        }));
     }
 
     fn on_net(&mut self, ev: NetEvent) {
@@ -172,8 +192,13 @@ impl MasterTarget {
             NetEvent::Connected { conn, .. } => {
                 self.cs = Link::Ready(conn);
                 let s = &self.settings;
-                let reg = Registration { data_addr: s.data_addr.clone(), api_addr: s.api_addr.clone(), disks: vec![] };
-                self.out.push_back(Output::Net(NetCommand::send(conn, Message::Register(reg))));
+                let reg = Registration {
+                    data_addr: s.data_addr.clone(),
+                    api_addr: s.api_addr.clone(),
+                    disks: vec![],
+                };
+                self.out
+                    .push_back(Output::Net(NetCommand::send(conn, Message::Register(reg))));
             }
             NetEvent::ConnectFailed { .. } => {
                 self.cs = Link::Backoff(self.now.plus_millis(self.settings.reconnect_delay_ms));
@@ -184,7 +209,11 @@ impl MasterTarget {
                 if self.cs == Link::Ready(conn) {
                     self.cs = Link::Backoff(self.now.plus_millis(self.settings.reconnect_delay_ms));
                 }
-                for r in self.replicas.values_mut().filter(|r| r.stream == Some(conn)) {
+                for r in self
+                    .replicas
+                    .values_mut()
+                    .filter(|r| r.stream == Some(conn))
+                {
                     r.stream = None;
                 }
             }
@@ -192,30 +221,65 @@ impl MasterTarget {
     }
 
     fn refuse(&mut self, conn: ConnId, reason: String) {
-        self.out.push_back(Output::Net(NetCommand::send(conn, Message::reject(reason))));
+        self.out
+            .push_back(Output::Net(NetCommand::send(conn, Message::reject(reason))));
         self.out.push_back(Output::Net(NetCommand::Close { conn }));
     }
 
     fn on_message(&mut self, conn: ConnId, msg: Message, data: Vec<u8>) {
         match msg {
-            Message::OpenStream { disk, epoch, size_bytes, first_seq } => self.on_open(conn, disk, epoch, size_bytes, first_seq),
+            Message::OpenStream {
+                disk,
+                epoch,
+                size_bytes,
+                first_seq,
+            } => self.on_open(conn, disk, epoch, size_bytes, first_seq),
             Message::Batch(header) => self.on_batch(conn, header, data),
             Message::Reject { .. } => {}
-            other => self.refuse(conn, format!("unexpected {} on a master target connection", other.kind())),
+            other => self.refuse(
+                conn,
+                format!("unexpected {} on a master target connection", other.kind()),
+            ),
         }
     }
 
-    fn on_open(&mut self, conn: ConnId, disk: DiskId, epoch: Epoch, size_bytes: u64, first_seq: Seq) {
-        if size_bytes == 0 || size_bytes % crate::batch::BLOCK_BYTES != 0 {
-            return self.refuse(conn, format!("disk {disk}: size {size_bytes} is not a positive multiple of 4096"));
+    fn on_open(
+        &mut self,
+        conn: ConnId,
+        disk: DiskId,
+        epoch: Epoch,
+        size_bytes: u64,
+        first_seq: Seq,
+    ) {
+        if size_bytes == 0 || !size_bytes.is_multiple_of(crate::batch::BLOCK_BYTES) {
+            return self.refuse(
+                conn,
+                format!("disk {disk}: size {size_bytes} is not a positive multiple of 4096"),
+            );
         }
         let r = self.replicas.entry(disk.clone()).or_insert_with(|| {
-            let meta = ReplicaMeta { disk: disk.clone(), epoch, size_bytes, applied_seq: 0, points: 0, journal_bytes: 0, inconsistent: None };
+            let meta = ReplicaMeta {
+                disk: disk.clone(),
+                epoch,
+                size_bytes,
+                applied_seq: 0,
+                points: 0,
+                journal_bytes: 0,
+                inconsistent: None,
+            };
             self.out.push_back(Output::CreateReplica(meta.clone()));
-            Replica { meta, expect_seq: 1, stream: None, appending: 0 }
+            Replica {
+                meta,
+                expect_seq: 1,
+                stream: None,
+                appending: 0,
+            }
         });
         if epoch < r.meta.epoch {
-            let reason = format!("disk {disk}: epoch {epoch} is older than the replica's {}; fenced", r.meta.epoch);
+            let reason = format!(
+                "disk {disk}: epoch {epoch} is older than the replica's {}; fenced",
+                r.meta.epoch
+            );
             return self.refuse(conn, reason);
         }
         if size_bytes != r.meta.size_bytes {
@@ -225,13 +289,22 @@ impl MasterTarget {
         let mut changed = epoch != r.meta.epoch;
         r.meta.epoch = epoch;
         if first_seq > r.expect_seq {
-            let why = format!("writes {}..={} were lost before reaching the process server; a resync is needed", r.expect_seq, first_seq - 1);
+            let why = format!(
+                "writes {}..={} were lost before reaching the process server; a resync is needed",
+                r.expect_seq,
+                first_seq - 1
+            );
             r.meta.inconsistent.get_or_insert(why);
             r.expect_seq = first_seq;
             changed = true;
         }
         r.stream = Some(conn);
-        let msg = Message::StreamState { disk, epoch, cached_seq: r.meta.applied_seq, applied_seq: r.meta.applied_seq };
+        let msg = Message::StreamState {
+            disk,
+            epoch,
+            cached_seq: r.meta.applied_seq,
+            applied_seq: r.meta.applied_seq,
+        };
         if changed {
             self.out.push_back(Output::SaveReplica(r.meta.clone()));
         }
@@ -242,11 +315,21 @@ impl MasterTarget {
         if let Err(e) = header.validate() {
             return self.refuse(conn, format!("malformed batch: {e}"));
         }
-        let Some(r) = self.replicas.get_mut(&header.disk).filter(|r| r.stream == Some(conn)) else {
-            return self.refuse(conn, format!("batch for disk {} before OpenStream", header.disk));
+        let Some(r) = self
+            .replicas
+            .get_mut(&header.disk)
+            .filter(|r| r.stream == Some(conn))
+        else {
+            return self.refuse(
+                conn,
+                format!("batch for disk {} before OpenStream", header.disk),
+            );
         };
         if header.epoch < r.meta.epoch {
-            let reason = format!("disk {}: batch of epoch {} is older than {}; fenced", header.disk, header.epoch, r.meta.epoch);
+            let reason = format!(
+                "disk {}: batch of epoch {} is older than {}; fenced",
+                header.disk, header.epoch, r.meta.epoch
+            );
             return self.refuse(conn, reason);
         }
         if let Err(e) = header.check_bounds(r.meta.size_bytes) {
@@ -254,13 +337,20 @@ impl MasterTarget {
         }
         if header.last_seq < r.expect_seq {
             if header.last_seq <= r.meta.applied_seq {
-                let msg = Message::Applied { disk: header.disk, epoch: r.meta.epoch, applied_seq: r.meta.applied_seq };
+                let msg = Message::Applied {
+                    disk: header.disk,
+                    epoch: r.meta.epoch,
+                    applied_seq: r.meta.applied_seq,
+                };
                 self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
             }
             return;
         }
         if header.first_seq != r.expect_seq || r.appending >= APPENDS_IN_FLIGHT_MAX {
-            let reason = format!("disk {}: expected seq {}, got {}..={}", header.disk, r.expect_seq, header.first_seq, header.last_seq);
+            let reason = format!(
+                "disk {}: expected seq {}, got {}..={}",
+                header.disk, r.expect_seq, header.first_seq, header.last_seq
+            );
             return self.refuse(conn, reason);
         }
         let raw = match decompress(&header, data) {
@@ -271,15 +361,28 @@ impl MasterTarget {
         r.appending += 1;
         let id = self.next_append;
         self.next_append += 1;
-        self.appending.insert(id, (header.disk.clone(), header.last_seq, header.consistent));
+        self.appending.insert(
+            id,
+            (header.disk.clone(), header.last_seq, header.consistent),
+        );
         let mut header = header;
         header.encoding = crate::batch::Encoding::Raw;
-        self.out.push_back(Output::JournalAppend { id, header, data: raw });
+        self.out.push_back(Output::JournalAppend {
+            id,
+            header,
+            data: raw,
+        });
     }
 
     fn on_persisted(&mut self, id: u64, journal_bytes: u64) {
-        let (disk, last_seq, consistent) = self.appending.remove(&id).expect("JournalPersisted for an unknown append");
-        let r = self.replicas.get_mut(&disk).expect("appending replica exists");
+        let (disk, last_seq, consistent) = self
+            .appending
+            .remove(&id)
+            .expect("JournalPersisted for an unknown append");
+        let r = self
+            .replicas
+            .get_mut(&disk)
+            .expect("appending replica exists");
         r.appending -= 1;
         r.meta.applied_seq = r.meta.applied_seq.max(last_seq);
         r.meta.journal_bytes = journal_bytes;
@@ -287,7 +390,11 @@ impl MasterTarget {
             r.meta.points += 1;
         }
         if let Some(conn) = r.stream {
-            let msg = Message::Applied { disk, epoch: r.meta.epoch, applied_seq: r.meta.applied_seq };
+            let msg = Message::Applied {
+                disk,
+                epoch: r.meta.epoch,
+                applied_seq: r.meta.applied_seq,
+            };
             self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
         }
     }

@@ -17,26 +17,47 @@ pub type ConnectToken = u64;
 #[derive(Debug)]
 pub enum NetEvent {
     /// An outgoing connection asked for with `Connect` is up and its handshake passed.
-    Connected { token: ConnectToken, conn: ConnId, peer: Hello },
+    Connected {
+        token: ConnectToken,
+        conn: ConnId,
+        peer: Hello,
+    },
     /// An outgoing connection could not be made.
     ConnectFailed { token: ConnectToken, reason: String },
     /// A peer connected to our listener and passed the handshake.
     Accepted { conn: ConnId, peer: Hello },
     /// A frame arrived.
-    Received { conn: ConnId, msg: Message, data: Vec<u8> },
+    Received {
+        conn: ConnId,
+        msg: Message,
+        data: Vec<u8>,
+    },
     /// The connection is gone (peer closed, I/O error, framing error, or our `Close`).
     Closed { conn: ConnId, reason: String },
 }
 
 #[derive(Debug, Clone)]
 pub enum NetCommand {
-    Connect { token: ConnectToken, addr: String },
-    Send { conn: ConnId, msg: Message, data: Payload },
-    Close { conn: ConnId },
+    Connect {
+        token: ConnectToken,
+        addr: String,
+    },
+    Send {
+        conn: ConnId,
+        msg: Message,
+        data: Payload,
+    },
+    Close {
+        conn: ConnId,
+    },
 }
 
 impl NetCommand {
     pub fn send(conn: ConnId, msg: Message) -> NetCommand {
-        NetCommand::Send { conn, msg, data: Arc::new(Vec::new()) }
+        NetCommand::Send {
+            conn,
+            msg,
+            data: Arc::new(Vec::new()),
+        }
     }
 }

@@ -4,7 +4,9 @@ use serde::{Deserialize, Serialize};
 
 /// Microseconds since the Unix epoch, as read by the driver (tokio's clock in production,
 /// the simulated clock in the simulation).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Timestamp(pub u64);
 
 impl Timestamp {

@@ -51,7 +51,10 @@ pub struct MetaStore {
 
 impl MetaStore {
     pub fn open(path: &Path) -> Result<MetaStore, MetaError> {
-        let db = Database::create(path).map_err(|e| MetaError::Open { path: path.display().to_string(), msg: e.to_string() })?;
+        let db = Database::create(path).map_err(|e| MetaError::Open {
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
         let store = MetaStore { db };
         // Create the tables so that readers never find them missing.
         store.write(|tx| {
@@ -65,11 +68,18 @@ impl MetaStore {
         Ok(store)
     }
 
-    fn write<R>(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<R, MetaError>) -> Result<R, MetaError> {
+    fn write<R>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<R, MetaError>,
+    ) -> Result<R, MetaError> {
         self.write_with(Durability::Immediate, f)
     }
 
-    fn write_with<R>(&self, d: Durability, f: impl FnOnce(&redb::WriteTransaction) -> Result<R, MetaError>) -> Result<R, MetaError> {
+    fn write_with<R>(
+        &self,
+        d: Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<R, MetaError>,
+    ) -> Result<R, MetaError> {
         let mut tx = self.db.begin_write().map_err(db_err)?;
         tx.set_durability(d).map_err(db_err)?;
         let r = f(&tx)?;
@@ -80,12 +90,18 @@ impl MetaStore {
     pub fn agent_reserved(&self, disk: &DiskId) -> Result<Seq, MetaError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(AGENT_RESERVED).map_err(db_err)?;
-        Ok(t.get(disk.as_str()).map_err(db_err)?.map(|v| v.value()).unwrap_or(0))
+        Ok(t.get(disk.as_str())
+            .map_err(db_err)?
+            .map(|v| v.value())
+            .unwrap_or(0))
     }
 
     pub fn set_agent_reserved(&self, disk: &DiskId, reserved: Seq) -> Result<(), MetaError> {
         self.write(|tx| {
-            tx.open_table(AGENT_RESERVED).map_err(db_err)?.insert(disk.as_str(), reserved).map_err(db_err)?;
+            tx.open_table(AGENT_RESERVED)
+                .map_err(db_err)?
+                .insert(disk.as_str(), reserved)
+                .map_err(db_err)?;
             Ok(())
         })
     }
@@ -93,12 +109,18 @@ impl MetaStore {
     pub fn agent_copied(&self, disk: &DiskId) -> Result<bool, MetaError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(AGENT_COPIED).map_err(db_err)?;
-        Ok(t.get(disk.as_str()).map_err(db_err)?.map(|v| v.value()).unwrap_or(false))
+        Ok(t.get(disk.as_str())
+            .map_err(db_err)?
+            .map(|v| v.value())
+            .unwrap_or(false))
     }
 
     pub fn set_agent_copied(&self, disk: &DiskId) -> Result<(), MetaError> {
         self.write(|tx| {
-            tx.open_table(AGENT_COPIED).map_err(db_err)?.insert(disk.as_str(), true).map_err(db_err)?;
+            tx.open_table(AGENT_COPIED)
+                .map_err(db_err)?
+                .insert(disk.as_str(), true)
+                .map_err(db_err)?;
             Ok(())
         })
     }
@@ -111,7 +133,10 @@ impl MetaStore {
     pub fn save_ps_disk(&self, m: &CacheDiskMeta) -> Result<(), MetaError> {
         let bytes = postcard::to_allocvec(m).map_err(db_err)?;
         self.write_with(Durability::None, |tx| {
-            tx.open_table(PS_DISKS).map_err(db_err)?.insert(m.disk.as_str(), bytes.as_slice()).map_err(db_err)?;
+            tx.open_table(PS_DISKS)
+                .map_err(db_err)?
+                .insert(m.disk.as_str(), bytes.as_slice())
+                .map_err(db_err)?;
             Ok(())
         })
     }
@@ -123,7 +148,10 @@ impl MetaStore {
     pub fn save_replica(&self, m: &ReplicaMeta) -> Result<(), MetaError> {
         let bytes = postcard::to_allocvec(m).map_err(db_err)?;
         self.write(|tx| {
-            tx.open_table(MT_REPLICAS).map_err(db_err)?.insert(m.disk.as_str(), bytes.as_slice()).map_err(db_err)?;
+            tx.open_table(MT_REPLICAS)
+                .map_err(db_err)?
+                .insert(m.disk.as_str(), bytes.as_slice())
+                .map_err(db_err)?;
             Ok(())
         })
     }
@@ -134,7 +162,8 @@ impl MetaStore {
             let mut t = tx.open_table(MT_POINTS).map_err(db_err)?;
             for p in points {
                 let bytes = postcard::to_allocvec(p).map_err(db_err)?;
-                t.insert((disk.as_str(), p.seq), bytes.as_slice()).map_err(db_err)?;
+                t.insert((disk.as_str(), p.seq), bytes.as_slice())
+                    .map_err(db_err)?;
             }
             Ok(())
         })
@@ -161,7 +190,10 @@ impl MetaStore {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(MT_POINTS).map_err(db_err)?;
         let mut out = vec![];
-        for r in t.range((disk.as_str(), 0)..=(disk.as_str(), u64::MAX)).map_err(db_err)? {
+        for r in t
+            .range((disk.as_str(), 0)..=(disk.as_str(), u64::MAX))
+            .map_err(db_err)?
+        {
             let (_, v) = r.map_err(db_err)?;
             out.push(postcard::from_bytes(v.value()).map_err(db_err)?);
         }
@@ -171,14 +203,22 @@ impl MetaStore {
     pub fn last_point(&self, disk: &DiskId) -> Result<Option<PointRecord>, MetaError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(MT_POINTS).map_err(db_err)?;
-        let last = t.range((disk.as_str(), 0)..=(disk.as_str(), u64::MAX)).map_err(db_err)?.next_back();
+        let last = t
+            .range((disk.as_str(), 0)..=(disk.as_str(), u64::MAX))
+            .map_err(db_err)?
+            .next_back();
         match last {
-            Some(r) => Ok(Some(postcard::from_bytes(r.map_err(db_err)?.1.value()).map_err(db_err)?)),
+            Some(r) => Ok(Some(
+                postcard::from_bytes(r.map_err(db_err)?.1.value()).map_err(db_err)?,
+            )),
             None => Ok(None),
         }
     }
 
-    fn all<T: serde::de::DeserializeOwned>(&self, def: TableDefinition<&str, &[u8]>) -> Result<Vec<T>, MetaError> {
+    fn all<T: serde::de::DeserializeOwned>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, MetaError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(def).map_err(db_err)?;
         let mut out = vec![];

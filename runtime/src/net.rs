@@ -30,7 +30,11 @@ pub type OutFrame = (Vec<u8>, Payload);
 /// What the network layer tells its driver.
 pub enum NetInbound {
     /// A connection is up; `writer` sends frames on it. `event` is `Connected` or `Accepted`.
-    Up { conn: ConnId, writer: mpsc::UnboundedSender<OutFrame>, event: NetEvent },
+    Up {
+        conn: ConnId,
+        writer: mpsc::UnboundedSender<OutFrame>,
+        event: NetEvent,
+    },
     Event(NetEvent),
 }
 
@@ -46,14 +50,30 @@ pub struct Net<T: Transport> {
 }
 
 impl<T: Transport> Net<T> {
-    pub fn new(transport: T, hello: Hello, allowed: Vec<Role>, events: mpsc::Sender<NetInbound>) -> Self {
-        Net { transport, hello, allowed, next_conn: Arc::new(AtomicU64::new(1)), events, writers: BTreeMap::new() }
+    pub fn new(
+        transport: T,
+        hello: Hello,
+        allowed: Vec<Role>,
+        events: mpsc::Sender<NetInbound>,
+    ) -> Self {
+        Net {
+            transport,
+            hello,
+            allowed,
+            next_conn: Arc::new(AtomicU64::new(1)),
+            events,
+            writers: BTreeMap::new(),
+        }
     }
 
     /// Accepts connections on `listener` until the driver goes away.
     pub fn listen(&self, listener: T::Listener) {
-        let (hello, allowed, next, events) =
-            (self.hello.clone(), self.allowed.clone(), self.next_conn.clone(), self.events.clone());
+        let (hello, allowed, next, events) = (
+            self.hello.clone(),
+            self.allowed.clone(),
+            self.next_conn.clone(),
+            self.events.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let (stream, peer) = match T::accept(&listener).await {
@@ -67,12 +87,22 @@ impl<T: Transport> Net<T> {
                 if events.is_closed() {
                     return;
                 }
-                let (hello, allowed, next, events) = (hello.clone(), allowed.clone(), next.clone(), events.clone());
+                let (hello, allowed, next, events) =
+                    (hello.clone(), allowed.clone(), next.clone(), events.clone());
                 tokio::spawn(async move {
                     match accept_handshake(stream, &hello, &allowed).await {
                         Ok((stream, peer_hello)) => {
                             let conn = ConnId(next.fetch_add(1, Ordering::Relaxed));
-                            start(stream, conn, NetEvent::Accepted { conn, peer: peer_hello }, events).await;
+                            start(
+                                stream,
+                                conn,
+                                NetEvent::Accepted {
+                                    conn,
+                                    peer: peer_hello,
+                                },
+                                events,
+                            )
+                            .await;
                         }
                         Err(e) => tracing::info!("refused connection from {peer}: {e}"),
                     }
@@ -106,7 +136,9 @@ impl<T: Transport> Net<T> {
     /// Sends a frame; a connection that is already gone drops it (core learns of the close
     /// through its `Closed` event and resends what matters).
     pub fn send(&mut self, conn: ConnId, msg: &Message, data: Payload) {
-        let Some(w) = self.writers.get(&conn) else { return };
+        let Some(w) = self.writers.get(&conn) else {
+            return;
+        };
         match protocol::encode_head(msg, &data) {
             Ok(head) => {
                 let _ = w.send((head, data));
@@ -123,11 +155,18 @@ impl<T: Transport> Net<T> {
     }
 
     fn connect(&self, token: ConnectToken, addr: String) {
-        let (transport, hello, next, events) =
-            (self.transport.clone(), self.hello.clone(), self.next_conn.clone(), self.events.clone());
+        let (transport, hello, next, events) = (
+            self.transport.clone(),
+            self.hello.clone(),
+            self.next_conn.clone(),
+            self.events.clone(),
+        );
         tokio::spawn(async move {
             let result = tokio::time::timeout(CONNECT_TIMEOUT, async {
-                let stream = transport.connect(&addr).await.map_err(|e| format!("connect to {addr}: {e}"))?;
+                let stream = transport
+                    .connect(&addr)
+                    .await
+                    .map_err(|e| format!("connect to {addr}: {e}"))?;
                 connect_handshake(stream, &hello).await
             })
             .await
@@ -135,11 +174,19 @@ impl<T: Transport> Net<T> {
             match result {
                 Ok((stream, peer)) => {
                     let conn = ConnId(next.fetch_add(1, Ordering::Relaxed));
-                    start(stream, conn, NetEvent::Connected { token, conn, peer }, events).await;
+                    start(
+                        stream,
+                        conn,
+                        NetEvent::Connected { token, conn, peer },
+                        events,
+                    )
+                    .await;
                 }
                 Err(reason) => {
                     tracing::debug!("{reason}");
-                    let _ = events.send(NetInbound::Event(NetEvent::ConnectFailed { token, reason })).await;
+                    let _ = events
+                        .send(NetInbound::Event(NetEvent::ConnectFailed { token, reason }))
+                        .await;
                 }
             }
         });
@@ -156,14 +203,21 @@ async fn write_frame<S: AsyncWrite + Unpin>(s: &mut S, msg: &Message) -> std::io
 pub async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<(Message, Vec<u8>)> {
     let mut head = [0u8; FRAME_HEADER_BYTES];
     s.read_exact(&mut head).await?;
-    let header = protocol::parse_header(&head).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let header = protocol::parse_header(&head)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     let mut body = vec![0u8; header.body_len as usize];
     s.read_exact(&mut body).await?;
-    protocol::decode_body(&header, body).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    protocol::decode_body(&header, body)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
-async fn connect_handshake<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, hello: &Hello) -> Result<(S, Hello), String> {
-    write_frame(&mut s, &Message::Hello(hello.clone())).await.map_err(|e| format!("handshake: {e}"))?;
+async fn connect_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    hello: &Hello,
+) -> Result<(S, Hello), String> {
+    write_frame(&mut s, &Message::Hello(hello.clone()))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
     let (msg, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut s))
         .await
         .map_err(|_| "handshake: timed out".to_string())?
@@ -171,19 +225,30 @@ async fn connect_handshake<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, hello: &
     if let Message::Reject { reason } = &msg {
         return Err(format!("peer refused the connection: {reason}"));
     }
-    let all = [Role::Agent, Role::ProcessServer, Role::MasterTarget, Role::ConfigServer];
+    let all = [
+        Role::Agent,
+        Role::ProcessServer,
+        Role::MasterTarget,
+        Role::ConfigServer,
+    ];
     let peer = check_hello(&msg, &all).map_err(|e| e.to_string())?;
     Ok((s, peer))
 }
 
-async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, hello: &Hello, allowed: &[Role]) -> Result<(S, Hello), String> {
+async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    hello: &Hello,
+    allowed: &[Role],
+) -> Result<(S, Hello), String> {
     let (msg, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut s))
         .await
         .map_err(|_| "handshake: timed out".to_string())?
         .map_err(|e| format!("handshake: {e}"))?;
     match check_hello(&msg, allowed) {
         Ok(peer) => {
-            write_frame(&mut s, &Message::Hello(hello.clone())).await.map_err(|e| e.to_string())?;
+            write_frame(&mut s, &Message::Hello(hello.clone()))
+                .await
+                .map_err(|e| e.to_string())?;
             Ok((s, peer))
         }
         Err(e) => {
@@ -194,10 +259,23 @@ async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, hello: &H
 }
 
 /// Starts the reader and writer tasks of an established connection and reports it up.
-async fn start<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, conn: ConnId, event: NetEvent, events: mpsc::Sender<NetInbound>) {
+async fn start<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    conn: ConnId,
+    event: NetEvent,
+    events: mpsc::Sender<NetInbound>,
+) {
     let (mut rd, wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::unbounded_channel::<OutFrame>();
-    if events.send(NetInbound::Up { conn, writer: tx, event }).await.is_err() {
+    if events
+        .send(NetInbound::Up {
+            conn,
+            writer: tx,
+            event,
+        })
+        .await
+        .is_err()
+    {
         return;
     }
     tokio::spawn(async move {
@@ -221,13 +299,17 @@ async fn start<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, co
                         return;
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break "peer closed the connection".to_string(),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    break "peer closed the connection".to_string()
+                }
                 Err(e) => {
                     tracing::warn!("connection {conn:?}: {e}");
                     break e.to_string();
                 }
             }
         };
-        let _ = events.send(NetInbound::Event(NetEvent::Closed { conn, reason })).await;
+        let _ = events
+            .send(NetInbound::Event(NetEvent::Closed { conn, reason }))
+            .await;
     });
 }

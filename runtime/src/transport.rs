@@ -11,7 +11,9 @@ pub trait Transport: Clone + Send + Sync + 'static {
 
     fn connect(&self, addr: &str) -> impl Future<Output = io::Result<Self::Stream>> + Send;
     fn bind(&self, addr: &str) -> impl Future<Output = io::Result<Self::Listener>> + Send;
-    fn accept(listener: &Self::Listener) -> impl Future<Output = io::Result<(Self::Stream, String)>> + Send;
+    fn accept(
+        listener: &Self::Listener,
+    ) -> impl Future<Output = io::Result<(Self::Stream, String)>> + Send;
     fn local_addr(listener: &Self::Listener) -> io::Result<String>;
 }
 

@@ -9,7 +9,10 @@ impl Agent {
         let n = disks.len();
         let mut agent = Agent {
             settings,
-            streams: disks.into_iter().map(|(d, size, reserved)| Stream::new(d, size, reserved)).collect(),
+            streams: disks
+                .into_iter()
+                .map(|(d, size, reserved)| Stream::new(d, size, reserved))
+                .collect(),
             links: vec![Link::Idle; n],
             ps_addrs: vec![None; n],
             busy_until: vec![Timestamp::ZERO; n],
@@ -129,7 +132,12 @@ impl Agent {
                 self.pump(disk);
                 self.out.push_back(Output::SourceSync { io, disk });
             }
-            Input::CopyChunk { disk, block, data, last } => {
+            Input::CopyChunk {
+                disk,
+                block,
+                data,
+                last,
+            } => {
                 let blocks = (data.len() as u64 / BLOCK_BYTES) as u32;
                 // The batch that ends with the last chunk is the first consistent point: every
                 // block was copied after all earlier writes to it, and later writes have later
@@ -147,10 +155,20 @@ impl Agent {
     }
 
     fn on_source_done(&mut self, io: IoId, data: Option<Vec<u8>>) {
-        let (pio, p) = self.pending.pop_front().expect("SourceDone without a pending SourceWrite");
-        assert_eq!(pio, io, "the driver must complete source writes in emission order");
+        let (pio, p) = self
+            .pending
+            .pop_front()
+            .expect("SourceDone without a pending SourceWrite");
+        assert_eq!(
+            pio, io,
+            "the driver must complete source writes in emission order"
+        );
         if let Some(d) = &data {
-            assert_eq!(d.len() as u64, p.span.1 as u64 * BLOCK_BYTES, "SourceDone data must cover the op's blocks");
+            assert_eq!(
+                d.len() as u64,
+                p.span.1 as u64 * BLOCK_BYTES,
+                "SourceDone data must cover the op's blocks"
+            );
         }
         self.record(p.disk, p.span.0, p.span.1, data);
         if p.fua {
@@ -161,11 +179,20 @@ impl Agent {
     }
 
     fn on_source_failed(&mut self, io: IoId, error: String) {
-        let (pio, _) = self.pending.pop_front().expect("SourceFailed without a pending SourceWrite");
-        assert_eq!(pio, io, "the driver must complete source writes in emission order");
+        let (pio, _) = self
+            .pending
+            .pop_front()
+            .expect("SourceFailed without a pending SourceWrite");
+        assert_eq!(
+            pio, io,
+            "the driver must complete source writes in emission order"
+        );
         // The source disk refused the write: nothing changed that must be replicated. The
         // workload sees the error, as it would without Haven.
-        self.out.push_back(Output::Complete { io, result: Err(error) });
+        self.out.push_back(Output::Complete {
+            io,
+            result: Err(error),
+        });
     }
 
     fn record(&mut self, disk: usize, block: u64, blocks: u32, data: Option<Vec<u8>>) {
@@ -221,7 +248,9 @@ impl Agent {
 
     /// Sends unsent batches in seq order while the window allows.
     pub(super) fn pump(&mut self, disk: usize) {
-        let Link::Ready(conn) = self.links[disk] else { return };
+        let Link::Ready(conn) = self.links[disk] else {
+            return;
+        };
         if self.busy_until[disk] > self.now {
             return;
         }
@@ -238,8 +267,11 @@ impl Agent {
             b.sent = true;
             in_flight += 1;
             let msg = Message::Batch(b.header.clone());
-            self.out.push_back(Output::Net(NetCommand::Send { conn, msg, data: b.data.clone() }));
+            self.out.push_back(Output::Net(NetCommand::Send {
+                conn,
+                msg,
+                data: b.data.clone(),
+            }));
         }
     }
 }
-

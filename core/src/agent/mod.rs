@@ -49,9 +49,16 @@ pub type IoId = u64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceOp {
-    Write { offset: u64, data: Vec<u8> },
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+    },
     /// Zero `len` bytes; `punch` deallocates (trim) where the disk can.
-    Zero { offset: u64, len: u64, punch: bool },
+    Zero {
+        offset: u64,
+        len: u64,
+        punch: bool,
+    },
 }
 
 impl SourceOp {
@@ -71,7 +78,7 @@ impl SourceOp {
             SourceOp::Write { offset, data } => (*offset, data.len() as u64),
             SourceOp::Zero { offset, len, .. } => (*offset, *len),
         };
-        offset % BLOCK_BYTES == 0 && len % BLOCK_BYTES == 0
+        offset.is_multiple_of(BLOCK_BYTES) && len.is_multiple_of(BLOCK_BYTES)
     }
 }
 
@@ -79,20 +86,46 @@ impl SourceOp {
 pub enum Input {
     Net(NetEvent),
     /// A workload write (already bounds-checked by the NBD server).
-    Write { io: IoId, disk: usize, op: SourceOp, fua: bool },
-    Flush { io: IoId, disk: usize },
+    Write {
+        io: IoId,
+        disk: usize,
+        op: SourceOp,
+        fua: bool,
+    },
+    Flush {
+        io: IoId,
+        disk: usize,
+    },
     /// A chunk of the initial copy: `data` is whole blocks read from the source at `block`.
     /// `last` marks the final chunk: the batch it ends is the first consistent point.
-    CopyChunk { disk: usize, block: u64, data: Vec<u8>, last: bool },
+    CopyChunk {
+        disk: usize,
+        block: u64,
+        data: Vec<u8>,
+        last: bool,
+    },
     /// The initial copy of a disk is done and found nothing to copy (an all-zero disk).
-    CopyDone { disk: usize },
+    CopyDone {
+        disk: usize,
+    },
     /// The driver carried out `SourceWrite{io}`; `data` holds the touched blocks as they are
     /// now (None when the op was aligned zeroing).
-    SourceDone { io: IoId, data: Option<Vec<u8>> },
-    SourceFailed { io: IoId, error: String },
-    Synced { io: IoId },
+    SourceDone {
+        io: IoId,
+        data: Option<Vec<u8>>,
+    },
+    SourceFailed {
+        io: IoId,
+        error: String,
+    },
+    Synced {
+        io: IoId,
+    },
     /// A seq reservation is durable.
-    Reserved { disk: usize, reserved: Seq },
+    Reserved {
+        disk: usize,
+        reserved: Seq,
+    },
     /// Timers may have expired.
     Tick,
 }
@@ -101,13 +134,26 @@ pub enum Input {
 pub enum Output {
     Net(NetCommand),
     /// Carry out `op` on the source disk, in emission order, then answer `SourceDone`.
-    SourceWrite { io: IoId, disk: usize, op: SourceOp },
+    SourceWrite {
+        io: IoId,
+        disk: usize,
+        op: SourceOp,
+    },
     /// fsync the source disk, then answer `Synced`.
-    SourceSync { io: IoId, disk: usize },
+    SourceSync {
+        io: IoId,
+        disk: usize,
+    },
     /// Reply to the NBD request.
-    Complete { io: IoId, result: Result<(), String> },
+    Complete {
+        io: IoId,
+        result: Result<(), String>,
+    },
     /// Persist `reserved` as the disk's seq reservation, then answer `Reserved`.
-    Reserve { disk: usize, reserved: Seq },
+    Reserve {
+        disk: usize,
+        reserved: Seq,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,18 +6,24 @@ impl Agent {
     pub(super) fn connect_cs(&mut self) {
         let addr = self.settings.config_server_addr.clone();
         self.cs = Link::Connecting(CS_TOKEN);
-        self.out.push_back(Output::Net(NetCommand::Connect { token: CS_TOKEN, addr }));
+        self.out.push_back(Output::Net(NetCommand::Connect {
+            token: CS_TOKEN,
+            addr,
+        }));
     }
 
     pub(super) fn connect_ps(&mut self, disk: usize) {
         if self.links[disk] != Link::Idle {
             return;
         }
-        let Some(addr) = self.ps_addrs[disk].clone() else { return };
+        let Some(addr) = self.ps_addrs[disk].clone() else {
+            return;
+        };
         let token = self.next_token;
         self.next_token += 1;
         self.links[disk] = Link::Connecting(token);
-        self.out.push_back(Output::Net(NetCommand::Connect { token, addr }));
+        self.out
+            .push_back(Output::Net(NetCommand::Connect { token, addr }));
     }
 
     pub(super) fn on_net(&mut self, ev: NetEvent) {
@@ -27,7 +33,11 @@ impl Agent {
                 let backoff = Link::Backoff(self.now.plus_millis(self.settings.reconnect_delay_ms));
                 if token == CS_TOKEN {
                     self.cs = backoff;
-                } else if let Some(i) = self.links.iter().position(|l| *l == Link::Connecting(token)) {
+                } else if let Some(i) = self
+                    .links
+                    .iter()
+                    .position(|l| *l == Link::Connecting(token))
+                {
                     self.links[i] = backoff;
                 }
             }
@@ -45,13 +55,25 @@ impl Agent {
             let disks = self
                 .streams
                 .iter()
-                .map(|s| DiskInfo { disk: s.disk.clone(), size_bytes: s.size_bytes })
+                .map(|s| DiskInfo {
+                    disk: s.disk.clone(),
+                    size_bytes: s.size_bytes,
+                })
                 .collect();
-            let reg = Registration { data_addr: String::new(), api_addr: String::new(), disks };
-            self.out.push_back(Output::Net(NetCommand::send(conn, Message::Register(reg))));
+            let reg = Registration {
+                data_addr: String::new(),
+                api_addr: String::new(),
+                disks,
+            };
+            self.out
+                .push_back(Output::Net(NetCommand::send(conn, Message::Register(reg))));
             return;
         }
-        let Some(disk) = self.links.iter().position(|l| *l == Link::Connecting(token)) else {
+        let Some(disk) = self
+            .links
+            .iter()
+            .position(|l| *l == Link::Connecting(token))
+        else {
             // A stale attempt (the assignment changed meanwhile).
             self.out.push_back(Output::Net(NetCommand::Close { conn }));
             return;
@@ -59,7 +81,12 @@ impl Agent {
         self.links[disk] = Link::Opening(conn);
         let s = &self.streams[disk];
         let first_seq = s.oldest_held_seq();
-        let msg = Message::OpenStream { disk: s.disk.clone(), epoch: s.epoch, size_bytes: s.size_bytes, first_seq };
+        let msg = Message::OpenStream {
+            disk: s.disk.clone(),
+            epoch: s.epoch,
+            size_bytes: s.size_bytes,
+            first_seq,
+        };
         self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
     }
 
@@ -83,21 +110,43 @@ impl Agent {
 
     fn on_message(&mut self, conn: ConnId, msg: Message) {
         match msg {
-            Message::Assign(list) if matches!(self.cs, Link::Ready(c) if c == conn) => self.on_assign(list),
-            Message::StreamState { disk, cached_seq, applied_seq, .. } => {
-                let Some(i) = self.disk_of(conn, &disk) else { return self.protocol_error(conn, "StreamState") };
+            Message::Assign(list) if matches!(self.cs, Link::Ready(c) if c == conn) => {
+                self.on_assign(list)
+            }
+            Message::StreamState {
+                disk,
+                cached_seq,
+                applied_seq,
+                ..
+            } => {
+                let Some(i) = self.disk_of(conn, &disk) else {
+                    return self.protocol_error(conn, "StreamState");
+                };
                 self.links[i] = Link::Ready(conn);
                 self.streams[i].acked(cached_seq, applied_seq);
                 self.streams[i].unsend_from(0);
                 self.pump(i);
             }
-            Message::BatchAck { disk, cached_seq, applied_seq, .. } => {
-                let Some(i) = self.disk_of(conn, &disk) else { return self.protocol_error(conn, "BatchAck") };
+            Message::BatchAck {
+                disk,
+                cached_seq,
+                applied_seq,
+                ..
+            } => {
+                let Some(i) = self.disk_of(conn, &disk) else {
+                    return self.protocol_error(conn, "BatchAck");
+                };
                 self.streams[i].acked(cached_seq, applied_seq);
                 self.pump(i);
             }
-            Message::Busy { disk, first_seq, retry_after_ms } => {
-                let Some(i) = self.disk_of(conn, &disk) else { return self.protocol_error(conn, "Busy") };
+            Message::Busy {
+                disk,
+                first_seq,
+                retry_after_ms,
+            } => {
+                let Some(i) = self.disk_of(conn, &disk) else {
+                    return self.protocol_error(conn, "Busy");
+                };
                 self.streams[i].unsend_from(first_seq);
                 self.busy_until[i] = self.now.plus_millis(retry_after_ms.min(10_000));
             }
@@ -113,9 +162,12 @@ impl Agent {
 
     fn on_assign(&mut self, list: Vec<crate::protocol::Assignment>) {
         for a in list {
-            let Some(i) = self.streams.iter().position(|s| s.disk == a.disk) else { continue };
+            let Some(i) = self.streams.iter().position(|s| s.disk == a.disk) else {
+                continue;
+            };
             let s = &mut self.streams[i];
-            let changed = self.ps_addrs[i].as_deref() != Some(a.process_server_addr.as_str()) || s.epoch != a.epoch;
+            let changed = self.ps_addrs[i].as_deref() != Some(a.process_server_addr.as_str())
+                || s.epoch != a.epoch;
             s.epoch = a.epoch;
             // Batches not yet sent carry the epoch they will be sent under.
             for b in s.queue.iter_mut() {
@@ -124,7 +176,8 @@ impl Agent {
             self.ps_addrs[i] = Some(a.process_server_addr);
             if changed {
                 if let Link::Opening(c) | Link::Ready(c) = self.links[i] {
-                    self.out.push_back(Output::Net(NetCommand::Close { conn: c }));
+                    self.out
+                        .push_back(Output::Net(NetCommand::Close { conn: c }));
                 }
                 self.links[i] = Link::Idle;
                 self.streams[i].unsend_from(0);

@@ -92,8 +92,18 @@ impl Stream {
 
     /// Records one applied source op under the next seq. `data` is the blocks' content after the
     /// op (None: they read as zeros). Returns true if the open batch reached its size bound.
-    pub fn record(&mut self, now: Timestamp, block: u64, blocks: u32, data: Option<Vec<u8>>, batch_bytes_max: u64) -> bool {
-        debug_assert!(self.next_seq <= self.reserved, "seq used before its reservation is durable");
+    pub fn record(
+        &mut self,
+        now: Timestamp,
+        block: u64,
+        blocks: u32,
+        data: Option<Vec<u8>>,
+        batch_bytes_max: u64,
+    ) -> bool {
+        debug_assert!(
+            self.next_seq <= self.reserved,
+            "seq used before its reservation is durable"
+        );
         let seq = self.next_seq;
         self.next_seq += 1;
         let open = self.open.get_or_insert_with(|| OpenBatch {
@@ -104,16 +114,29 @@ impl Stream {
             data: Vec::new(),
         });
         open.last_time = now;
-        let kind = if data.is_some() { OpKind::Data } else { OpKind::Zero };
+        let kind = if data.is_some() {
+            OpKind::Data
+        } else {
+            OpKind::Zero
+        };
         if let Some(d) = data {
-            assert_eq!(d.len() as u64, blocks as u64 * BLOCK_BYTES, "op data must be whole blocks");
+            assert_eq!(
+                d.len() as u64,
+                blocks as u64 * BLOCK_BYTES,
+                "op data must be whole blocks"
+            );
             if open.data.is_empty() {
                 open.data = d;
             } else {
                 open.data.extend_from_slice(&d);
             }
         }
-        open.ops.push(Op { seq, block, blocks, kind });
+        open.ops.push(Op {
+            seq,
+            block,
+            blocks,
+            kind,
+        });
         self.bytes_written += blocks as u64 * BLOCK_BYTES;
         open.data.len() as u64 >= batch_bytes_max
     }
@@ -136,7 +159,11 @@ impl Stream {
         };
         debug_assert!(header.validate().is_ok());
         self.queued_bytes += open.data.len() as u64;
-        self.queue.push_back(QueuedBatch { header, data: Arc::new(open.data), sent: false });
+        self.queue.push_back(QueuedBatch {
+            header,
+            data: Arc::new(open.data),
+            sent: false,
+        });
         if self.rpo_marks.len() >= RPO_MARKS_MAX {
             let (_, t) = self.rpo_marks.pop_front().expect("full");
             self.rpo_marks.front_mut().expect("full").1 = t;
@@ -148,18 +175,30 @@ impl Stream {
     pub fn acked(&mut self, cached: Seq, applied: Seq) {
         self.cached_seq = self.cached_seq.max(cached);
         self.applied_seq = self.applied_seq.max(applied);
-        while self.queue.front().is_some_and(|b| b.header.last_seq <= self.cached_seq) {
+        while self
+            .queue
+            .front()
+            .is_some_and(|b| b.header.last_seq <= self.cached_seq)
+        {
             let b = self.queue.pop_front().expect("front exists");
             self.queued_bytes -= b.data.len() as u64;
         }
-        while self.rpo_marks.front().is_some_and(|m| m.0 <= self.applied_seq) {
+        while self
+            .rpo_marks
+            .front()
+            .is_some_and(|m| m.0 <= self.applied_seq)
+        {
             self.rpo_marks.pop_front();
         }
     }
 
     /// Marks every batch from `first_seq` on as not sent (reconnect, busy).
     pub fn unsend_from(&mut self, first_seq: Seq) {
-        for b in self.queue.iter_mut().filter(|b| b.header.last_seq >= first_seq) {
+        for b in self
+            .queue
+            .iter_mut()
+            .filter(|b| b.header.last_seq >= first_seq)
+        {
             b.sent = false;
         }
     }

@@ -8,7 +8,12 @@ use crate::time::earliest;
 
 impl ProcessServer {
     /// `disks` and `cached` are what the driver recovered from its metadata and cache, in order.
-    pub fn new(settings: ProcessServerSettings, disks: Vec<CacheDiskMeta>, cached: Vec<CachedBatch>, now: Timestamp) -> Self {
+    pub fn new(
+        settings: ProcessServerSettings,
+        disks: Vec<CacheDiskMeta>,
+        cached: Vec<CachedBatch>,
+        now: Timestamp,
+    ) -> Self {
         let mut ps = ProcessServer {
             settings,
             disks: BTreeMap::new(),
@@ -27,7 +32,12 @@ impl ProcessServer {
             ps.disk_entry(meta);
         }
         for b in cached {
-            let d = ps.disk_entry(CacheDiskMeta { disk: b.disk.clone(), epoch: b.epoch, size_bytes: 0, applied_seq: 0 });
+            let d = ps.disk_entry(CacheDiskMeta {
+                disk: b.disk.clone(),
+                epoch: b.epoch,
+                size_bytes: 0,
+                applied_seq: 0,
+            });
             if b.last_seq <= d.meta.applied_seq {
                 continue; // Applied before the crash; its segment will be released.
             }
@@ -41,17 +51,19 @@ impl ProcessServer {
     }
 
     fn disk_entry(&mut self, meta: CacheDiskMeta) -> &mut DiskCache {
-        self.disks.entry(meta.disk.clone()).or_insert_with(|| DiskCache {
-            cached_seq: meta.applied_seq,
-            expect_seq: meta.applied_seq + 1,
-            meta,
-            entries: VecDeque::new(),
-            sent: 0,
-            agent: None,
-            route: None,
-            link: Link::Idle,
-            cached_bytes: 0,
-        })
+        self.disks
+            .entry(meta.disk.clone())
+            .or_insert_with(|| DiskCache {
+                cached_seq: meta.applied_seq,
+                expect_seq: meta.applied_seq + 1,
+                meta,
+                entries: VecDeque::new(),
+                sent: 0,
+                agent: None,
+                route: None,
+                link: Link::Idle,
+                cached_bytes: 0,
+            })
     }
 
     pub fn handle(&mut self, now: Timestamp, input: Input) {
@@ -70,7 +82,12 @@ impl ProcessServer {
 
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let mut t = Some(self.next_heartbeat);
-        for link in self.disks.values().map(|d| &d.link).chain(std::iter::once(&self.cs)) {
+        for link in self
+            .disks
+            .values()
+            .map(|d| &d.link)
+            .chain(std::iter::once(&self.cs))
+        {
             if let Link::Backoff(at) = link {
                 t = earliest(t, Some(*at));
             }
@@ -129,7 +146,10 @@ impl ProcessServer {
     fn connect_cs(&mut self) {
         self.cs = Link::Connecting(CS_TOKEN);
         let addr = self.settings.config_server_addr.clone();
-        self.out.push_back(Output::Net(NetCommand::Connect { token: CS_TOKEN, addr }));
+        self.out.push_back(Output::Net(NetCommand::Connect {
+            token: CS_TOKEN,
+            addr,
+        }));
     }
 
     fn connect_mt(&mut self, id: &DiskId) {
@@ -141,7 +161,8 @@ impl ProcessServer {
         let token = self.next_token;
         self.next_token += 1;
         d.link = Link::Connecting(token);
-        self.out.push_back(Output::Net(NetCommand::Connect { token, addr }));
+        self.out
+            .push_back(Output::Net(NetCommand::Connect { token, addr }));
     }
 
     fn on_net(&mut self, ev: NetEvent) {
@@ -151,7 +172,11 @@ impl ProcessServer {
                 let backoff = Link::Backoff(self.now.plus_millis(self.settings.reconnect_delay_ms));
                 if token == CS_TOKEN {
                     self.cs = backoff;
-                } else if let Some(d) = self.disks.values_mut().find(|d| d.link == Link::Connecting(token)) {
+                } else if let Some(d) = self
+                    .disks
+                    .values_mut()
+                    .find(|d| d.link == Link::Connecting(token))
+                {
                     d.link = backoff;
                 }
             }
@@ -164,18 +189,32 @@ impl ProcessServer {
     fn on_connected(&mut self, token: ConnectToken, conn: ConnId) {
         if token == CS_TOKEN {
             self.cs = Link::Ready(conn);
-            let reg = Registration { data_addr: self.settings.data_addr.clone(), api_addr: String::new(), disks: vec![] };
-            self.out.push_back(Output::Net(NetCommand::send(conn, Message::Register(reg))));
+            let reg = Registration {
+                data_addr: self.settings.data_addr.clone(),
+                api_addr: String::new(),
+                disks: vec![],
+            };
+            self.out
+                .push_back(Output::Net(NetCommand::send(conn, Message::Register(reg))));
             return;
         }
-        let Some(d) = self.disks.values_mut().find(|d| d.link == Link::Connecting(token)) else {
+        let Some(d) = self
+            .disks
+            .values_mut()
+            .find(|d| d.link == Link::Connecting(token))
+        else {
             self.out.push_back(Output::Net(NetCommand::Close { conn }));
             return;
         };
         d.link = Link::Opening(conn);
         let first_seq = d.entries.front().map_or(d.cached_seq + 1, |e| e.first_seq);
         let m = &d.meta;
-        let msg = Message::OpenStream { disk: m.disk.clone(), epoch: m.epoch, size_bytes: m.size_bytes, first_seq };
+        let msg = Message::OpenStream {
+            disk: m.disk.clone(),
+            epoch: m.epoch,
+            size_bytes: m.size_bytes,
+            first_seq,
+        };
         self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
     }
 
@@ -197,26 +236,56 @@ impl ProcessServer {
 
     fn on_message(&mut self, conn: ConnId, msg: Message, data: Vec<u8>) {
         match msg {
-            Message::OpenStream { disk, epoch, size_bytes, first_seq } => self.on_open(conn, disk, epoch, size_bytes, first_seq),
+            Message::OpenStream {
+                disk,
+                epoch,
+                size_bytes,
+                first_seq,
+            } => self.on_open(conn, disk, epoch, size_bytes, first_seq),
             Message::Batch(header) => self.on_batch(conn, header, data),
-            Message::StreamState { disk, applied_seq, .. } => self.on_stream_state(conn, disk, applied_seq),
-            Message::Applied { disk, applied_seq, .. } => self.on_applied(conn, disk, applied_seq),
-            Message::Routes(routes) if matches!(self.cs, Link::Ready(c) if c == conn) => self.on_routes(routes),
+            Message::StreamState {
+                disk, applied_seq, ..
+            } => self.on_stream_state(conn, disk, applied_seq),
+            Message::Applied {
+                disk, applied_seq, ..
+            } => self.on_applied(conn, disk, applied_seq),
+            Message::Routes(routes) if matches!(self.cs, Link::Ready(c) if c == conn) => {
+                self.on_routes(routes)
+            }
             Message::Reject { .. } => {}
-            other => self.refuse(conn, format!("unexpected {} on a process server connection", other.kind())),
+            other => self.refuse(
+                conn,
+                format!("unexpected {} on a process server connection", other.kind()),
+            ),
         }
     }
 
     fn refuse(&mut self, conn: ConnId, reason: String) {
-        self.out.push_back(Output::Net(NetCommand::send(conn, Message::reject(reason))));
+        self.out
+            .push_back(Output::Net(NetCommand::send(conn, Message::reject(reason))));
         self.out.push_back(Output::Net(NetCommand::Close { conn }));
     }
 
-    fn on_open(&mut self, conn: ConnId, disk: DiskId, epoch: Epoch, size_bytes: u64, first_seq: Seq) {
-        let meta = CacheDiskMeta { disk: disk.clone(), epoch, size_bytes, applied_seq: 0 };
+    fn on_open(
+        &mut self,
+        conn: ConnId,
+        disk: DiskId,
+        epoch: Epoch,
+        size_bytes: u64,
+        first_seq: Seq,
+    ) {
+        let meta = CacheDiskMeta {
+            disk: disk.clone(),
+            epoch,
+            size_bytes,
+            applied_seq: 0,
+        };
         let d = self.disk_entry(meta);
         if epoch < d.meta.epoch {
-            let reason = format!("disk {disk}: epoch {epoch} is older than {}; this stream is fenced", d.meta.epoch);
+            let reason = format!(
+                "disk {disk}: epoch {epoch} is older than {}; this stream is fenced",
+                d.meta.epoch
+            );
             return self.refuse(conn, reason);
         }
         let changed = d.meta.epoch != epoch || d.meta.size_bytes != size_bytes;
@@ -228,7 +297,12 @@ impl ProcessServer {
             // master target records the gap and the replica is marked for resync.
             d.expect_seq = first_seq;
         }
-        let msg = Message::StreamState { disk, epoch, cached_seq: d.cached_seq, applied_seq: d.meta.applied_seq };
+        let msg = Message::StreamState {
+            disk,
+            epoch,
+            cached_seq: d.cached_seq,
+            applied_seq: d.meta.applied_seq,
+        };
         let save = changed.then(|| d.meta.clone());
         self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
         if let Some(m) = save {
@@ -240,18 +314,38 @@ impl ProcessServer {
         if let Err(e) = header.validate() {
             return self.refuse(conn, format!("malformed batch: {e}"));
         }
-        let over_quota = self.cache_bytes() + data.len() as u64 > self.settings.cache_bytes_max;
+        // An empty cache always takes a batch, so that one larger than the quota cannot stall.
+        let used = self.cache_bytes();
+        let over_quota = used > 0 && used + data.len() as u64 > self.settings.cache_bytes_max;
         let retry = self.settings.busy_retry_ms;
-        let Some(d) = self.disks.get_mut(&header.disk).filter(|d| d.agent == Some(conn)) else {
-            return self.refuse(conn, format!("batch for disk {} before OpenStream", header.disk));
+        let Some(d) = self
+            .disks
+            .get_mut(&header.disk)
+            .filter(|d| d.agent == Some(conn))
+        else {
+            return self.refuse(
+                conn,
+                format!("batch for disk {} before OpenStream", header.disk),
+            );
         };
-        if header.epoch != d.meta.epoch || header.encoding != Encoding::Raw || data.len() as u64 != header.raw_bytes {
-            return self.refuse(conn, "batch epoch or encoding does not match its stream".into());
+        if header.epoch != d.meta.epoch
+            || header.encoding != Encoding::Raw
+            || data.len() as u64 != header.raw_bytes
+        {
+            return self.refuse(
+                conn,
+                "batch epoch or encoding does not match its stream".into(),
+            );
         }
         if header.last_seq < d.expect_seq {
             if header.last_seq <= d.cached_seq {
                 let m = &d.meta;
-                let ack = Message::BatchAck { disk: m.disk.clone(), epoch: m.epoch, cached_seq: d.cached_seq, applied_seq: m.applied_seq };
+                let ack = Message::BatchAck {
+                    disk: m.disk.clone(),
+                    epoch: m.epoch,
+                    cached_seq: d.cached_seq,
+                    applied_seq: m.applied_seq,
+                };
                 self.out.push_back(Output::Net(NetCommand::send(conn, ack)));
             }
             return; // A resend of what we have or are appending.
@@ -260,7 +354,11 @@ impl ProcessServer {
             // Out of order (an earlier batch was refused) or no room: have the agent resend from
             // what we expect, later.
             let wait = if over_quota { retry } else { 0 };
-            let msg = Message::Busy { disk: header.disk.clone(), first_seq: d.expect_seq, retry_after_ms: wait };
+            let msg = Message::Busy {
+                disk: header.disk.clone(),
+                first_seq: d.expect_seq,
+                retry_after_ms: wait,
+            };
             self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
             return;
         }
@@ -272,31 +370,66 @@ impl ProcessServer {
         let mut header = header;
         header.encoding = encoding;
         self.appending_bytes += packed.len() as u64;
-        self.appending.insert(id, (header.disk.clone(), header.first_seq, header.last_seq, header.epoch));
-        self.out.push_back(Output::CacheAppend { id, header, data: packed });
+        self.appending.insert(
+            id,
+            (
+                header.disk.clone(),
+                header.first_seq,
+                header.last_seq,
+                header.epoch,
+                packed.len() as u64,
+            ),
+        );
+        self.out.push_back(Output::CacheAppend {
+            id,
+            header,
+            data: packed,
+        });
     }
 
     fn on_persisted(&mut self, id: u64, loc: CacheLoc, bytes: u64) {
-        let (disk, first_seq, last_seq, epoch) = self.appending.remove(&id).expect("CachePersisted for an unknown append");
-        self.appending_bytes = self.appending_bytes.saturating_sub(bytes);
+        let (disk, first_seq, last_seq, epoch, pending) = self
+            .appending
+            .remove(&id)
+            .expect("CachePersisted for an unknown append");
+        self.appending_bytes -= pending;
         let d = self.disks.get_mut(&disk).expect("appending disk is known");
         d.cached_seq = d.cached_seq.max(last_seq);
         d.cached_bytes += bytes;
-        d.entries.push_back(CachedBatch { disk: disk.clone(), epoch, first_seq, last_seq, bytes, loc });
+        d.entries.push_back(CachedBatch {
+            disk: disk.clone(),
+            epoch,
+            first_seq,
+            last_seq,
+            bytes,
+            loc,
+        });
         if let Some(agent) = d.agent {
-            let ack = Message::BatchAck { disk: disk.clone(), epoch, cached_seq: d.cached_seq, applied_seq: d.meta.applied_seq };
-            self.out.push_back(Output::Net(NetCommand::send(agent, ack)));
+            let ack = Message::BatchAck {
+                disk: disk.clone(),
+                epoch,
+                cached_seq: d.cached_seq,
+                applied_seq: d.meta.applied_seq,
+            };
+            self.out
+                .push_back(Output::Net(NetCommand::send(agent, ack)));
         }
         self.pump(&disk);
     }
 
     fn on_routes(&mut self, routes: Vec<Route>) {
         for r in routes {
-            let meta = CacheDiskMeta { disk: r.disk.clone(), epoch: r.epoch, size_bytes: r.size_bytes, applied_seq: 0 };
+            let meta = CacheDiskMeta {
+                disk: r.disk.clone(),
+                epoch: r.epoch,
+                size_bytes: r.size_bytes,
+                applied_seq: 0,
+            };
             let d = self.disk_entry(meta);
             if d.route.as_deref() != Some(r.master_target_addr.as_str()) {
                 if let Link::Opening(c) | Link::Ready(c) = d.link {
-                    self.out.push_back(Output::Net(NetCommand::Close { conn: c }));
+                    self.out
+                        .push_back(Output::Net(NetCommand::Close { conn: c }));
                 }
                 let d = self.disks.get_mut(&r.disk).expect("just inserted");
                 d.route = Some(r.master_target_addr);
@@ -308,11 +441,15 @@ impl ProcessServer {
     }
 
     fn mt_disk(&mut self, conn: ConnId, disk: &DiskId) -> Option<&mut DiskCache> {
-        self.disks.get_mut(disk).filter(|d| matches!(d.link, Link::Opening(c) | Link::Ready(c) if c == conn))
+        self.disks
+            .get_mut(disk)
+            .filter(|d| matches!(d.link, Link::Opening(c) | Link::Ready(c) if c == conn))
     }
 
     fn on_stream_state(&mut self, conn: ConnId, disk: DiskId, applied_seq: Seq) {
-        let Some(d) = self.mt_disk(conn, &disk) else { return self.refuse(conn, "StreamState for an unknown stream".into()) };
+        let Some(d) = self.mt_disk(conn, &disk) else {
+            return self.refuse(conn, "StreamState for an unknown stream".into());
+        };
         d.link = Link::Ready(conn);
         d.sent = 0;
         self.on_applied(conn, disk, applied_seq);
@@ -330,12 +467,21 @@ impl ProcessServer {
                 d.cached_bytes -= e.bytes;
                 d.sent = d.sent.saturating_sub(1);
             }
-            self.out.push_back(Output::CacheRelease { disk: disk.clone(), through: applied_seq });
+            self.out.push_back(Output::CacheRelease {
+                disk: disk.clone(),
+                through: applied_seq,
+            });
             self.out.push_back(Output::SaveDisk(d.meta.clone()));
             if let Some(agent) = d.agent {
                 let m = &d.meta;
-                let ack = Message::BatchAck { disk: disk.clone(), epoch: m.epoch, cached_seq: d.cached_seq, applied_seq };
-                self.out.push_back(Output::Net(NetCommand::send(agent, ack)));
+                let ack = Message::BatchAck {
+                    disk: disk.clone(),
+                    epoch: m.epoch,
+                    cached_seq: d.cached_seq,
+                    applied_seq,
+                };
+                self.out
+                    .push_back(Output::Net(NetCommand::send(agent, ack)));
             }
         }
         self.pump(&disk);
@@ -351,7 +497,11 @@ impl ProcessServer {
             let e = &d.entries[d.sent];
             d.sent += 1;
             self.bytes_out += e.bytes;
-            self.out.push_back(Output::Forward { conn, disk: disk.clone(), loc: e.loc });
+            self.out.push_back(Output::Forward {
+                conn,
+                disk: disk.clone(),
+                loc: e.loc,
+            });
         }
     }
 }

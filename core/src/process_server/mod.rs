@@ -11,11 +11,11 @@
 
 mod handle;
 
+use crate::batch::BatchHeader;
 use crate::ids::{ComponentId, ConnId, DiskId, Epoch, Seq};
 use crate::net::{ConnectToken, NetCommand, NetEvent};
 use crate::protocol::Message;
 use crate::time::Timestamp;
-use crate::batch::BatchHeader;
 use std::collections::{BTreeMap, VecDeque};
 
 const CS_TOKEN: ConnectToken = u64::MAX;
@@ -67,8 +67,12 @@ pub struct CacheDiskMeta {
 #[derive(Debug)]
 pub enum Input {
     Net(NetEvent),
-    /// The `CacheAppend{id}` outputs up to and including this one are durable.
-    CachePersisted { id: u64, loc: CacheLoc, bytes: u64 },
+    /// `CacheAppend{id}` is appended and synced (each append is answered on its own).
+    CachePersisted {
+        id: u64,
+        loc: CacheLoc,
+        bytes: u64,
+    },
     Tick,
 }
 
@@ -76,11 +80,22 @@ pub enum Input {
 pub enum Output {
     Net(NetCommand),
     /// Append this batch (compressed) to the disk's cache and fsync; then answer `CachePersisted`.
-    CacheAppend { id: u64, header: BatchHeader, data: Vec<u8> },
+    CacheAppend {
+        id: u64,
+        header: BatchHeader,
+        data: Vec<u8>,
+    },
     /// Send the cached batch at `loc` to `conn` as it is.
-    Forward { conn: ConnId, disk: DiskId, loc: CacheLoc },
+    Forward {
+        conn: ConnId,
+        disk: DiskId,
+        loc: CacheLoc,
+    },
     /// Batches of `disk` through `through` may be deleted from the cache.
-    CacheRelease { disk: DiskId, through: Seq },
+    CacheRelease {
+        disk: DiskId,
+        through: Seq,
+    },
     /// Persist what is known of a disk (metadata; losing it only causes resends).
     SaveDisk(CacheDiskMeta),
 }
@@ -113,8 +128,8 @@ struct DiskCache {
 pub struct ProcessServer {
     settings: ProcessServerSettings,
     disks: BTreeMap<DiskId, DiskCache>,
-    /// Appends handed to the driver and not yet durable: id -> (disk, first, last, epoch).
-    appending: BTreeMap<u64, (DiskId, Seq, Seq, Epoch)>,
+    /// Appends handed to the driver and not yet durable: id -> (disk, first, last, epoch, bytes).
+    appending: BTreeMap<u64, (DiskId, Seq, Seq, Epoch, u64)>,
     appending_bytes: u64,
     next_append: u64,
     cs: Link,

@@ -26,7 +26,9 @@ pub const FRAME_BODY_BYTES_MAX: u32 = 72 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
-    #[error("bad frame magic {0:02x?}: the peer does not speak the Haven protocol (check the port)")]
+    #[error(
+        "bad frame magic {0:02x?}: the peer does not speak the Haven protocol (check the port)"
+    )]
     BadMagic([u8; 4]),
     #[error("frame body of {0} bytes exceeds the limit of {FRAME_BODY_BYTES_MAX} bytes")]
     BodyTooLarge(u32),
@@ -66,24 +68,40 @@ pub fn parse_header(h: &[u8; FRAME_HEADER_BYTES]) -> Result<FrameHeader, FrameEr
         return Err(FrameError::BodyTooLarge(body_len));
     }
     if ctl_len == 0 || ctl_len > body_len || ctl_len > FRAME_CONTROL_BYTES_MAX {
-        return Err(FrameError::BadControlLength { ctl: ctl_len, body: body_len });
+        return Err(FrameError::BadControlLength {
+            ctl: ctl_len,
+            body: body_len,
+        });
     }
-    Ok(FrameHeader { body_len, ctl_len, crc })
+    Ok(FrameHeader {
+        body_len,
+        ctl_len,
+        crc,
+    })
 }
 
 /// Verifies a frame body against its header and decodes the control part. Returns the message
 /// and the data part.
-pub fn decode_body(header: &FrameHeader, mut body: Vec<u8>) -> Result<(Message, Vec<u8>), FrameError> {
+pub fn decode_body(
+    header: &FrameHeader,
+    mut body: Vec<u8>,
+) -> Result<(Message, Vec<u8>), FrameError> {
     if body.len() != header.body_len as usize {
-        return Err(FrameError::BadControlLength { ctl: header.ctl_len, body: body.len() as u32 });
+        return Err(FrameError::BadControlLength {
+            ctl: header.ctl_len,
+            body: body.len() as u32,
+        });
     }
     let actual = crc32fast::hash(&body);
     if actual != header.crc {
-        return Err(FrameError::BadChecksum { expected: header.crc, actual });
+        return Err(FrameError::BadChecksum {
+            expected: header.crc,
+            actual,
+        });
     }
     let ctl_len = header.ctl_len as usize;
-    let msg: Message =
-        postcard::from_bytes(&body[..ctl_len]).map_err(|e| FrameError::BadControl(e.to_string()))?;
+    let msg: Message = postcard::from_bytes(&body[..ctl_len])
+        .map_err(|e| FrameError::BadControl(e.to_string()))?;
     // The data part is the tail of the body; move it down instead of copying into a new vector.
     body.drain(..ctl_len);
     Ok((msg, body))

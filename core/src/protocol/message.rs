@@ -81,24 +81,49 @@ pub struct Route {
 pub enum Message {
     Hello(Hello),
     /// The sender refuses the connection or a request; the connection is closed after it.
-    Reject { reason: String },
+    Reject {
+        reason: String,
+    },
 
     // Data path: agent -> process server -> master target.
     /// Opens (or reopens) a disk's stream on this connection. `first_seq` is the oldest seq the
     /// sender still holds: if it is past what the receiver has, the writes between were lost
     /// (an agent crash) and the receiver records the gap instead of waiting for them.
-    OpenStream { disk: DiskId, epoch: Epoch, size_bytes: u64, first_seq: Seq },
+    OpenStream {
+        disk: DiskId,
+        epoch: Epoch,
+        size_bytes: u64,
+        first_seq: Seq,
+    },
     /// Answer to `OpenStream`: where the receiver stands, so the sender resends from there.
-    StreamState { disk: DiskId, epoch: Epoch, cached_seq: Seq, applied_seq: Seq },
+    StreamState {
+        disk: DiskId,
+        epoch: Epoch,
+        cached_seq: Seq,
+        applied_seq: Seq,
+    },
     /// A batch of writes; the frame's data part holds the blocks of its data ops.
     Batch(BatchHeader),
     /// Process server -> agent: batches through `cached_seq` are durable in the cache; the
     /// master target has applied through `applied_seq`.
-    BatchAck { disk: DiskId, epoch: Epoch, cached_seq: Seq, applied_seq: Seq },
+    BatchAck {
+        disk: DiskId,
+        epoch: Epoch,
+        cached_seq: Seq,
+        applied_seq: Seq,
+    },
     /// Process server -> agent: the cache is full; resend batches after `first_seq` later.
-    Busy { disk: DiskId, first_seq: Seq, retry_after_ms: u64 },
+    Busy {
+        disk: DiskId,
+        first_seq: Seq,
+        retry_after_ms: u64,
+    },
     /// Master target -> process server: batches through `applied_seq` are in the journal, synced.
-    Applied { disk: DiskId, epoch: Epoch, applied_seq: Seq },
+    Applied {
+        disk: DiskId,
+        epoch: Epoch,
+        applied_seq: Seq,
+    },
 
     // Control: every component <-> configuration server.
     Register(Registration),
@@ -159,11 +184,20 @@ pub fn check_hello(msg: &Message, allowed: &[Role]) -> Result<Hello, HandshakeEr
         return Err(HandshakeError::NotHello(msg.kind()));
     };
     if hello.version != PROTOCOL_VERSION {
-        return Err(HandshakeError::Version { theirs: hello.version });
+        return Err(HandshakeError::Version {
+            theirs: hello.version,
+        });
     }
     if !allowed.contains(&hello.role) {
-        let expected = allowed.iter().map(|r| r.name()).collect::<Vec<_>>().join(" or ");
-        return Err(HandshakeError::Role { got: hello.role.name(), expected });
+        let expected = allowed
+            .iter()
+            .map(|r| r.name())
+            .collect::<Vec<_>>()
+            .join(" or ");
+        return Err(HandshakeError::Role {
+            got: hello.role.name(),
+            expected,
+        });
     }
     Ok(hello.clone())
 }

@@ -40,11 +40,19 @@ impl CsApi {
             let status = self.core.lock().expect("core lock").status();
             match status.disks.iter().find(|d| d.disk == disk) {
                 Some(d) => d.master_target_api.clone(),
-                None => return Response::error(404, &format!("disk {disk} is not protected; see `haven status`")),
+                None => {
+                    return Response::error(
+                        404,
+                        &format!("disk {disk} is not protected; see `haven status`"),
+                    )
+                }
             }
         };
         let Some(api) = api.filter(|a| !a.is_empty()) else {
-            return Response::error(503, &format!("disk {disk} has no master target with an API yet"));
+            return Response::error(
+                503,
+                &format!("disk {disk} has no master target with an API yet"),
+            );
         };
         match http::get_json::<serde_json::Value>(&api, &format!("/replicas/{disk}/points")).await {
             Ok(v) => Response::json(200, &v),

@@ -79,11 +79,19 @@ impl MtApi {
             Err(e) => return Response::error(400, &e.to_string()),
         };
         let Some(seq) = req.query.get("seq").and_then(|s| s.parse::<u64>().ok()) else {
-            return Response::error(400, "give the recovery point as ?seq=N (see GET /replicas/{disk}/points)");
+            return Response::error(
+                400,
+                "give the recovery point as ?seq=N (see GET /replicas/{disk}/points)",
+            );
         };
         match self.meta.points(&disk) {
             Ok(points) if points.iter().any(|p| p.seq == seq) => {}
-            Ok(_) => return Response::error(404, &format!("seq {seq} is not a recovery point of {disk}")),
+            Ok(_) => {
+                return Response::error(
+                    404,
+                    &format!("seq {seq} is not a recovery point of {disk}"),
+                )
+            }
             Err(e) => return Response::error(500, &e.to_string()),
         }
         let size = match self.replicas.lock().expect("replica lock").get(&disk) {

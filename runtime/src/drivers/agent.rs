@@ -10,7 +10,7 @@ use crate::transport::Transport;
 use crate::vfs::{StdFile, StdVfs, VFile, Vfs};
 use haven_core::agent::{Agent, AgentSettings, Input, IoId, Output, SourceOp};
 use haven_core::ids::{DiskId, Epoch};
-use haven_core::protocol::{Hello, PROTOCOL_VERSION, Role};
+use haven_core::protocol::{Hello, Role, PROTOCOL_VERSION};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,9 +51,19 @@ pub struct AgentExport {
 }
 
 impl AgentExport {
-    fn submit(&self, op: Option<(SourceOp, bool)>) -> impl std::future::Future<Output = Result<(), ExportError>> + Send + 'static {
+    fn submit(
+        &self,
+        op: Option<(SourceOp, bool)>,
+    ) -> impl std::future::Future<Output = Result<(), ExportError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        let sent = self.tx.send(NbdRequest { disk: self.disk, op, reply }).is_ok();
+        let sent = self
+            .tx
+            .send(NbdRequest {
+                disk: self.disk,
+                op,
+                reply,
+            })
+            .is_ok();
         async move {
             if !sent {
                 return Err(ExportError::ShuttingDown);
@@ -71,22 +81,57 @@ impl NbdExport for AgentExport {
     fn size_bytes(&self) -> u64 {
         self.size
     }
-    fn read(&self, offset: u64, len: u32) -> impl std::future::Future<Output = Result<Vec<u8>, ExportError>> + Send + 'static {
+    fn read(
+        &self,
+        offset: u64,
+        len: u32,
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, ExportError>> + Send + 'static {
         let file = self.file.clone();
         async move {
             let mut buf = vec![0u8; len as usize];
-            file.read_at(&mut buf, offset).map_err(|e| ExportError::Io(e.to_string()))?;
+            file.read_at(&mut buf, offset)
+                .map_err(|e| ExportError::Io(e.to_string()))?;
             Ok(buf)
         }
     }
-    fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> impl std::future::Future<Output = Result<(), ExportError>> + Send + 'static {
+    fn write(
+        &self,
+        offset: u64,
+        data: Vec<u8>,
+        fua: bool,
+    ) -> impl std::future::Future<Output = Result<(), ExportError>> + Send + 'static {
         self.submit(Some((SourceOp::Write { offset, data }, fua)))
     }
-    fn trim(&self, offset: u64, len: u32, fua: bool) -> impl std::future::Future<Output = Result<(), ExportError>> + Send + 'static {
-        self.submit(Some((SourceOp::Zero { offset, len: len as u64, punch: true }, fua)))
+    fn trim(
+        &self,
+        offset: u64,
+        len: u32,
+        fua: bool,
+    ) -> impl std::future::Future<Output = Result<(), ExportError>> + Send + 'static {
+        self.submit(Some((
+            SourceOp::Zero {
+                offset,
+                len: len as u64,
+                punch: true,
+            },
+            fua,
+        )))
     }
-    fn write_zeroes(&self, offset: u64, len: u32, fua: bool, no_hole: bool) -> impl std::future::Future<Output = Result<(), ExportError>> + Send + 'static {
-        self.submit(Some((SourceOp::Zero { offset, len: len as u64, punch: !no_hole }, fua)))
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        fua: bool,
+        no_hole: bool,
+    ) -> impl std::future::Future<Output = Result<(), ExportError>> + Send + 'static {
+        self.submit(Some((
+            SourceOp::Zero {
+                offset,
+                len: len as u64,
+                punch: !no_hole,
+            },
+            fua,
+        )))
     }
     fn flush(&self) -> impl std::future::Future<Output = Result<(), ExportError>> + Send + 'static {
         self.submit(None)
@@ -112,11 +157,21 @@ pub async fn start<T: Transport>(transport: T, cfg: AgentConfig) -> Result<Agent
     let mut exports = Exports::new();
     let mut disks = vec![];
     for (i, d) in cfg.disks.iter().enumerate() {
-        let src = SourceDisk::open(&vfs, &d.path, d.create_size).map_err(|e| fail(format!("disk {}: {e}", d.disk)))?;
+        let src = SourceDisk::open(&vfs, &d.path, d.create_size)
+            .map_err(|e| fail(format!("disk {}: {e}", d.disk)))?;
         let file = Arc::new(vfs.open(&d.path, false).map_err(fail)?);
-        let export = AgentExport { disk: i, size: src.size_bytes(), file, tx: nbd_tx.clone() };
+        let export = AgentExport {
+            disk: i,
+            size: src.size_bytes(),
+            file,
+            tx: nbd_tx.clone(),
+        };
         exports.add(d.disk.as_str(), Arc::new(export));
-        disks.push((d.disk.clone(), src.size_bytes(), meta.agent_reserved(&d.disk).map_err(fail)?));
+        disks.push((
+            d.disk.clone(),
+            src.size_bytes(),
+            meta.agent_reserved(&d.disk).map_err(fail)?,
+        ));
         sources.push(src);
     }
     drop(nbd_tx);
@@ -126,17 +181,38 @@ pub async fn start<T: Transport>(transport: T, cfg: AgentConfig) -> Result<Agent
     let nbd_addr = listener.local_addr().map_err(fail)?.to_string();
     tokio::spawn(nbd::serve(listener, Arc::new(exports)));
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_DEPTH);
-    let hello = Hello { version: PROTOCOL_VERSION, role: Role::Agent, component: cfg.settings.component.clone(), epoch: Epoch(0) };
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Agent,
+        component: cfg.settings.component.clone(),
+        epoch: Epoch(0),
+    };
     let net = Net::new(transport, hello, vec![], ev_tx);
     let clock = Clock::new();
     let agent = Agent::new(cfg.settings.clone(), disks, clock.now());
     let mut copies = vec![];
     for (i, d) in cfg.disks.iter().enumerate() {
         if !meta.agent_copied(&d.disk).map_err(fail)? {
-            copies.push(Copy { disk: i, id: d.disk.clone(), next: 0, pending: None });
+            copies.push(Copy {
+                disk: i,
+                id: d.disk.clone(),
+                next: 0,
+                pending: None,
+            });
         }
     }
-    let driver = Driver { agent, net, sources, meta, clock, replies: BTreeMap::new(), next_io: 1, inputs: VecDeque::new(), copies, copied: vec![] };
+    let driver = Driver {
+        agent,
+        net,
+        sources,
+        meta,
+        clock,
+        replies: BTreeMap::new(),
+        next_io: 1,
+        inputs: VecDeque::new(),
+        copies,
+        copied: vec![],
+    };
     let task = tokio::spawn(driver.run(ev_rx, nbd_rx));
     Ok(AgentHandle { nbd_addr, task })
 }
@@ -172,7 +248,11 @@ struct Copy {
 }
 
 impl<T: Transport> Driver<T> {
-    async fn run(mut self, mut events: mpsc::Receiver<NetInbound>, mut nbd: mpsc::UnboundedReceiver<NbdRequest>) -> Result<(), RoleError> {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<NetInbound>,
+        mut nbd: mpsc::UnboundedReceiver<NbdRequest>,
+    ) -> Result<(), RoleError> {
         loop {
             self.copy_step()?;
             self.check_copied()?;
@@ -213,29 +293,47 @@ impl<T: Transport> Driver<T> {
     fn copy_step(&mut self) -> Result<(), RoleError> {
         let mut i = 0;
         while i < self.copies.len() {
-            let (disk, size) = (self.copies[i].disk, self.sources[self.copies[i].disk].size_bytes());
+            let (disk, size) = (
+                self.copies[i].disk,
+                self.sources[self.copies[i].disk].size_bytes(),
+            );
             let mut fed = 0;
             while self.copies[i].next < size && self.agent.has_room(disk) && fed < 16 {
                 let off = self.copies[i].next;
                 let n = COPY_CHUNK_BYTES.min(size - off);
                 let mut buf = vec![0u8; n as usize];
-                self.sources[disk].read_at(&mut buf, off).map_err(|e| fail(format!("initial copy read: {e}")))?;
+                self.sources[disk]
+                    .read_at(&mut buf, off)
+                    .map_err(|e| fail(format!("initial copy read: {e}")))?;
                 self.copies[i].next += n;
                 fed += 1;
                 if !crate::vfs::is_zero(&buf) {
                     let block = off / haven_core::batch::BLOCK_BYTES;
                     if let Some((block, data)) = self.copies[i].pending.replace((block, buf)) {
-                        self.feed(Input::CopyChunk { disk, block, data, last: false })?;
+                        self.feed(Input::CopyChunk {
+                            disk,
+                            block,
+                            data,
+                            last: false,
+                        })?;
                     }
                 }
             }
             if self.copies[i].next >= size {
                 match self.copies[i].pending.take() {
-                    Some((block, data)) => self.feed(Input::CopyChunk { disk, block, data, last: true })?,
+                    Some((block, data)) => self.feed(Input::CopyChunk {
+                        disk,
+                        block,
+                        data,
+                        last: true,
+                    })?,
                     None => self.feed(Input::CopyDone { disk })?,
                 }
                 let seq = self.agent.stats().disks[disk].seq_written;
-                tracing::info!("initial copy of {} sent through seq {seq}", self.copies[i].id);
+                tracing::info!(
+                    "initial copy of {} sent through seq {seq}",
+                    self.copies[i].id
+                );
                 let c = self.copies.remove(i);
                 self.copied.push((c.id, disk, seq));
             } else {
@@ -267,7 +365,11 @@ impl<T: Transport> Driver<T> {
 
     fn on_net(&mut self, ev: NetInbound) -> Result<(), RoleError> {
         match ev {
-            NetInbound::Up { conn, writer, event } => {
+            NetInbound::Up {
+                conn,
+                writer,
+                event,
+            } => {
                 self.net.up(conn, writer);
                 self.feed(Input::Net(event))
             }
@@ -285,7 +387,12 @@ impl<T: Transport> Driver<T> {
         self.next_io += 1;
         self.replies.insert(io, req.reply);
         let input = match req.op {
-            Some((op, fua)) => Input::Write { io, disk: req.disk, op, fua },
+            Some((op, fua)) => Input::Write {
+                io,
+                disk: req.disk,
+                op,
+                fua,
+            },
             None => Input::Flush { io, disk: req.disk },
         };
         self.feed(input)
@@ -303,7 +410,10 @@ impl<T: Transport> Driver<T> {
                     Output::SourceWrite { io, disk, op } => {
                         let done = match self.sources[disk].apply(op) {
                             Ok(data) => Input::SourceDone { io, data },
-                            Err(e) => Input::SourceFailed { io, error: e.to_string() },
+                            Err(e) => Input::SourceFailed {
+                                io,
+                                error: e.to_string(),
+                            },
                         };
                         self.inputs.push_back(done);
                     }
@@ -324,10 +434,13 @@ impl<T: Transport> Driver<T> {
             let disks: BTreeSet<usize> = syncs.iter().map(|s| s.1).collect();
             for d in disks {
                 if let Err(e) = self.sources[d].sync() {
-                    return Err(fail(format!("fsync of source disk failed: {e}; the disk's durability is unknown")));
+                    return Err(fail(format!(
+                        "fsync of source disk failed: {e}; the disk's durability is unknown"
+                    )));
                 }
             }
-            self.inputs.extend(syncs.into_iter().map(|(io, _)| Input::Synced { io }));
+            self.inputs
+                .extend(syncs.into_iter().map(|(io, _)| Input::Synced { io }));
         }
         Ok(())
     }

@@ -32,26 +32,53 @@ fn fail(e: impl std::fmt::Display) -> RoleError {
     RoleError::new("config-server", e)
 }
 
-pub async fn start<T: Transport>(transport: T, cfg: ConfigServerConfig) -> Result<ConfigServerHandle, RoleError> {
-    let listener = transport.bind(&cfg.listen).await.map_err(|e| fail(format!("listen on {}: {e}", cfg.listen)))?;
+pub async fn start<T: Transport>(
+    transport: T,
+    cfg: ConfigServerConfig,
+) -> Result<ConfigServerHandle, RoleError> {
+    let listener = transport
+        .bind(&cfg.listen)
+        .await
+        .map_err(|e| fail(format!("listen on {}: {e}", cfg.listen)))?;
     let addr = T::local_addr(&listener).map_err(fail)?;
     let api = tokio::net::TcpListener::bind(&cfg.api_listen)
         .await
         .map_err(|e| fail(format!("API listen on {}: {e}", cfg.api_listen)))?;
     let api_addr = api.local_addr().map_err(fail)?.to_string();
     let clock = Clock::new();
-    let core = Arc::new(Mutex::new(ConfigServer::new(cfg.settings.clone(), clock.now())));
-    tokio::spawn(crate::http::serve(api, Arc::new(crate::api::config_server::CsApi { core: core.clone() })));
+    let core = Arc::new(Mutex::new(ConfigServer::new(
+        cfg.settings.clone(),
+        clock.now(),
+    )));
+    tokio::spawn(crate::http::serve(
+        api,
+        Arc::new(crate::api::config_server::CsApi { core: core.clone() }),
+    ));
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_DEPTH);
-    let hello = Hello { version: PROTOCOL_VERSION, role: Role::ConfigServer, component: cfg.component.clone(), epoch: Epoch(0) };
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::ConfigServer,
+        component: cfg.component.clone(),
+        epoch: Epoch(0),
+    };
     let all = vec![Role::Agent, Role::ProcessServer, Role::MasterTarget];
     let net = Net::new(transport, hello, all, ev_tx);
     net.listen(listener);
     let task = tokio::spawn(run(core.clone(), net, clock, ev_rx));
-    Ok(ConfigServerHandle { addr, api_addr, core, task })
+    Ok(ConfigServerHandle {
+        addr,
+        api_addr,
+        core,
+        task,
+    })
 }
 
-async fn run<T: Transport>(core: Arc<Mutex<ConfigServer>>, mut net: Net<T>, clock: Clock, mut events: mpsc::Receiver<NetInbound>) -> Result<(), RoleError> {
+async fn run<T: Transport>(
+    core: Arc<Mutex<ConfigServer>>,
+    mut net: Net<T>,
+    clock: Clock,
+    mut events: mpsc::Receiver<NetInbound>,
+) -> Result<(), RoleError> {
     loop {
         let deadline = core.lock().expect("core lock").poll_timeout();
         let mut inputs = vec![];
@@ -73,7 +100,11 @@ async fn run<T: Transport>(core: Arc<Mutex<ConfigServer>>, mut net: Net<T>, cloc
         let mut feed = vec![Input::Tick];
         for ev in inputs {
             feed.push(Input::Net(match ev {
-                NetInbound::Up { conn, writer, event } => {
+                NetInbound::Up {
+                    conn,
+                    writer,
+                    event,
+                } => {
                     net.up(conn, writer);
                     event
                 }

@@ -39,7 +39,10 @@ fn fail(e: impl std::fmt::Display) -> RoleError {
     RoleError::new("master-target", e)
 }
 
-pub async fn start<T: Transport>(transport: T, mut cfg: MasterTargetConfig) -> Result<MasterTargetHandle, RoleError> {
+pub async fn start<T: Transport>(
+    transport: T,
+    mut cfg: MasterTargetConfig,
+) -> Result<MasterTargetHandle, RoleError> {
     let vfs = StdVfs;
     vfs.create_dir_all(&cfg.data_dir).map_err(fail)?;
     let meta = Arc::new(MetaStore::open(&cfg.data_dir.join("master-target.redb")).map_err(fail)?);
@@ -47,12 +50,20 @@ pub async fn start<T: Transport>(transport: T, mut cfg: MasterTargetConfig) -> R
     let mut metas = vec![];
     for m in meta.replicas().map_err(fail)? {
         let r = Replica::open(&vfs, &cfg.data_dir, m, &meta).map_err(fail)?;
-        tracing::info!("replica {}: applied through seq {}, {} points", r.meta.disk, r.meta.applied_seq, r.meta.points);
+        tracing::info!(
+            "replica {}: applied through seq {}, {} points",
+            r.meta.disk,
+            r.meta.applied_seq,
+            r.meta.points
+        );
         metas.push(r.meta.clone());
         replicas.insert(r.meta.disk.clone(), r);
     }
     let replicas: Replicas = Arc::new(Mutex::new(replicas));
-    let listener = transport.bind(&cfg.listen).await.map_err(|e| fail(format!("listen on {}: {e}", cfg.listen)))?;
+    let listener = transport
+        .bind(&cfg.listen)
+        .await
+        .map_err(|e| fail(format!("listen on {}: {e}", cfg.listen)))?;
     let addr = T::local_addr(&listener).map_err(fail)?;
     let api = tokio::net::TcpListener::bind(&cfg.api_listen)
         .await
@@ -64,17 +75,38 @@ pub async fn start<T: Transport>(transport: T, mut cfg: MasterTargetConfig) -> R
     if cfg.settings.api_addr.is_empty() {
         cfg.settings.api_addr = api_addr.clone();
     }
-    let handler = Arc::new(crate::api::master_target::MtApi { replicas: replicas.clone(), meta: meta.clone() });
+    let handler = Arc::new(crate::api::master_target::MtApi {
+        replicas: replicas.clone(),
+        meta: meta.clone(),
+    });
     tokio::spawn(crate::http::serve(api, handler));
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_DEPTH);
-    let hello = Hello { version: PROTOCOL_VERSION, role: Role::MasterTarget, component: cfg.settings.component.clone(), epoch: Epoch(0) };
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::MasterTarget,
+        component: cfg.settings.component.clone(),
+        epoch: Epoch(0),
+    };
     let net = Net::new(transport, hello, vec![Role::ProcessServer], ev_tx);
     net.listen(listener);
     let clock = Clock::new();
     let mt = MasterTarget::new(cfg.settings.clone(), metas, clock.now());
-    let driver = Driver { mt, net, replicas, meta, vfs, root: cfg.data_dir.clone(), clock, inputs: VecDeque::new() };
+    let driver = Driver {
+        mt,
+        net,
+        replicas,
+        meta,
+        vfs,
+        root: cfg.data_dir.clone(),
+        clock,
+        inputs: VecDeque::new(),
+    };
     let task = tokio::spawn(driver.run(ev_rx));
-    Ok(MasterTargetHandle { addr, api_addr, task })
+    Ok(MasterTargetHandle {
+        addr,
+        api_addr,
+        task,
+    })
 }
 
 struct Driver<T: Transport> {
@@ -116,7 +148,11 @@ impl<T: Transport> Driver<T> {
             }
             for ev in batch {
                 let input = match ev {
-                    NetInbound::Up { conn, writer, event } => {
+                    NetInbound::Up {
+                        conn,
+                        writer,
+                        event,
+                    } => {
                         self.net.up(conn, writer);
                         event
                     }
@@ -154,16 +190,23 @@ impl<T: Transport> Driver<T> {
         let mut replicas = self.replicas.lock().expect("replica lock");
         let mut points: BTreeMap<DiskId, Vec<PointRecord>> = BTreeMap::new();
         for a in &appended {
-            points.entry(a.disk.clone()).or_default().extend(a.point.clone());
+            points
+                .entry(a.disk.clone())
+                .or_default()
+                .extend(a.point.clone());
         }
         for (disk, pts) in &points {
             let r = replicas.get_mut(disk).expect("appended replica exists");
-            r.sync().map_err(|e| fail(format!("journal fsync failed: {e}")))?;
+            r.sync()
+                .map_err(|e| fail(format!("journal fsync failed: {e}")))?;
             self.meta.add_points(disk, pts).map_err(fail)?;
         }
         for a in appended {
             let journal_bytes = replicas.get(&a.disk).map_or(0, |r| r.meta.journal_bytes);
-            self.inputs.push_back(Input::JournalPersisted { id: a.id, journal_bytes });
+            self.inputs.push_back(Input::JournalPersisted {
+                id: a.id,
+                journal_bytes,
+            });
         }
         Ok(())
     }
@@ -174,8 +217,15 @@ impl<T: Transport> Driver<T> {
             Output::CreateReplica(m) => {
                 self.meta.save_replica(&m).map_err(fail)?;
                 let r = Replica::open(&self.vfs, &self.root, m, &self.meta).map_err(fail)?;
-                tracing::info!("replica {} created ({} bytes)", r.meta.disk, r.meta.size_bytes);
-                self.replicas.lock().expect("replica lock").insert(r.meta.disk.clone(), r);
+                tracing::info!(
+                    "replica {} created ({} bytes)",
+                    r.meta.disk,
+                    r.meta.size_bytes
+                );
+                self.replicas
+                    .lock()
+                    .expect("replica lock")
+                    .insert(r.meta.disk.clone(), r);
             }
             Output::SaveReplica(m) => {
                 if let Some(why) = &m.inconsistent {
@@ -189,10 +239,20 @@ impl<T: Transport> Driver<T> {
             }
             Output::JournalAppend { id, header, data } => {
                 let mut replicas = self.replicas.lock().expect("replica lock");
-                let r = replicas.get_mut(&header.disk).expect("core appends only to known replicas");
+                let r = replicas
+                    .get_mut(&header.disk)
+                    .expect("core appends only to known replicas");
                 r.append(&header, &data).map_err(fail)?;
-                let point = header.consistent.then(|| PointRecord { seq: header.last_seq, time: header.last_time, kind: PointKind::Crash });
-                appended.push(Appended { id, disk: header.disk.clone(), point });
+                let point = header.consistent.then_some(PointRecord {
+                    seq: header.last_seq,
+                    time: header.last_time,
+                    kind: PointKind::Crash,
+                });
+                appended.push(Appended {
+                    id,
+                    disk: header.disk.clone(),
+                    point,
+                });
             }
         }
         Ok(())

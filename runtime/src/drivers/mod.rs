@@ -34,7 +34,10 @@ impl Clock {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
-        Clock { base_us, start: Instant::now() }
+        Clock {
+            base_us,
+            start: Instant::now(),
+        }
     }
 
     pub fn now(&self) -> Timestamp {
@@ -71,6 +74,9 @@ pub struct RoleError {
 
 impl RoleError {
     pub fn new(role: &'static str, message: impl std::fmt::Display) -> Self {
-        RoleError { role, message: message.to_string() }
+        RoleError {
+            role,
+            message: message.to_string(),
+        }
     }
 }

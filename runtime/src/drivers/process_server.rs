@@ -31,25 +31,43 @@ fn fail(e: impl std::fmt::Display) -> RoleError {
     RoleError::new("process-server", e)
 }
 
-pub async fn start<T: Transport>(transport: T, mut cfg: ProcessServerConfig) -> Result<ProcessServerHandle, RoleError> {
+pub async fn start<T: Transport>(
+    transport: T,
+    mut cfg: ProcessServerConfig,
+) -> Result<ProcessServerHandle, RoleError> {
     let vfs = StdVfs;
     vfs.create_dir_all(&cfg.data_dir).map_err(fail)?;
     let meta = MetaStore::open(&cfg.data_dir.join("process-server.redb")).map_err(fail)?;
     let (cache, cached) = Cache::open(vfs, &cfg.data_dir).map_err(fail)?;
-    let listener = transport.bind(&cfg.listen).await.map_err(|e| fail(format!("listen on {}: {e}", cfg.listen)))?;
+    let listener = transport
+        .bind(&cfg.listen)
+        .await
+        .map_err(|e| fail(format!("listen on {}: {e}", cfg.listen)))?;
     let addr = T::local_addr(&listener).map_err(fail)?;
     if cfg.settings.data_addr.is_empty() {
         cfg.settings.data_addr = addr.clone();
     }
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_DEPTH);
-    let hello = Hello { version: PROTOCOL_VERSION, role: Role::ProcessServer, component: cfg.settings.component.clone(), epoch: Epoch(0) };
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::ProcessServer,
+        component: cfg.settings.component.clone(),
+        epoch: Epoch(0),
+    };
     let net = Net::new(transport, hello, vec![Role::Agent], ev_tx);
     net.listen(listener);
     let clock = Clock::new();
     let disks = meta.ps_disks().map_err(fail)?;
     tracing::info!("process server: {} cached batches recovered", cached.len());
     let ps = ProcessServer::new(cfg.settings.clone(), disks, cached, clock.now());
-    let driver = Driver { ps, net, cache, meta, clock, inputs: VecDeque::new() };
+    let driver = Driver {
+        ps,
+        net,
+        cache,
+        meta,
+        clock,
+        inputs: VecDeque::new(),
+    };
     let task = tokio::spawn(driver.run(ev_rx));
     Ok(ProcessServerHandle { addr, task })
 }
@@ -84,7 +102,11 @@ impl<T: Transport> Driver<T> {
             }
             for ev in batch {
                 let input = match ev {
-                    NetInbound::Up { conn, writer, event } => {
+                    NetInbound::Up {
+                        conn,
+                        writer,
+                        event,
+                    } => {
                         self.net.up(conn, writer);
                         event
                     }
@@ -112,7 +134,9 @@ impl<T: Transport> Driver<T> {
                 }
             }
             if !persisted.is_empty() {
-                self.cache.sync().map_err(|e| fail(format!("cache fsync failed: {e}")))?;
+                self.cache
+                    .sync()
+                    .map_err(|e| fail(format!("cache fsync failed: {e}")))?;
                 self.inputs.extend(persisted);
             }
         }
@@ -130,7 +154,9 @@ impl<T: Transport> Driver<T> {
                 let frame = self.cache.read(&disk, loc).map_err(fail)?;
                 self.net.send_raw(conn, frame);
             }
-            Output::CacheRelease { disk, through } => self.cache.release_through(&disk, through).map_err(fail)?,
+            Output::CacheRelease { disk, through } => {
+                self.cache.release_through(&disk, through).map_err(fail)?
+            }
             Output::SaveDisk(m) => self.meta.save_ps_disk(&m).map_err(fail)?,
         }
         Ok(())

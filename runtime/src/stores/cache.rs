@@ -14,9 +14,16 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("cache for disk {disk}: {source}")]
-    Segment { disk: String, source: crate::segment::SegmentError },
+    Segment {
+        disk: String,
+        source: crate::segment::SegmentError,
+    },
     #[error("cache for disk {disk}: record at {loc:?} is not a batch frame: {what}; move the cache directory aside and restart (the agent resends what is not applied)")]
-    Record { disk: String, loc: RecordLoc, what: String },
+    Record {
+        disk: String,
+        loc: RecordLoc,
+        what: String,
+    },
     #[error("cache: {0}")]
     Io(#[from] std::io::Error),
     #[error("cache: directory name {0:?} is not a disk id")]
@@ -36,24 +43,43 @@ impl<V: Vfs + Clone> Cache<V> {
     pub fn open(vfs: V, root: &Path) -> Result<(Self, Vec<CachedBatch>), CacheError> {
         let root = root.join("cache");
         vfs.create_dir_all(&root)?;
-        let mut cache = Cache { vfs: vfs.clone(), root: root.clone(), logs: BTreeMap::new(), dirty: vec![] };
+        let mut cache = Cache {
+            vfs: vfs.clone(),
+            root: root.clone(),
+            logs: BTreeMap::new(),
+            dirty: vec![],
+        };
         let mut batches = vec![];
         for dir in vfs.list_dir(&root)? {
-            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            let name = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
             let disk = DiskId::new(name.clone()).map_err(|_| CacheError::BadDir(name))?;
-            let seg = |source| CacheError::Segment { disk: disk.to_string(), source };
-            let (log, metas) = SegmentLog::open(vfs.clone(), dir, SegmentSettings::default()).map_err(seg)?;
+            let seg = |source| CacheError::Segment {
+                disk: disk.to_string(),
+                source,
+            };
+            let (log, metas) =
+                SegmentLog::open(vfs.clone(), dir, SegmentSettings::default()).map_err(seg)?;
             for m in metas {
                 let (_, body) = log.read(m.loc).map_err(seg)?;
-                let header = frame_header(&body)
-                    .map_err(|what| CacheError::Record { disk: disk.to_string(), loc: m.loc, what })?;
+                let header = frame_header(&body).map_err(|what| CacheError::Record {
+                    disk: disk.to_string(),
+                    loc: m.loc,
+                    what,
+                })?;
                 batches.push(CachedBatch {
                     disk: disk.clone(),
                     epoch: header.epoch,
                     first_seq: header.first_seq,
                     last_seq: header.last_seq,
                     bytes: body.len() as u64,
-                    loc: CacheLoc { segment: m.loc.segment, offset: m.loc.offset },
+                    loc: CacheLoc {
+                        segment: m.loc.segment,
+                        offset: m.loc.offset,
+                    },
                 });
             }
             cache.logs.insert(disk, log);
@@ -65,7 +91,10 @@ impl<V: Vfs + Clone> Cache<V> {
         if !self.logs.contains_key(disk) {
             let dir = self.root.join(disk.as_str());
             let (log, metas) = SegmentLog::open(self.vfs.clone(), dir, SegmentSettings::default())
-                .map_err(|source| CacheError::Segment { disk: disk.to_string(), source })?;
+                .map_err(|source| CacheError::Segment {
+                    disk: disk.to_string(),
+                    source,
+                })?;
             debug_assert!(metas.is_empty());
             self.logs.insert(disk.clone(), log);
         }
@@ -73,24 +102,42 @@ impl<V: Vfs + Clone> Cache<V> {
     }
 
     /// Appends a batch as a framed message. Not durable until `sync`.
-    pub fn append(&mut self, header: BatchHeader, data: &[u8]) -> Result<(CacheLoc, u64), CacheError> {
+    pub fn append(
+        &mut self,
+        header: BatchHeader,
+        data: &[u8],
+    ) -> Result<(CacheLoc, u64), CacheError> {
         let (disk, first, last) = (header.disk.clone(), header.first_seq, header.last_seq);
         let msg = Message::Batch(header);
         let mut frame = protocol::encode_head(&msg, data).expect("a validated batch always frames");
         frame.extend_from_slice(data);
         let log = self.log(&disk)?;
-        let loc = log.append(first, last, &frame).map_err(|source| CacheError::Segment { disk: disk.to_string(), source })?;
+        let loc = log
+            .append(first, last, &frame)
+            .map_err(|source| CacheError::Segment {
+                disk: disk.to_string(),
+                source,
+            })?;
         if !self.dirty.contains(&disk) {
             self.dirty.push(disk);
         }
-        Ok((CacheLoc { segment: loc.segment, offset: loc.offset }, frame.len() as u64))
+        Ok((
+            CacheLoc {
+                segment: loc.segment,
+                offset: loc.offset,
+            },
+            frame.len() as u64,
+        ))
     }
 
     /// Makes every append so far durable.
     pub fn sync(&mut self) -> Result<(), CacheError> {
         for disk in std::mem::take(&mut self.dirty) {
             if let Some(log) = self.logs.get_mut(&disk) {
-                log.sync().map_err(|source| CacheError::Segment { disk: disk.to_string(), source })?;
+                log.sync().map_err(|source| CacheError::Segment {
+                    disk: disk.to_string(),
+                    source,
+                })?;
             }
         }
         Ok(())
@@ -98,16 +145,29 @@ impl<V: Vfs + Clone> Cache<V> {
 
     /// Reads a cached frame, checksum verified.
     pub fn read(&self, disk: &DiskId, loc: CacheLoc) -> Result<Vec<u8>, CacheError> {
-        let log = self.logs.get(disk).ok_or_else(|| CacheError::BadDir(disk.to_string()))?;
-        let loc = RecordLoc { segment: loc.segment, offset: loc.offset };
-        let (_, body) = log.read(loc).map_err(|source| CacheError::Segment { disk: disk.to_string(), source })?;
+        let log = self
+            .logs
+            .get(disk)
+            .ok_or_else(|| CacheError::BadDir(disk.to_string()))?;
+        let loc = RecordLoc {
+            segment: loc.segment,
+            offset: loc.offset,
+        };
+        let (_, body) = log.read(loc).map_err(|source| CacheError::Segment {
+            disk: disk.to_string(),
+            source,
+        })?;
         Ok(body)
     }
 
     /// Deletes whole segments whose batches are all applied at the master target.
     pub fn release_through(&mut self, disk: &DiskId, through: Seq) -> Result<(), CacheError> {
         if let Some(log) = self.logs.get_mut(disk) {
-            log.release_through(through).map_err(|source| CacheError::Segment { disk: disk.to_string(), source })?;
+            log.release_through(through)
+                .map_err(|source| CacheError::Segment {
+                    disk: disk.to_string(),
+                    source,
+                })?;
         }
         Ok(())
     }

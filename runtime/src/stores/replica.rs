@@ -18,14 +18,31 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
     #[error("replica {disk}: {what}: {source}")]
-    Io { disk: String, what: String, source: std::io::Error },
+    Io {
+        disk: String,
+        what: String,
+        source: std::io::Error,
+    },
     #[error("replica {disk}: journal: {0}", disk = .1)]
     Journal(crate::segment::SegmentError, String),
     #[error("replica {disk}: journal record at {loc:?} does not decode: {what}; the journal is damaged, restore it")]
-    Record { disk: String, loc: RecordLoc, what: String },
-    #[error("replica {disk}: read of {len} bytes at {offset} is past the end of the {size}-byte disk")]
-    OutOfRange { disk: String, offset: u64, len: u64, size: u64 },
-    #[error("replica {disk}: seq {seq} is not a recovery point; list points with `haven points {disk}`")]
+    Record {
+        disk: String,
+        loc: RecordLoc,
+        what: String,
+    },
+    #[error(
+        "replica {disk}: read of {len} bytes at {offset} is past the end of the {size}-byte disk"
+    )]
+    OutOfRange {
+        disk: String,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+    #[error(
+        "replica {disk}: seq {seq} is not a recovery point; list points with `haven points {disk}`"
+    )]
     NoSuchPoint { disk: String, seq: Seq },
     #[error(transparent)]
     Meta(#[from] crate::meta::MetaError),
@@ -44,8 +61,15 @@ fn loc_key(loc: RecordLoc) -> (u64, u64) {
 
 /// Splits a journal record body into its header and the offset of its data part.
 fn decode_record(body: &[u8]) -> Result<(BatchHeader, u64), String> {
-    let ctl_len = u32::from_le_bytes(body.get(..4).ok_or("short record")?.try_into().expect("4 bytes")) as usize;
-    let ctl = body.get(4..4 + ctl_len).ok_or("control part past the record end")?;
+    let ctl_len = u32::from_le_bytes(
+        body.get(..4)
+            .ok_or("short record")?
+            .try_into()
+            .expect("4 bytes"),
+    ) as usize;
+    let ctl = body
+        .get(4..4 + ctl_len)
+        .ok_or("control part past the record end")?;
     let header: BatchHeader = postcard::from_bytes(ctl).map_err(|e| e.to_string())?;
     header.validate().map_err(|e| e.to_string())?;
     let data_offset = 4 + ctl_len as u64;
@@ -61,7 +85,12 @@ pub fn replica_dir(root: &Path, disk: &DiskId) -> PathBuf {
 
 impl<V: Vfs + Clone> Replica<V> {
     /// Creates or opens a replica under `root`, rebuilding the index from the journal.
-    pub fn open(vfs: &V, root: &Path, mut meta: ReplicaMeta, store: &MetaStore) -> Result<Self, ReplicaError> {
+    pub fn open(
+        vfs: &V,
+        root: &Path,
+        mut meta: ReplicaMeta,
+        store: &MetaStore,
+    ) -> Result<Self, ReplicaError> {
         let disk = meta.disk.to_string();
         let dir = replica_dir(root, &meta.disk);
         let io = |what: &str| {
@@ -69,25 +98,39 @@ impl<V: Vfs + Clone> Replica<V> {
             move |source| ReplicaError::Io { disk, what, source }
         };
         vfs.create_dir_all(&dir).map_err(io("create directory"))?;
-        let base = vfs.open(&dir.join("base.img"), true).map_err(io("open base image"))?;
+        let base = vfs
+            .open(&dir.join("base.img"), true)
+            .map_err(io("open base image"))?;
         if base.len().map_err(io("stat base image"))? != meta.size_bytes {
-            base.set_len(meta.size_bytes).map_err(io("size base image"))?;
+            base.set_len(meta.size_bytes)
+                .map_err(io("size base image"))?;
             base.sync_data().map_err(io("sync base image"))?;
         }
-        let (journal, records) = SegmentLog::open(vfs.clone(), dir.join("journal"), SegmentSettings::default())
-            .map_err(|e| ReplicaError::Journal(e, disk.clone()))?;
+        let (journal, records) =
+            SegmentLog::open(vfs.clone(), dir.join("journal"), SegmentSettings::default())
+                .map_err(|e| ReplicaError::Journal(e, disk.clone()))?;
         let mut index = BlockIndex::new();
         let last_point = store.last_point(&meta.disk)?.map_or(0, |p| p.seq);
         let mut missing = vec![];
         let mut applied = 0;
         for r in &records {
-            let (_, body) = journal.read(r.loc).map_err(|e| ReplicaError::Journal(e, disk.clone()))?;
+            let (_, body) = journal
+                .read(r.loc)
+                .map_err(|e| ReplicaError::Journal(e, disk.clone()))?;
             let (header, data_offset) =
-                decode_record(&body).map_err(|what| ReplicaError::Record { disk: disk.clone(), loc: r.loc, what })?;
+                decode_record(&body).map_err(|what| ReplicaError::Record {
+                    disk: disk.clone(),
+                    loc: r.loc,
+                    what,
+                })?;
             index.insert_batch(&header, loc_key(r.loc), data_offset);
             applied = header.last_seq;
             if header.consistent && header.last_seq > last_point {
-                missing.push(PointRecord { seq: header.last_seq, time: header.last_time, kind: PointKind::Crash });
+                missing.push(PointRecord {
+                    seq: header.last_seq,
+                    time: header.last_time,
+                    kind: PointKind::Crash,
+                });
             }
         }
         let cut = store.truncate_points_after(&meta.disk, applied)?;
@@ -98,7 +141,12 @@ impl<V: Vfs + Clone> Replica<V> {
         meta.applied_seq = applied;
         meta.points = store.points(&meta.disk)?.len() as u64;
         meta.journal_bytes = journal.stats().bytes;
-        Ok(Replica { meta, base, journal, index })
+        Ok(Replica {
+            meta,
+            base,
+            journal,
+            index,
+        })
     }
 
     /// Appends a batch (raw data) to the journal and indexes it. Not durable until `sync`.
@@ -112,14 +160,17 @@ impl<V: Vfs + Clone> Replica<V> {
             .journal
             .append(header.first_seq, header.last_seq, &body)
             .map_err(|e| ReplicaError::Journal(e, self.meta.disk.to_string()))?;
-        self.index.insert_batch(header, loc_key(loc), 4 + ctl.len() as u64);
+        self.index
+            .insert_batch(header, loc_key(loc), 4 + ctl.len() as u64);
         self.meta.applied_seq = header.last_seq;
         self.meta.journal_bytes = self.journal.stats().bytes;
         Ok(())
     }
 
     pub fn sync(&mut self) -> Result<(), ReplicaError> {
-        self.journal.sync().map_err(|e| ReplicaError::Journal(e, self.meta.disk.to_string()))
+        self.journal
+            .sync()
+            .map_err(|e| ReplicaError::Journal(e, self.meta.disk.to_string()))
     }
 
     pub fn index_entries(&self) -> usize {
@@ -131,7 +182,12 @@ impl<V: Vfs + Clone> Replica<V> {
         let size = self.meta.size_bytes;
         let len = buf.len() as u64;
         if offset.checked_add(len).is_none_or(|end| end > size) {
-            return Err(ReplicaError::OutOfRange { disk: self.meta.disk.to_string(), offset, len, size });
+            return Err(ReplicaError::OutOfRange {
+                disk: self.meta.disk.to_string(),
+                offset,
+                len,
+                size,
+            });
         }
         let mut block_buf = vec![0u8; BLOCK_BYTES as usize];
         let mut pos = offset;
@@ -142,18 +198,27 @@ impl<V: Vfs + Clone> Replica<V> {
             let dst = &mut buf[(pos - offset) as usize..(pos - offset + n) as usize];
             match self.index.lookup(block, seq) {
                 Some(BlockSource::Zero) => dst.fill(0),
-                Some(BlockSource::Journal { record, body_offset }) => {
-                    let loc = RecordLoc { segment: record.0, offset: record.1 };
+                Some(BlockSource::Journal {
+                    record,
+                    body_offset,
+                }) => {
+                    let loc = RecordLoc {
+                        segment: record.0,
+                        offset: record.1,
+                    };
                     self.journal
                         .read_body_range(loc, body_offset, &mut block_buf)
                         .map_err(|e| ReplicaError::Journal(e, self.meta.disk.to_string()))?;
                     dst.copy_from_slice(&block_buf[in_block as usize..(in_block + n) as usize]);
                 }
-                None => self.base.read_at(dst, pos).map_err(|source| ReplicaError::Io {
-                    disk: self.meta.disk.to_string(),
-                    what: "read base image".into(),
-                    source,
-                })?,
+                None => self
+                    .base
+                    .read_at(dst, pos)
+                    .map_err(|source| ReplicaError::Io {
+                        disk: self.meta.disk.to_string(),
+                        what: "read base image".into(),
+                        source,
+                    })?,
             }
             pos += n;
         }
@@ -165,9 +230,17 @@ impl<V: Vfs + Clone> Replica<V> {
 pub const EXPORT_CHUNK_BYTES: u64 = 4 << 20;
 
 /// Writes the disk at `seq` to `out` (a sparse file: zero chunks are skipped).
-pub fn export_to<V: Vfs + Clone, F: VFile>(replica: &Replica<V>, seq: Seq, out: &F) -> Result<(), ReplicaError> {
+pub fn export_to<V: Vfs + Clone, F: VFile>(
+    replica: &Replica<V>,
+    seq: Seq,
+    out: &F,
+) -> Result<(), ReplicaError> {
     let size = replica.meta.size_bytes;
-    let io = |source| ReplicaError::Io { disk: replica.meta.disk.to_string(), what: "write export".into(), source };
+    let io = |source| ReplicaError::Io {
+        disk: replica.meta.disk.to_string(),
+        what: "write export".into(),
+        source,
+    };
     out.set_len(size).map_err(io)?;
     let mut buf = vec![0u8; EXPORT_CHUNK_BYTES as usize];
     let mut off = 0;

@@ -11,17 +11,24 @@ pub struct SourceDisk<F: VFile> {
 }
 
 impl<F: VFile> SourceDisk<F> {
-    pub fn open<V: Vfs<File = F>>(vfs: &V, path: &Path, create_size: Option<u64>) -> std::io::Result<Self> {
+    pub fn open<V: Vfs<File = F>>(
+        vfs: &V,
+        path: &Path,
+        create_size: Option<u64>,
+    ) -> std::io::Result<Self> {
         let exists = std::fs::metadata(path).is_ok();
         let file = vfs.open(path, create_size.is_some())?;
         if let (Some(size), false) = (create_size, exists) {
             file.set_len(size)?;
         }
         let size_bytes = file.len()?;
-        if size_bytes == 0 || size_bytes % BLOCK_BYTES != 0 {
+        if size_bytes == 0 || !size_bytes.is_multiple_of(BLOCK_BYTES) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!("{}: size {size_bytes} is not a positive multiple of {BLOCK_BYTES} bytes", path.display()),
+                format!(
+                    "{}: size {size_bytes} is not a positive multiple of {BLOCK_BYTES} bytes",
+                    path.display()
+                ),
             ));
         }
         Ok(SourceDisk { file, size_bytes })
