@@ -51,6 +51,11 @@ async fn start_server() -> TestServer {
 
 fn have_tool(tool: &str) -> bool {
     let found = Command::new(tool).arg("--version").output().is_ok();
+    // CI installs every tool (.ci/run): there a missing tool is a failure, not a skip.
+    assert!(
+        found || std::env::var_os("CI").is_none(),
+        "{tool} is required in CI but not installed"
+    );
     if !found {
         eprintln!("skipping: {tool} not installed");
     }
