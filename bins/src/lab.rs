@@ -8,8 +8,8 @@ use haven_core::config_server::ConfigServerSettings;
 use haven_core::ids::{ComponentId, DiskId};
 use haven_core::master_target::MasterTargetSettings;
 use haven_core::process_server::ProcessServerSettings;
+use haven_runtime::drivers::Host;
 use haven_runtime::drivers::{self, RoleError};
-use haven_runtime::transport::Tcp;
 use std::path::{Path, PathBuf};
 
 pub struct LabOptions {
@@ -30,7 +30,7 @@ pub async fn run(o: LabOptions) -> Result<(), String> {
     let dir = o.dir.canonicalize().map_err(|e| e.to_string())?;
     let e = |e: RoleError| e.to_string();
     let cs = drivers::config_server::start(
-        Tcp,
+        Host::real(),
         drivers::config_server::ConfigServerConfig {
             component: id("config-server"),
             settings: ConfigServerSettings {
@@ -43,13 +43,13 @@ pub async fn run(o: LabOptions) -> Result<(), String> {
     )
     .await
     .map_err(e)?;
-    let ps = drivers::process_server::start(Tcp, ps_config(&dir, &cs.addr))
+    let ps = drivers::process_server::start(Host::real(), ps_config(&dir, &cs.addr))
         .await
         .map_err(e)?;
-    let mt = drivers::master_target::start(Tcp, mt_config(&dir, &cs.addr))
+    let mt = drivers::master_target::start(Host::real(), mt_config(&dir, &cs.addr))
         .await
         .map_err(e)?;
-    let agent = drivers::agent::start(Tcp, agent_config(&dir, &cs.addr, &o))
+    let agent = drivers::agent::start(Host::real(), agent_config(&dir, &cs.addr, &o))
         .await
         .map_err(e)?;
     let api = format!("http://{}", cs.api_addr);

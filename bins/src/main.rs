@@ -6,8 +6,8 @@ mod lab;
 mod size;
 
 use clap::{Parser, Subcommand};
+use haven_runtime::drivers::Host;
 use haven_runtime::drivers::{self, RoleError};
-use haven_runtime::transport::Tcp;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -114,7 +114,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Agent { config } => {
             let cfg = config::load::<config::AgentFile>(&config)?.into_config()?;
-            let h = drivers::agent::start(Tcp, cfg)
+            let h = drivers::agent::start(Host::real(), cfg)
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::info!("agent running; NBD on {}", h.nbd_addr);
@@ -122,7 +122,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::ProcessServer { config } => {
             let cfg = config::load::<config::ProcessServerFile>(&config)?.into_config()?;
-            let h = drivers::process_server::start(Tcp, cfg)
+            let h = drivers::process_server::start(Host::real(), cfg)
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::info!("process server running on {}", h.addr);
@@ -130,7 +130,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::MasterTarget { config } => {
             let cfg = config::load::<config::MasterTargetFile>(&config)?.into_config();
-            let h = drivers::master_target::start(Tcp, cfg)
+            let h = drivers::master_target::start(Host::real(), cfg)
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::info!("master target running on {}, API on {}", h.addr, h.api_addr);
@@ -138,7 +138,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::ConfigServer { config } => {
             let cfg = config::load::<config::ConfigServerFile>(&config)?.into_config();
-            let h = drivers::config_server::start(Tcp, cfg)
+            let h = drivers::config_server::start(Host::real(), cfg)
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::info!(

@@ -8,7 +8,10 @@ mod common;
 
 use common::*;
 use haven_core::ids::{ComponentId, Epoch};
-use haven_core::protocol::{decode, decode_body, encode, parse_header, Hello, Message, Role, FRAME_HEADER_BYTES, PROTOCOL_VERSION};
+use haven_core::protocol::{
+    decode, decode_body, encode, parse_header, Hello, Message, Role, FRAME_HEADER_BYTES,
+    PROTOCOL_VERSION,
+};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -19,13 +22,20 @@ use std::time::Duration;
 const REFUSE_WITHIN: Duration = Duration::from_secs(5);
 
 fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("haven-e2e-").tempdir().expect("temp dir")
+    tempfile::Builder::new()
+        .prefix("haven-e2e-")
+        .tempdir()
+        .expect("temp dir")
 }
 
 /// Waits for replication, then checks `latest` against the model and the source disk.
 fn check_latest(api: &Api, model: &Model) {
     let written = api.wait_applied();
-    assert_eq!(written, model.rounds.last().expect("a round").seq, "seq_written moved after the last round");
+    assert_eq!(
+        written,
+        model.rounds.last().expect("a round").seq,
+        "seq_written moved after the last round"
+    );
     let (seq, img) = api.export("latest");
     assert_eq!(seq, written, "latest point is not the last write");
     assert_same("latest export vs model", &img, &model.bytes);
@@ -36,12 +46,22 @@ fn check_latest(api: &Api, model: &Model) {
 fn check_round(api: &Api, model: &Model, i: usize) {
     let seq = model.rounds[i].seq;
     let points = api.points().expect("points");
-    assert!(points.contains(&seq), "round {i} ended at seq {seq}, which is not a recovery point: {points:?}");
+    assert!(
+        points.contains(&seq),
+        "round {i} ended at seq {seq}, which is not a recovery point: {points:?}"
+    );
     let want = model.at_round(i);
-    assert!(want != model.bytes, "round {i} looks like the final disk: the check would prove nothing");
+    assert!(
+        want != model.bytes,
+        "round {i} looks like the final disk: the check would prove nothing"
+    );
     let (got_seq, img) = api.export(&seq.to_string());
     assert_eq!(got_seq, seq, "export chose another point");
-    assert_same(&format!("export of seq {seq} (round {i}) vs model"), &img, &want);
+    assert_same(
+        &format!("export of seq {seq} (round {i}) vs model"),
+        &img,
+        &want,
+    );
 }
 
 #[test]
@@ -54,10 +74,21 @@ fn four_daemons_end_to_end() {
     let (mut model, mut rng) = (Model::new(), Rng(0x5eed_0001));
     for round in 0..5 {
         let seq = c.api.run_round(&mut model, &gen_round(&mut rng, round));
-        assert_eq!(c.api.wait_applied(), seq, "writes appeared after round {round} ended");
+        assert_eq!(
+            c.api.wait_applied(),
+            seq,
+            "writes appeared after round {round} ended"
+        );
         let points = c.api.points().expect("points");
-        assert_eq!(points.last(), Some(&seq), "round {round}: the newest point is not the round's end");
-        assert!(points.windows(2).all(|w| w[0] < w[1]), "points out of order: {points:?}");
+        assert_eq!(
+            points.last(),
+            Some(&seq),
+            "round {round}: the newest point is not the round's end"
+        );
+        assert!(
+            points.windows(2).all(|w| w[0] < w[1]),
+            "points out of order: {points:?}"
+        );
     }
     check_latest(&c.api, &model);
     check_round(&c.api, &model, 1);
@@ -75,15 +106,22 @@ struct Progress {
 
 impl Progress {
     fn wait_rounds(&self, n: usize) -> usize {
-        poll(&format!("the writer to finish {n} rounds"), DEADLINE, || {
-            let r = self.rounds.load(SeqCst);
-            assert!(r >= n || !self.done.load(SeqCst), "the writer stopped after {r} rounds");
-            if r >= n {
-                Ok(r)
-            } else {
-                Err(format!("{r} rounds done"))
-            }
-        })
+        poll(
+            &format!("the writer to finish {n} rounds"),
+            DEADLINE,
+            || {
+                let r = self.rounds.load(SeqCst);
+                assert!(
+                    r >= n || !self.done.load(SeqCst),
+                    "the writer stopped after {r} rounds"
+                );
+                if r >= n {
+                    Ok(r)
+                } else {
+                    Err(format!("{r} rounds done"))
+                }
+            },
+        )
     }
 }
 
@@ -119,18 +157,35 @@ fn kill_during_writes(c: &mut Cluster, victim: Daemon, seed: u64) -> (usize, Mod
         // Kill just after a round ends, while the next round's qemu-io is writing.
         let r = p.wait_rounds(2);
         let killed_in = p.wait_rounds(r + 1);
-        std::thread::sleep(Duration::from_millis(40));
+        poll_every(
+            Duration::from_millis(2),
+            "qemu-io to start",
+            DEADLINE,
+            || {
+                api.qemu_running
+                    .load(SeqCst)
+                    .then_some(())
+                    .ok_or(String::new())
+            },
+        );
+        std::thread::sleep(Duration::from_millis(25));
+        let mid_round = api.qemu_running.load(SeqCst);
         c.kill(victim);
         // Writes complete while the daemon is down: the agent (or process server) buffers.
         p.wait_rounds(killed_in + 2);
         // The outage was real: what was written since the kill is not all cached / applied.
         let d = c.api.fresh_disk(wall_ms(), 0);
-        let behind = if victim == Daemon::ProcessServer { d.cached < d.written } else { d.applied < d.written };
+        let behind = if victim == Daemon::ProcessServer {
+            d.cached < d.written
+        } else {
+            d.applied < d.written
+        };
         assert!(behind, "{victim:?} down, yet the stream kept up: {d:?}");
         c.restart(victim);
         let restarted = p.rounds.load(SeqCst);
         p.wait_rounds(restarted + 2);
         p.stop.store(true, SeqCst);
+        eprintln!("{victim:?} killed during round {killed_in}, qemu-io running: {mid_round}");
         (killed_in, w.join().expect("writer panicked"))
     })
 }
@@ -147,7 +202,11 @@ fn killed_mid_stream(victim: Daemon, seed: u64) {
     // A point from before the kill, and one from a round written entirely while it was down.
     check_round(&c.api, &model, killed_in - 1);
     check_round(&c.api, &model, killed_in + 1);
-    eprintln!("{victim:?} killed mid-stream: {} rounds, {:?}", model.rounds.len(), started.elapsed());
+    eprintln!(
+        "{victim:?} killed mid-stream: {} rounds, {:?}",
+        model.rounds.len(),
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -162,7 +221,16 @@ fn master_target_killed_mid_stream() {
 
 fn hello(version: u32, role: Role) -> Vec<u8> {
     let component = ComponentId::new("intruder").expect("valid id");
-    encode(&Message::Hello(Hello { version, role, component, epoch: Epoch(0) }), &[]).expect("encode")
+    encode(
+        &Message::Hello(Hello {
+            version,
+            role,
+            component,
+            epoch: Epoch(0),
+        }),
+        &[],
+    )
+    .expect("encode")
 }
 
 /// The daemon must not have accepted the peer: no Hello came back (a Reject may).
@@ -174,21 +242,36 @@ fn assert_not_accepted(what: &str, reply: &[u8]) {
 
 /// (a) Garbage to every listening port: Haven and NBD ports close, HTTP ports answer 400.
 fn garbage_to_every_port(p: &Ports) {
-    let garbage = b"\x16\x03\x01\x00\xff\xfeGARBAGE\x00\x01 this is no protocol at all \x80\x81\r\n\r\n";
-    let ports = [("config server", p.cs), ("process server", p.ps), ("master target", p.mt), ("agent NBD", p.nbd)];
+    let garbage =
+        b"\x16\x03\x01\x00\xff\xfeGARBAGE\x00\x01 this is no protocol at all \x80\x81\r\n\r\n";
+    let ports = [
+        ("config server", p.cs),
+        ("process server", p.ps),
+        ("master target", p.mt),
+        ("agent NBD", p.nbd),
+    ];
     for (name, port) in ports {
         let reply = send_expect_close(&format!("127.0.0.1:{port}"), garbage, false, REFUSE_WITHIN);
         if port == p.nbd {
             // Only the server's 18-byte greeting, sent before it read anything.
-            assert!(reply.len() == 18 && reply.starts_with(b"NBDMAGIC"), "{name}: unexpected reply {reply:02x?}");
+            assert!(
+                reply.len() == 18 && reply.starts_with(b"NBDMAGIC"),
+                "{name}: unexpected reply {reply:02x?}"
+            );
         } else {
             assert_not_accepted(name, &reply);
         }
     }
-    for (name, port) in [("config server API", p.cs_api), ("master target API", p.mt_api)] {
+    for (name, port) in [
+        ("config server API", p.cs_api),
+        ("master target API", p.mt_api),
+    ] {
         let reply = send_expect_close(&format!("127.0.0.1:{port}"), garbage, false, REFUSE_WITHIN);
         let text = String::from_utf8_lossy(&reply);
-        assert!(text.starts_with("HTTP/1.1 400"), "{name}: expected 400, got {text:?}");
+        assert!(
+            text.starts_with("HTTP/1.1 400"),
+            "{name}: expected 400, got {text:?}"
+        );
     }
 }
 
@@ -196,18 +279,41 @@ fn garbage_to_every_port(p: &Ports) {
 /// connection stays usable afterwards.
 fn out_of_range_is_refused(api: &Api, nbd_port: u16, model: &Model) {
     let end = DISK_BYTES;
-    for cmd in [format!("read {end} 4096"), format!("write -P 0x66 {} 8192", end - 4096), format!("write -z {} 4096", end - 2048)] {
+    for cmd in [
+        format!("read {end} 4096"),
+        format!("write -P 0x66 {} 8192", end - 4096),
+        format!("write -z {} 4096", end - 2048),
+    ] {
         let (ok, text) = api.qemu_io(std::slice::from_ref(&cmd));
-        assert!(!ok && text.contains("failed"), "qemu-io {cmd:?} past the end did not fail: {text}");
+        assert!(
+            !ok && text.contains("failed"),
+            "qemu-io {cmd:?} past the end did not fail: {text}"
+        );
     }
     let mut raw = RawNbd::connect(nbd_port);
     assert_eq!(raw.size, DISK_BYTES, "NBD export size");
-    assert_eq!(raw.request(0, end - 512, 1024, &[]).0, 22, "read past the end: EINVAL expected");
-    assert_eq!(raw.request(0, u64::MAX - 10, 512, &[]).0, 22, "read with offset overflow: EINVAL expected");
-    assert_ne!(raw.request(1, end - 100, 4096, &[0x77; 4096]).0, 0, "write past the end succeeded");
+    assert_eq!(
+        raw.request(0, end - 512, 1024, &[]).0,
+        22,
+        "read past the end: EINVAL expected"
+    );
+    assert_eq!(
+        raw.request(0, u64::MAX - 10, 512, &[]).0,
+        22,
+        "read with offset overflow: EINVAL expected"
+    );
+    assert_ne!(
+        raw.request(1, end - 100, 4096, &[0x77; 4096]).0,
+        0,
+        "write past the end succeeded"
+    );
     let (err, data) = raw.request(0, 0, 16384, &[]);
     assert_eq!(err, 0, "in-range read after refused requests");
-    assert_same("raw NBD read of the first 16 KiB", &data, &model.bytes[..16384]);
+    assert_same(
+        "raw NBD read of the first 16 KiB",
+        &data,
+        &model.bytes[..16384],
+    );
 }
 
 fn read_frame(s: &mut TcpStream) -> Message {
@@ -222,26 +328,48 @@ fn read_frame(s: &mut TcpStream) -> Message {
 /// (c) bad checksum, (d) wrong protocol version, (e) truncated frames, on every Haven port;
 /// and a bad checksum after a good handshake.
 fn bad_frames(p: &Ports) {
-    let targets = [("process server", p.ps, Role::Agent), ("master target", p.mt, Role::ProcessServer), ("config server", p.cs, Role::Agent)];
+    let targets = [
+        ("process server", p.ps, Role::Agent),
+        ("master target", p.mt, Role::ProcessServer),
+        ("config server", p.cs, Role::Agent),
+    ];
     for (name, port, role) in targets {
         let addr = format!("127.0.0.1:{port}");
         let mut bad_crc = hello(PROTOCOL_VERSION, role);
         bad_crc[12] ^= 0xff;
-        assert_not_accepted(name, &send_expect_close(&addr, &bad_crc, false, REFUSE_WITHIN));
-        let reply = send_expect_close(&addr, &hello(PROTOCOL_VERSION + 1, role), false, REFUSE_WITHIN);
+        assert_not_accepted(
+            name,
+            &send_expect_close(&addr, &bad_crc, false, REFUSE_WITHIN),
+        );
+        let reply = send_expect_close(
+            &addr,
+            &hello(PROTOCOL_VERSION + 1, role),
+            false,
+            REFUSE_WITHIN,
+        );
         match decode(&reply) {
-            Ok(Some((Message::Reject { reason }, _, _))) => assert!(reason.contains("version"), "{name}: reject reason {reason:?}"),
+            Ok(Some((Message::Reject { reason }, _, _))) => assert!(
+                reason.contains("version"),
+                "{name}: reject reason {reason:?}"
+            ),
             other => panic!("{name}: wrong version answered with {other:?}"),
         }
         let good = hello(PROTOCOL_VERSION, role);
         for cut in [good.len() - 3, FRAME_HEADER_BYTES - 6] {
-            assert_not_accepted(name, &send_expect_close(&addr, &good[..cut], true, REFUSE_WITHIN));
+            assert_not_accepted(
+                name,
+                &send_expect_close(&addr, &good[..cut], true, REFUSE_WITHIN),
+            );
         }
     }
     let mut s = TcpStream::connect(("127.0.0.1", p.ps)).expect("connect to the process server");
     s.set_read_timeout(Some(REFUSE_WITHIN)).expect("timeout");
-    s.write_all(&hello(PROTOCOL_VERSION, Role::Agent)).expect("send Hello");
-    assert!(matches!(read_frame(&mut s), Message::Hello(h) if h.role == Role::ProcessServer), "process server handshake");
+    s.write_all(&hello(PROTOCOL_VERSION, Role::Agent))
+        .expect("send Hello");
+    assert!(
+        matches!(read_frame(&mut s), Message::Hello(h) if h.role == Role::ProcessServer),
+        "process server handshake"
+    );
     let mut bad = encode(&Message::reject("corrupted in transit"), &[]).expect("encode");
     bad[12] ^= 0x01;
     s.write_all(&bad).expect("send bad frame");
@@ -271,5 +399,8 @@ fn bad_input_is_refused_and_service_continues() {
     c.api.run_round(&mut model, &gen_round(&mut rng, 1));
     check_latest(&c.api, &model);
     c.assert_alive();
-    eprintln!("bad_input_is_refused_and_service_continues: {:?}", started.elapsed());
+    eprintln!(
+        "bad_input_is_refused_and_service_continues: {:?}",
+        started.elapsed()
+    );
 }

@@ -8,7 +8,8 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const DISK: &str = "disk0";
@@ -25,20 +26,40 @@ static STARTUP: Mutex<()> = Mutex::new(());
 
 /// True when qemu-io runs. Without it the test skips, except under CI, where it fails.
 pub fn have_qemu_io() -> bool {
-    let ok = Command::new("qemu-io").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let ok = Command::new("qemu-io")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     if !ok {
-        assert!(std::env::var_os("CI").is_none(), "qemu-io is required (CI is set) but does not run; install qemu-utils");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "qemu-io is required (CI is set) but does not run; install qemu-utils"
+        );
         eprintln!("SKIPPED: qemu-io not found; install qemu-utils to run the end-to-end tests");
     }
     ok
 }
 
 pub fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
 }
 
 /// Polls `f` every 100 ms until it returns Ok; panics with the last Err after `timeout`.
-pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+pub fn poll<T>(what: &str, timeout: Duration, f: impl FnMut() -> Result<T, String>) -> T {
+    poll_every(POLL, what, timeout, f)
+}
+
+pub fn poll_every<T>(
+    step: Duration,
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> T {
     let end = Instant::now() + timeout;
     loop {
         match f() {
@@ -46,7 +67,7 @@ pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, S
             Err(e) if Instant::now() >= end => {
                 panic!("timed out after {timeout:?} waiting for {what}; last state: {e}")
             }
-            Err(_) => std::thread::sleep(POLL),
+            Err(_) => std::thread::sleep(step),
         }
     }
 }
@@ -56,7 +77,10 @@ pub fn assert_same(what: &str, got: &[u8], want: &[u8]) {
     assert_eq!(got.len(), want.len(), "{what}: image sizes differ");
     if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
         let n = got.iter().zip(want).filter(|(a, b)| a != b).count();
-        panic!("{what}: first difference at byte {i} (got {:#04x}, want {:#04x}); {n} bytes differ", got[i], want[i]);
+        panic!(
+            "{what}: first difference at byte {i} (got {:#04x}, want {:#04x}); {n} bytes differ",
+            got[i], want[i]
+        );
     }
 }
 
@@ -68,7 +92,12 @@ pub enum Daemon {
     Agent,
 }
 
-const DAEMONS: [Daemon; 4] = [Daemon::ConfigServer, Daemon::ProcessServer, Daemon::MasterTarget, Daemon::Agent];
+const DAEMONS: [Daemon; 4] = [
+    Daemon::ConfigServer,
+    Daemon::ProcessServer,
+    Daemon::MasterTarget,
+    Daemon::Agent,
+];
 
 impl Daemon {
     fn command(self) -> &'static str {
@@ -93,9 +122,21 @@ pub struct Ports {
 }
 
 fn free_ports() -> Ports {
-    let ls: Vec<TcpListener> = (0..6).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();
-    let p: Vec<u16> = ls.iter().map(|l| l.local_addr().expect("local addr").port()).collect();
-    Ports { cs: p[0], cs_api: p[1], ps: p[2], mt: p[3], mt_api: p[4], nbd: p[5] }
+    let ls: Vec<TcpListener> = (0..6)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    let p: Vec<u16> = ls
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect();
+    Ports {
+        cs: p[0],
+        cs_api: p[1],
+        ps: p[2],
+        mt: p[3],
+        mt_api: p[4],
+        nbd: p[5],
+    }
 }
 
 /// Four daemons; dropping it kills them (and prints their logs if the test failed).
@@ -113,8 +154,19 @@ impl Cluster {
         let dir = tmp.path().to_path_buf();
         let ports = free_ports();
         write_configs(&dir, &ports);
-        let api = Api { api: format!("http://127.0.0.1:{}", ports.cs_api), nbd: format!("nbd://127.0.0.1:{}/{DISK}", ports.nbd), dir: dir.clone() };
-        let mut c = Cluster { api, ports, children: [None, None, None, None], dir, _tmp: tmp };
+        let api = Api {
+            api: format!("http://127.0.0.1:{}", ports.cs_api),
+            nbd: format!("nbd://127.0.0.1:{}/{DISK}", ports.nbd),
+            dir: dir.clone(),
+            qemu_running: Arc::default(),
+        };
+        let mut c = Cluster {
+            api,
+            ports,
+            children: [None, None, None, None],
+            dir,
+            _tmp: tmp,
+        };
         for role in DAEMONS {
             c.spawn(role);
         }
@@ -123,7 +175,11 @@ impl Cluster {
     }
 
     fn spawn(&mut self, role: Daemon) {
-        let log = OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{}.log", role.command()))).expect("log file");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{}.log", role.command())))
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_haven"))
             .args([role.command(), "--config"])
             .arg(self.dir.join(format!("{}.toml", role.command())))
@@ -145,7 +201,10 @@ impl Cluster {
 
     /// Starts a killed daemon again with the same configuration and data directory.
     pub fn restart(&mut self, role: Daemon) {
-        assert!(self.children[role as usize].is_none(), "{role:?} is still running");
+        assert!(
+            self.children[role as usize].is_none(),
+            "{role:?} is still running"
+        );
         self.spawn(role);
     }
 
@@ -156,13 +215,17 @@ impl Cluster {
             let d = disk_view(&v).ok_or("disk0 not protected yet")?;
             let placed = d["process_server"].is_string() && d["master_target"].is_string();
             let streaming = d["source"]["mode"] == "Data" && d["source"]["connected"] == true;
-            (placed && streaming).then_some(()).ok_or_else(|| d.to_string())
+            (placed && streaming)
+                .then_some(())
+                .ok_or_else(|| d.to_string())
         })
     }
 
     pub fn assert_alive(&mut self) {
         for (role, child) in DAEMONS.iter().zip(self.children.iter_mut()) {
-            let child = child.as_mut().unwrap_or_else(|| panic!("{role:?} was not restarted"));
+            let child = child
+                .as_mut()
+                .unwrap_or_else(|| panic!("{role:?} was not restarted"));
             let state = child.try_wait().expect("try_wait");
             assert!(state.is_none(), "{role:?} exited: {state:?}");
         }
@@ -177,7 +240,8 @@ impl Drop for Cluster {
         }
         if std::thread::panicking() {
             for role in DAEMONS {
-                let log = std::fs::read_to_string(self.dir.join(format!("{}.log", role.command()))).unwrap_or_default();
+                let log = std::fs::read_to_string(self.dir.join(format!("{}.log", role.command())))
+                    .unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(40).collect();
                 eprintln!("---- {} log (last lines) ----", role.command());
                 tail.iter().rev().for_each(|l| eprintln!("{l}"));
@@ -188,7 +252,8 @@ impl Drop for Cluster {
 
 fn write_configs(dir: &Path, p: &Ports) {
     let (d, cs, hb) = (dir.display(), format!("127.0.0.1:{}", p.cs), HEARTBEAT_MS);
-    let common = format!("config_server = \"{cs}\"\nheartbeat_interval_ms = {hb}\nreconnect_delay_ms = 100");
+    let common =
+        format!("config_server = \"{cs}\"\nheartbeat_interval_ms = {hb}\nreconnect_delay_ms = 100");
     let files = [
         ("config-server", format!("listen = \"{cs}\"\napi_listen = \"127.0.0.1:{}\"\n", p.cs_api)),
         ("process-server", format!("id = \"ps1\"\n{common}\ndata_dir = \"{d}/ps\"\nlisten = \"127.0.0.1:{}\"\n", p.ps)),
@@ -216,7 +281,10 @@ create_size = "64M"
 }
 
 fn disk_view(status: &Value) -> Option<&Value> {
-    status["disks"].as_array()?.iter().find(|d| d["disk"] == DISK)
+    status["disks"]
+        .as_array()?
+        .iter()
+        .find(|d| d["disk"] == DISK)
 }
 
 /// disk0 as `haven status --json` shows it.
@@ -235,7 +303,10 @@ pub struct DiskState {
 fn disk_state(v: &Value) -> Option<DiskState> {
     let d = disk_view(v)?;
     let (s, r) = (&d["source"], &d["replica"]);
-    let agent = v["components"].as_array()?.iter().find(|c| c["role"] == "agent")?;
+    let agent = v["components"]
+        .as_array()?
+        .iter()
+        .find(|c| c["role"] == "agent")?;
     Some(DiskState {
         written: s["seq_written"].as_u64()?,
         cached: s["seq_cached"].as_u64()?,
@@ -253,13 +324,22 @@ pub struct Api {
     pub api: String,
     pub nbd: String,
     dir: PathBuf,
+    /// True while a qemu-io started through this `Api` (or a clone) runs.
+    pub qemu_running: Arc<AtomicBool>,
 }
 
 impl Api {
     fn haven(&self, args: &[&str]) -> Result<Output, String> {
-        let out = Command::new(env!("CARGO_BIN_EXE_haven")).args(args).args(["--api", &self.api]).output().map_err(|e| e.to_string())?;
+        let out = Command::new(env!("CARGO_BIN_EXE_haven"))
+            .args(args)
+            .args(["--api", &self.api])
+            .output()
+            .map_err(|e| e.to_string())?;
         if !out.status.success() {
-            return Err(format!("haven {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "haven {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         Ok(out)
     }
@@ -280,7 +360,12 @@ impl Api {
         poll("a fresh agent heartbeat", DEADLINE, || {
             let d = self.disk()?;
             let ok = d.agent_seen_ms >= since_ms + HEARTBEAT_MS && d.written >= min_written;
-            ok.then_some(d.clone()).ok_or_else(|| format!("{d:?}, want seen >= {} and written >= {min_written}", since_ms + HEARTBEAT_MS))
+            ok.then_some(d.clone()).ok_or_else(|| {
+                format!(
+                    "{d:?}, want seen >= {} and written >= {min_written}",
+                    since_ms + HEARTBEAT_MS
+                )
+            })
         })
     }
 
@@ -289,26 +374,48 @@ impl Api {
         let since = wall_ms();
         let d = poll("applied == written", DEADLINE, || {
             let d = self.disk()?;
-            let done =
-                d.agent_seen_ms >= since + HEARTBEAT_MS && d.connected && d.cached == d.written && d.applied == d.written && d.replica_applied == d.written;
+            let done = d.agent_seen_ms >= since + HEARTBEAT_MS
+                && d.connected
+                && d.cached == d.written
+                && d.applied == d.written
+                && d.replica_applied == d.written;
             done.then_some(d.clone()).ok_or_else(|| format!("{d:?}"))
         });
-        assert!(d.inconsistent.is_null(), "replica marked inconsistent: {}", d.inconsistent);
+        assert!(
+            d.inconsistent.is_null(),
+            "replica marked inconsistent: {}",
+            d.inconsistent
+        );
         d.written
     }
 
     pub fn points(&self) -> Result<Vec<u64>, String> {
         let out = self.haven(&["points", DISK, "--json"])?;
-        let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("points JSON: {e}"))?;
+        let v: Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| format!("points JSON: {e}"))?;
         let list = v.as_array().ok_or("points is not a list")?;
-        list.iter().map(|p| p["seq"].as_u64().ok_or_else(|| format!("bad point {p}"))).collect()
+        list.iter()
+            .map(|p| p["seq"].as_u64().ok_or_else(|| format!("bad point {p}")))
+            .collect()
     }
 
     /// `haven export --point POINT`: the seq it chose and the image.
     pub fn export(&self, point: &str) -> (u64, Vec<u8>) {
         let file = self.dir.join("export.img");
-        let out = self.haven(&["export", DISK, "--point", point, "--out", file.to_str().expect("utf-8 path")]).expect("export");
-        let seq = String::from_utf8_lossy(&out.stdout).trim().parse().expect("export prints the seq");
+        let out = self
+            .haven(&[
+                "export",
+                DISK,
+                "--point",
+                point,
+                "--out",
+                file.to_str().expect("utf-8 path"),
+            ])
+            .expect("export");
+        let seq = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("export prints the seq");
         let bytes = std::fs::read(&file).expect("read export");
         std::fs::remove_file(&file).expect("remove export");
         (seq, bytes)
@@ -326,11 +433,38 @@ impl Api {
         for c in cmds {
             cmd.args(["-c", c]);
         }
-        let mut child = cmd.arg(&self.nbd).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn qemu-io");
-        let status = poll("qemu-io to finish", DEADLINE, || child.try_wait().map_err(|e| e.to_string())?.ok_or("running".into()));
+        let mut child = cmd
+            .arg(&self.nbd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn qemu-io");
+        self.qemu_running.store(true, SeqCst);
+        let status = poll_every(
+            Duration::from_millis(5),
+            "qemu-io to finish",
+            DEADLINE,
+            || {
+                child
+                    .try_wait()
+                    .map_err(|e| e.to_string())?
+                    .ok_or("running".into())
+            },
+        );
+        self.qemu_running.store(false, SeqCst);
         let mut text = String::new();
-        child.stdout.take().expect("stdout").read_to_string(&mut text).expect("qemu-io stdout");
-        child.stderr.take().expect("stderr").read_to_string(&mut text).expect("qemu-io stderr");
+        child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut text)
+            .expect("qemu-io stdout");
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut text)
+            .expect("qemu-io stderr");
         (status.success() && !text.contains("failed"), text)
     }
 
@@ -370,8 +504,7 @@ impl Op {
         let (off, len, fill) = match *self {
             Op::Write { off, len, pat } => (off, len, pat),
             // The agent punches holes for discards: they read back as zeros.
-            Op::Zero { off, len } => (off, len, 0),
-            Op::Discard { .. } => return,
+            Op::Zero { off, len } | Op::Discard { off, len } => (off, len, 0),
         };
         disk[off as usize..(off + len) as usize].fill(fill);
     }
@@ -393,7 +526,11 @@ pub struct Model {
 
 impl Model {
     pub fn new() -> Model {
-        Model { bytes: vec![0; DISK_BYTES as usize], ops: vec![], rounds: vec![] }
+        Model {
+            bytes: vec![0; DISK_BYTES as usize],
+            ops: vec![],
+            rounds: vec![],
+        }
     }
 
     pub fn apply(&mut self, ops: &[Op]) {
@@ -404,13 +541,18 @@ impl Model {
     }
 
     pub fn end_round(&mut self, seq: u64) {
-        self.rounds.push(Round { seq, ops: self.ops.len() });
+        self.rounds.push(Round {
+            seq,
+            ops: self.ops.len(),
+        });
     }
 
     /// The disk as it was at the end of round `i` (replayed, so no snapshot is stored).
     pub fn at_round(&self, i: usize) -> Vec<u8> {
         let mut disk = vec![0; DISK_BYTES as usize];
-        self.ops[..self.rounds[i].ops].iter().for_each(|op| op.apply(&mut disk));
+        self.ops[..self.rounds[i].ops]
+            .iter()
+            .for_each(|op| op.apply(&mut disk));
         disk
     }
 }
@@ -432,18 +574,56 @@ impl Rng {
 pub fn gen_round(rng: &mut Rng, round: usize) -> Vec<Op> {
     const B: u64 = 4096;
     let pat = |i: usize| (1 + (round * 13 + i) % 254) as u8;
-    let spot = |rng: &mut Rng| (rng.below(DISK_BYTES / B - 300) * B, (1 + rng.below(256)) * B);
+    let spot = |rng: &mut Rng| {
+        (
+            rng.below(DISK_BYTES / B - 300) * B,
+            (1 + rng.below(256)) * B,
+        )
+    };
     let w: Vec<(u64, u64)> = (0..3).map(|_| spot(rng)).collect();
-    let mut ops: Vec<Op> = w.iter().enumerate().map(|(i, &(off, len))| Op::Write { off, len, pat: pat(i) }).collect();
-    ops.push(Op::Write { off: w[0].0 + w[0].1 / 2 + 7, len: w[0].1 / 2 + 1000, pat: pat(3) });
-    let small = if round == 0 { 4097 } else { rng.below(DISK_BYTES / B - 2) * B + 4097 };
-    ops.push(Op::Write { off: small, len: 3000, pat: pat(4) });
-    ops.push(Op::Discard { off: w[1].0 + B, len: (w[1].1 / 2 / B).max(1) * B });
-    ops.push(Op::Discard { off: w[2].0 + 100, len: 5000 });
-    ops.push(Op::Zero { off: w[2].0 + 2 * B, len: (1 + rng.below(32)) * B });
+    let mut ops: Vec<Op> = w
+        .iter()
+        .enumerate()
+        .map(|(i, &(off, len))| Op::Write {
+            off,
+            len,
+            pat: pat(i),
+        })
+        .collect();
+    ops.push(Op::Write {
+        off: w[0].0 + w[0].1 / 2 + 7,
+        len: w[0].1 / 2 + 1000,
+        pat: pat(3),
+    });
+    let small = if round == 0 {
+        4097
+    } else {
+        rng.below(DISK_BYTES / B - 2) * B + 4097
+    };
+    ops.push(Op::Write {
+        off: small,
+        len: 3000,
+        pat: pat(4),
+    });
+    ops.push(Op::Discard {
+        off: w[1].0 + B,
+        len: (w[1].1 / 2 / B).max(1) * B,
+    });
+    ops.push(Op::Discard {
+        off: w[2].0 + 100,
+        len: 5000,
+    });
+    ops.push(Op::Zero {
+        off: w[2].0 + 2 * B,
+        len: (1 + rng.below(32)) * B,
+    });
     if round == 1 {
         // The last bytes of the disk, unaligned start.
-        ops.push(Op::Write { off: DISK_BYTES - B - 333, len: B + 333, pat: pat(5) });
+        ops.push(Op::Write {
+            off: DISK_BYTES - B - 333,
+            len: B + 333,
+            pat: pat(5),
+        });
     }
     ops
 }
@@ -464,9 +644,15 @@ pub fn send_expect_close(addr: &str, bytes: &[u8], eof: bool, within: Duration) 
             Ok(0) => return got,
             Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
-            Err(e) => panic!("{addr}: connection still open after {within:?} ({e}); received {} bytes", got.len()),
+            Err(e) => panic!(
+                "{addr}: connection still open after {within:?} ({e}); received {} bytes",
+                got.len()
+            ),
         }
-        assert!(Instant::now() < end, "{addr}: connection still open after {within:?}");
+        assert!(
+            Instant::now() < end,
+            "{addr}: connection still open after {within:?}"
+        );
     }
 }
 
@@ -480,7 +666,8 @@ pub struct RawNbd {
 impl RawNbd {
     pub fn connect(port: u16) -> RawNbd {
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to NBD");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
         let mut greeting = [0u8; 18];
         s.read_exact(&mut greeting).expect("NBD greeting");
         assert_eq!(&greeting[..16], b"NBDMAGICIHAVEOPT", "NBD greeting");
@@ -492,7 +679,10 @@ impl RawNbd {
         s.write_all(&hello).expect("NBD options");
         let mut reply = [0u8; 10];
         s.read_exact(&mut reply).expect("NBD export reply");
-        RawNbd { s, size: u64::from_be_bytes(reply[..8].try_into().expect("8 bytes")) }
+        RawNbd {
+            s,
+            size: u64::from_be_bytes(reply[..8].try_into().expect("8 bytes")),
+        }
     }
 
     /// One request (`kind` 0 = read, 1 = write); returns the error code and the data read.
@@ -507,7 +697,11 @@ impl RawNbd {
         self.s.write_all(&req).expect("NBD request");
         let mut reply = [0u8; 16];
         self.s.read_exact(&mut reply).expect("NBD reply");
-        assert_eq!(reply[..4], 0x6744_6698u32.to_be_bytes(), "NBD simple reply magic");
+        assert_eq!(
+            reply[..4],
+            0x6744_6698u32.to_be_bytes(),
+            "NBD simple reply magic"
+        );
         assert_eq!(reply[8..], 0x00c0_ffeeu64.to_be_bytes(), "NBD reply cookie");
         let error = u32::from_be_bytes(reply[4..8].try_into().expect("4 bytes"));
         let mut data = vec![];

@@ -18,8 +18,8 @@ pub const IMAGE_CHUNK_BYTES: u64 = 1 << 20;
 /// Chunks buffered ahead of a slow client.
 const IMAGE_CHUNKS_AHEAD: usize = 8;
 
-pub struct MtApi {
-    pub replicas: Replicas,
+pub struct MtApi<V: crate::vfs::Vfs + Clone> {
+    pub replicas: Replicas<V>,
     pub meta: Arc<MetaStore>,
 }
 
@@ -34,7 +34,7 @@ struct ReplicaView {
     inconsistent: Option<String>,
 }
 
-impl Handler for MtApi {
+impl<V: crate::vfs::Vfs + Clone> Handler for MtApi<V> {
     async fn handle(&self, req: Request) -> Response {
         if req.method != "GET" {
             return Response::error(405, "only GET is supported here");
@@ -55,7 +55,7 @@ impl Handler for MtApi {
     }
 }
 
-impl MtApi {
+impl<V: crate::vfs::Vfs + Clone> MtApi<V> {
     fn list(&self) -> Response {
         let replicas = self.replicas.lock().expect("replica lock");
         let v: Vec<ReplicaView> = replicas

@@ -1,13 +1,16 @@
 //! The agent's driver: serves each protected disk over NBD, carries out the agent's source
 //! writes in the order the core emits them, and runs the agent's connections.
 
-use super::{sleep_until, Clock, RoleError, EVENTS_PER_TURN_MAX, EVENT_CHANNEL_DEPTH};
+use super::{
+    sleep_until, spawn_accept_loop, Clock, Host, RoleError, EVENTS_PER_TURN_MAX,
+    EVENT_CHANNEL_DEPTH,
+};
 use crate::meta::MetaStore;
 use crate::nbd::{self, ExportError, Exports, NbdExport};
 use crate::net::{Net, NetInbound};
 use crate::stores::source::SourceDisk;
 use crate::transport::Transport;
-use crate::vfs::{StdFile, StdVfs, VFile, Vfs};
+use crate::vfs::{VFile, Vfs};
 use haven_core::agent::{Agent, AgentSettings, Input, IoId, Output, SourceOp};
 use haven_core::ids::{DiskId, Epoch};
 use haven_core::protocol::{Hello, Role, PROTOCOL_VERSION};
@@ -43,14 +46,14 @@ struct NbdRequest {
 
 /// One protected disk as the NBD server sees it: reads go straight to the source file, writes
 /// go through the agent (in arrival order) so that each is intercepted.
-pub struct AgentExport {
+pub struct AgentExport<F: VFile> {
     disk: usize,
     size: u64,
-    file: Arc<StdFile>,
+    file: Arc<F>,
     tx: mpsc::UnboundedSender<NbdRequest>,
 }
 
-impl AgentExport {
+impl<F: VFile> AgentExport<F> {
     fn submit(
         &self,
         op: Option<(SourceOp, bool)>,
@@ -77,7 +80,7 @@ impl AgentExport {
     }
 }
 
-impl NbdExport for AgentExport {
+impl<F: VFile> NbdExport for AgentExport<F> {
     fn size_bytes(&self) -> u64 {
         self.size
     }
@@ -148,10 +151,13 @@ fn fail(e: impl std::fmt::Display) -> RoleError {
 }
 
 /// Opens the disks and the metadata, starts the NBD server and the driver.
-pub async fn start<T: Transport>(transport: T, cfg: AgentConfig) -> Result<AgentHandle, RoleError> {
-    let vfs = StdVfs;
+pub async fn start<T: Transport, V: Vfs + Clone>(
+    host: Host<T, V>,
+    cfg: AgentConfig,
+) -> Result<AgentHandle, RoleError> {
+    let vfs = host.vfs.clone();
     vfs.create_dir_all(&cfg.data_dir).map_err(fail)?;
-    let meta = MetaStore::open(&cfg.data_dir.join("agent.redb")).map_err(fail)?;
+    let meta = (host.open_meta)(&cfg.data_dir.join("agent.redb")).map_err(fail)?;
     let (nbd_tx, nbd_rx) = mpsc::unbounded_channel();
     let mut sources = vec![];
     let mut exports = Exports::new();
@@ -175,11 +181,21 @@ pub async fn start<T: Transport>(transport: T, cfg: AgentConfig) -> Result<Agent
         sources.push(src);
     }
     drop(nbd_tx);
-    let listener = tokio::net::TcpListener::bind(&cfg.nbd_listen)
+    let listener = host
+        .transport
+        .bind(&cfg.nbd_listen)
         .await
         .map_err(|e| fail(format!("NBD listen on {}: {e}", cfg.nbd_listen)))?;
-    let nbd_addr = listener.local_addr().map_err(fail)?.to_string();
-    tokio::spawn(nbd::serve(listener, Arc::new(exports)));
+    let nbd_addr = T::local_addr(&listener).map_err(fail)?;
+    let exports = Arc::new(exports);
+    spawn_accept_loop::<T, _, _>(listener, "NBD", move |stream| {
+        let exports = exports.clone();
+        async move {
+            if let Err(e) = nbd::serve_connection(stream, exports).await {
+                tracing::info!("NBD connection ended: {e}");
+            }
+        }
+    });
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_DEPTH);
     let hello = Hello {
         version: PROTOCOL_VERSION,
@@ -187,8 +203,8 @@ pub async fn start<T: Transport>(transport: T, cfg: AgentConfig) -> Result<Agent
         component: cfg.settings.component.clone(),
         epoch: Epoch(0),
     };
-    let net = Net::new(transport, hello, vec![], ev_tx);
-    let clock = Clock::new();
+    let net = Net::new(host.transport.clone(), hello, vec![], ev_tx);
+    let clock = host.clock();
     let agent = Agent::new(cfg.settings.clone(), disks, clock.now());
     let mut copies = vec![];
     for (i, d) in cfg.disks.iter().enumerate() {
@@ -217,10 +233,10 @@ pub async fn start<T: Transport>(transport: T, cfg: AgentConfig) -> Result<Agent
     Ok(AgentHandle { nbd_addr, task })
 }
 
-struct Driver<T: Transport> {
+struct Driver<T: Transport, F: VFile> {
     agent: Agent,
     net: Net<T>,
-    sources: Vec<SourceDisk<StdFile>>,
+    sources: Vec<SourceDisk<F>>,
     meta: MetaStore,
     clock: Clock,
     replies: BTreeMap<IoId, oneshot::Sender<Result<(), String>>>,
@@ -247,7 +263,7 @@ struct Copy {
     pending: Option<(u64, Vec<u8>)>,
 }
 
-impl<T: Transport> Driver<T> {
+impl<T: Transport, F: VFile> Driver<T, F> {
     async fn run(
         mut self,
         mut events: mpsc::Receiver<NetInbound>,

@@ -1,9 +1,13 @@
 //! The configuration server's driver: registrations and heartbeats over the Haven protocol, and
 //! the REST API over HTTP.
 
-use super::{sleep_until, Clock, RoleError, EVENTS_PER_TURN_MAX, EVENT_CHANNEL_DEPTH};
+use super::{
+    sleep_until, spawn_accept_loop, Clock, Host, RoleError, EVENTS_PER_TURN_MAX,
+    EVENT_CHANNEL_DEPTH,
+};
 use crate::net::{Net, NetInbound};
 use crate::transport::Transport;
+use crate::vfs::Vfs;
 use haven_core::config_server::{ConfigServer, ConfigServerSettings, Input, Output};
 use haven_core::ids::{ComponentId, Epoch};
 use haven_core::net::NetEvent;
@@ -32,28 +36,36 @@ fn fail(e: impl std::fmt::Display) -> RoleError {
     RoleError::new("config-server", e)
 }
 
-pub async fn start<T: Transport>(
-    transport: T,
+pub async fn start<T: Transport, V: Vfs + Clone>(
+    host: Host<T, V>,
     cfg: ConfigServerConfig,
 ) -> Result<ConfigServerHandle, RoleError> {
-    let listener = transport
+    let listener = host
+        .transport
         .bind(&cfg.listen)
         .await
         .map_err(|e| fail(format!("listen on {}: {e}", cfg.listen)))?;
     let addr = T::local_addr(&listener).map_err(fail)?;
-    let api = tokio::net::TcpListener::bind(&cfg.api_listen)
+    let api = host
+        .transport
+        .bind(&cfg.api_listen)
         .await
         .map_err(|e| fail(format!("API listen on {}: {e}", cfg.api_listen)))?;
-    let api_addr = api.local_addr().map_err(fail)?.to_string();
-    let clock = Clock::new();
+    let api_addr = T::local_addr(&api).map_err(fail)?;
+    let clock = host.clock();
     let core = Arc::new(Mutex::new(ConfigServer::new(
         cfg.settings.clone(),
         clock.now(),
     )));
-    tokio::spawn(crate::http::serve(
-        api,
-        Arc::new(crate::api::config_server::CsApi { core: core.clone() }),
-    ));
+    let handler = Arc::new(crate::api::config_server::CsApi { core: core.clone() });
+    spawn_accept_loop::<T, _, _>(api, "configuration server API", move |stream| {
+        let handler = handler.clone();
+        async move {
+            if let Err(e) = crate::http::serve_connection(stream, handler).await {
+                tracing::debug!("API connection: {e}");
+            }
+        }
+    });
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_DEPTH);
     let hello = Hello {
         version: PROTOCOL_VERSION,
@@ -62,7 +74,7 @@ pub async fn start<T: Transport>(
         epoch: Epoch(0),
     };
     let all = vec![Role::Agent, Role::ProcessServer, Role::MasterTarget];
-    let net = Net::new(transport, hello, all, ev_tx);
+    let net = Net::new(host.transport.clone(), hello, all, ev_tx);
     net.listen(listener);
     let task = tokio::spawn(run(core.clone(), net, clock, ev_rx));
     Ok(ConfigServerHandle {

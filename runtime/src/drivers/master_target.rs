@@ -1,12 +1,15 @@
 //! The master target's driver: replicas (journal, index, base), recovery points, and the HTTP
 //! API that lists points and serves images.
 
-use super::{sleep_until, Clock, RoleError, EVENTS_PER_TURN_MAX, EVENT_CHANNEL_DEPTH};
+use super::{
+    sleep_until, spawn_accept_loop, Clock, Host, RoleError, EVENTS_PER_TURN_MAX,
+    EVENT_CHANNEL_DEPTH,
+};
 use crate::meta::{MetaStore, PointKind, PointRecord};
 use crate::net::{Net, NetInbound};
 use crate::stores::replica::Replica;
 use crate::transport::Transport;
-use crate::vfs::{StdVfs, Vfs};
+use crate::vfs::Vfs;
 use haven_core::ids::{DiskId, Epoch};
 use haven_core::master_target::{Input, MasterTarget, MasterTargetSettings, Output};
 use haven_core::net::NetEvent;
@@ -33,19 +36,19 @@ pub struct MasterTargetHandle {
 }
 
 /// Replicas shared between the driver (appends) and the API (reads).
-pub type Replicas = Arc<Mutex<BTreeMap<DiskId, Replica<StdVfs>>>>;
+pub type Replicas<V> = Arc<Mutex<BTreeMap<DiskId, Replica<V>>>>;
 
 fn fail(e: impl std::fmt::Display) -> RoleError {
     RoleError::new("master-target", e)
 }
 
-pub async fn start<T: Transport>(
-    transport: T,
+pub async fn start<T: Transport, V: Vfs + Clone>(
+    host: Host<T, V>,
     mut cfg: MasterTargetConfig,
 ) -> Result<MasterTargetHandle, RoleError> {
-    let vfs = StdVfs;
+    let vfs = host.vfs.clone();
     vfs.create_dir_all(&cfg.data_dir).map_err(fail)?;
-    let meta = Arc::new(MetaStore::open(&cfg.data_dir.join("master-target.redb")).map_err(fail)?);
+    let meta = Arc::new((host.open_meta)(&cfg.data_dir.join("master-target.redb")).map_err(fail)?);
     let mut replicas = BTreeMap::new();
     let mut metas = vec![];
     for m in meta.replicas().map_err(fail)? {
@@ -59,16 +62,19 @@ pub async fn start<T: Transport>(
         metas.push(r.meta.clone());
         replicas.insert(r.meta.disk.clone(), r);
     }
-    let replicas: Replicas = Arc::new(Mutex::new(replicas));
-    let listener = transport
+    let replicas: Replicas<V> = Arc::new(Mutex::new(replicas));
+    let listener = host
+        .transport
         .bind(&cfg.listen)
         .await
         .map_err(|e| fail(format!("listen on {}: {e}", cfg.listen)))?;
     let addr = T::local_addr(&listener).map_err(fail)?;
-    let api = tokio::net::TcpListener::bind(&cfg.api_listen)
+    let api = host
+        .transport
+        .bind(&cfg.api_listen)
         .await
         .map_err(|e| fail(format!("API listen on {}: {e}", cfg.api_listen)))?;
-    let api_addr = api.local_addr().map_err(fail)?.to_string();
+    let api_addr = T::local_addr(&api).map_err(fail)?;
     if cfg.settings.data_addr.is_empty() {
         cfg.settings.data_addr = addr.clone();
     }
@@ -79,7 +85,14 @@ pub async fn start<T: Transport>(
         replicas: replicas.clone(),
         meta: meta.clone(),
     });
-    tokio::spawn(crate::http::serve(api, handler));
+    spawn_accept_loop::<T, _, _>(api, "master target API", move |stream| {
+        let handler = handler.clone();
+        async move {
+            if let Err(e) = crate::http::serve_connection(stream, handler).await {
+                tracing::debug!("API connection: {e}");
+            }
+        }
+    });
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_DEPTH);
     let hello = Hello {
         version: PROTOCOL_VERSION,
@@ -87,9 +100,14 @@ pub async fn start<T: Transport>(
         component: cfg.settings.component.clone(),
         epoch: Epoch(0),
     };
-    let net = Net::new(transport, hello, vec![Role::ProcessServer], ev_tx);
+    let net = Net::new(
+        host.transport.clone(),
+        hello,
+        vec![Role::ProcessServer],
+        ev_tx,
+    );
     net.listen(listener);
-    let clock = Clock::new();
+    let clock = host.clock();
     let mt = MasterTarget::new(cfg.settings.clone(), metas, clock.now());
     let driver = Driver {
         mt,
@@ -109,12 +127,12 @@ pub async fn start<T: Transport>(
     })
 }
 
-struct Driver<T: Transport> {
+struct Driver<T: Transport, V: Vfs + Clone> {
     mt: MasterTarget,
     net: Net<T>,
-    replicas: Replicas,
+    replicas: Replicas<V>,
     meta: Arc<MetaStore>,
-    vfs: StdVfs,
+    vfs: V,
     root: PathBuf,
     clock: Clock,
     inputs: VecDeque<Input>,
@@ -127,7 +145,7 @@ struct Appended {
     point: Option<PointRecord>,
 }
 
-impl<T: Transport> Driver<T> {
+impl<T: Transport, V: Vfs + Clone> Driver<T, V> {
     async fn run(mut self, mut events: mpsc::Receiver<NetInbound>) -> Result<(), RoleError> {
         loop {
             let deadline = self.mt.poll_timeout();

@@ -12,7 +12,12 @@ pub mod config_server;
 pub mod master_target;
 pub mod process_server;
 
+use crate::meta::{MetaError, MetaStore};
+use crate::transport::{Tcp, Transport};
+use crate::vfs::{StdVfs, Vfs};
 use haven_core::time::Timestamp;
+use std::path::Path;
+use std::sync::Arc;
 use tokio::time::Instant;
 
 /// Most events taken from a channel in one loop turn before outputs are carried out; keeps
@@ -20,6 +25,65 @@ use tokio::time::Instant;
 pub const EVENTS_PER_TURN_MAX: usize = 256;
 /// Depth of a driver's network event channel: readers wait (TCP backpressure) past it.
 pub const EVENT_CHANNEL_DEPTH: usize = 1024;
+
+/// Opens a role's metadata store at a path.
+pub type OpenMeta = Arc<dyn Fn(&Path) -> Result<MetaStore, MetaError> + Send + Sync>;
+
+/// What a role runs on: a transport, a file system, a way to open its metadata store, and the
+/// wall-clock base of its timestamps. Production uses `Host::real()`; the simulation passes
+/// turmoil's network, a crash-faithful disk and a fixed clock base.
+#[derive(Clone)]
+pub struct Host<T: Transport, V: Vfs + Clone> {
+    pub transport: T,
+    pub vfs: V,
+    /// Opens the metadata store at a path (the simulation maps it to a crash-faithful backend).
+    pub open_meta: OpenMeta,
+    /// Microseconds since the Unix epoch at start; None reads the system clock once.
+    pub clock_base_us: Option<u64>,
+}
+
+impl Host<Tcp, StdVfs> {
+    /// Real TCP, real files, redb files.
+    pub fn real() -> Self {
+        Host {
+            transport: Tcp,
+            vfs: StdVfs,
+            open_meta: Arc::new(|p: &Path| MetaStore::open(p)),
+            clock_base_us: None,
+        }
+    }
+}
+
+impl<T: Transport, V: Vfs + Clone> Host<T, V> {
+    pub fn clock(&self) -> Clock {
+        match self.clock_base_us {
+            Some(base) => Clock::with_base(base),
+            None => Clock::new(),
+        }
+    }
+}
+
+/// Accepts connections on a transport listener and serves each with `serve` in its own task.
+pub fn spawn_accept_loop<T, F, Fut>(listener: T::Listener, what: &'static str, serve: F)
+where
+    T: Transport,
+    F: Fn(T::Stream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            match T::accept(&listener).await {
+                Ok((stream, _peer)) => {
+                    tokio::spawn(serve(stream));
+                }
+                Err(e) => {
+                    tracing::warn!("{what}: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+}
 
 /// The driver's clock: wall time at start plus tokio's monotonic elapsed time.
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +98,13 @@ impl Clock {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
+        Clock {
+            base_us,
+            start: Instant::now(),
+        }
+    }
+
+    pub fn with_base(base_us: u64) -> Clock {
         Clock {
             base_us,
             start: Instant::now(),

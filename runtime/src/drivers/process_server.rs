@@ -1,11 +1,11 @@
 //! The process server's driver: the durable cache, forwarding of cached frames, connections.
 
-use super::{sleep_until, Clock, RoleError, EVENTS_PER_TURN_MAX, EVENT_CHANNEL_DEPTH};
+use super::{sleep_until, Clock, Host, RoleError, EVENTS_PER_TURN_MAX, EVENT_CHANNEL_DEPTH};
 use crate::meta::MetaStore;
 use crate::net::{Net, NetInbound};
 use crate::stores::cache::Cache;
 use crate::transport::Transport;
-use crate::vfs::{StdVfs, Vfs};
+use crate::vfs::Vfs;
 use haven_core::ids::Epoch;
 use haven_core::net::NetEvent;
 use haven_core::process_server::{Input, Output, ProcessServer, ProcessServerSettings};
@@ -31,15 +31,16 @@ fn fail(e: impl std::fmt::Display) -> RoleError {
     RoleError::new("process-server", e)
 }
 
-pub async fn start<T: Transport>(
-    transport: T,
+pub async fn start<T: Transport, V: Vfs + Clone>(
+    host: Host<T, V>,
     mut cfg: ProcessServerConfig,
 ) -> Result<ProcessServerHandle, RoleError> {
-    let vfs = StdVfs;
+    let vfs = host.vfs.clone();
     vfs.create_dir_all(&cfg.data_dir).map_err(fail)?;
-    let meta = MetaStore::open(&cfg.data_dir.join("process-server.redb")).map_err(fail)?;
+    let meta = (host.open_meta)(&cfg.data_dir.join("process-server.redb")).map_err(fail)?;
     let (cache, cached) = Cache::open(vfs, &cfg.data_dir).map_err(fail)?;
-    let listener = transport
+    let listener = host
+        .transport
         .bind(&cfg.listen)
         .await
         .map_err(|e| fail(format!("listen on {}: {e}", cfg.listen)))?;
@@ -54,9 +55,9 @@ pub async fn start<T: Transport>(
         component: cfg.settings.component.clone(),
         epoch: Epoch(0),
     };
-    let net = Net::new(transport, hello, vec![Role::Agent], ev_tx);
+    let net = Net::new(host.transport.clone(), hello, vec![Role::Agent], ev_tx);
     net.listen(listener);
-    let clock = Clock::new();
+    let clock = host.clock();
     let disks = meta.ps_disks().map_err(fail)?;
     tracing::info!("process server: {} cached batches recovered", cached.len());
     let ps = ProcessServer::new(cfg.settings.clone(), disks, cached, clock.now());
@@ -72,16 +73,16 @@ pub async fn start<T: Transport>(
     Ok(ProcessServerHandle { addr, task })
 }
 
-struct Driver<T: Transport> {
+struct Driver<T: Transport, V: Vfs> {
     ps: ProcessServer,
     net: Net<T>,
-    cache: Cache<StdVfs>,
+    cache: Cache<V>,
     meta: MetaStore,
     clock: Clock,
     inputs: VecDeque<Input>,
 }
 
-impl<T: Transport> Driver<T> {
+impl<T: Transport, V: Vfs + Clone> Driver<T, V> {
     async fn run(mut self, mut events: mpsc::Receiver<NetInbound>) -> Result<(), RoleError> {
         loop {
             let deadline = self.ps.poll_timeout();

@@ -16,11 +16,19 @@ impl<F: VFile> SourceDisk<F> {
         path: &Path,
         create_size: Option<u64>,
     ) -> std::io::Result<Self> {
-        let exists = std::fs::metadata(path).is_ok();
-        let file = vfs.open(path, create_size.is_some())?;
-        if let (Some(size), false) = (create_size, exists) {
-            file.set_len(size)?;
-        }
+        let file = match vfs.open(path, false) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create_size.is_some() => {
+                let f = vfs.open(path, true)?;
+                f.set_len(create_size.unwrap_or_default())?;
+                f.sync_data()?;
+                if let Some(dir) = path.parent() {
+                    vfs.sync_dir(dir)?;
+                }
+                f
+            }
+            Err(e) => return Err(e),
+        };
         let size_bytes = file.len()?;
         if size_bytes == 0 || !size_bytes.is_multiple_of(BLOCK_BYTES) {
             return Err(std::io::Error::new(
