@@ -62,7 +62,7 @@ cleanup() {
         kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
-    if [[ ${KEEP:-0} == 1 || $rc != 0 ]]; then
+    if [[ ${KEEP:-0} == 1 || $rc != 0 || -s $WORK/failures.txt ]]; then
         echo "temporary files kept in $WORK" >&2
     else
         rm -rf "$WORK"
@@ -240,7 +240,10 @@ def table(results, repeat):
     def ratio(a, b, key):
         out = []
         for x, y in zip(vals(a, key), vals(b, key)):
-            out.append(f"{float(x)/float(y):.2f}x" if x and y and float(y) else "n/a")
+            try:
+                out.append(f"{float(x)/float(y):.2f}x")
+            except (TypeError, ValueError, ZeroDivisionError):
+                out.append("n/a")
         return " / ".join(out)
     print(f"| Measurement | Result (run 1 / run 2 ...) |")
     print(f"|---|---|")
@@ -317,113 +320,139 @@ start_lab() {
 }
 stop_lab() {
     if ! kill -0 "$LAB_PID" 2>/dev/null; then
-        log "the lab process had already exited:"; tail -20 "$1.log" >&2
+        lab_state
+        log "the lab process had already exited ($LAB_STATE):"; tail -5 "$1.log" >&2
     fi
     stop_pid "$LAB_PID" INT
     [[ ${KEEP:-0} == 1 ]] || rm -rf "$1"
 }
+# lab_state: sets LAB_STATE to "alive" or how the lab process ended (128+N is signal N). Not in
+# a subshell: only this shell can wait for the lab.
+lab_state() {
+    if kill -0 "$LAB_PID" 2>/dev/null; then LAB_STATE=alive; return; fi
+    local rc=0
+    wait "$LAB_PID" 2>/dev/null || rc=$?
+    if ((rc > 128)); then
+        LAB_STATE="lab process died: status $rc = signal $((rc - 128)) ($(kill -l $((rc - 128)) 2>/dev/null)), see its log"
+    else
+        LAB_STATE="lab process exited with status $rc"
+    fi
+}
+# failed NAME RUN KEY WHAT: records a failed step (with the lab's state) and says so.
+failed() {
+    lab_state
+    local why="FAILED: $4; $LAB_STATE"
+    log "$1 run $2: $why"
+    record "$1" "$2" "$3" "$why"
+    echo "$1 run $2: $why" >>"$WORK/failures.txt"
+}
 
 # lab_lag: seq_written - seq_applied now (from the heartbeat-fed status).
 lab_lag() {
-    python3 - "$HAVEN_API" <<'EOF'
+    python3 - "$HAVEN_API" <<'EOF2'
 import json, sys, urllib.request
 s = json.loads(urllib.request.urlopen(sys.argv[1] + "/api/status", timeout=2).read())
 d = [d for d in s["disks"] if d["disk"] == "disk0"][0]["source"]
 print(d["seq_written"] - d["seq_applied"])
-EOF
+EOF2
 }
 
-log "work dir $WORK; $(nproc) CPUs; haven $HAVEN"
+# --- 1. Baseline: qemu-nbd ---------------------------------------------------------------------
+step_qemu() {
+    local job=$1 r=$2 d=$WORK/qemu-$1-$2 args out iops mbs p99
+    start_qemu_nbd "$d"
+    if [[ $job == A ]]; then args=("${FIO_A[@]}"); else args=("${FIO_B[@]}"); fi
+    out=$(fio_run "$d/fio.json" "$QEMU_URI" "${args[@]}")
+    read -r iops mbs _ _ p99 <<<"$out"
+    log "qemu-nbd job $job run $r: $iops IOPS, $mbs MB/s, clat p99 $p99 ms"
+    record "qemu-nbd-$job" "$r" iops "$iops"; record "qemu-nbd-$job" "$r" mbs "$mbs"
+    record "qemu-nbd-$job" "$r" p99ms "$p99"
+    stop_pid "$QEMU_PID" TERM
+    rm -f "$d/disk0.img"
+}
 
-for r in $(seq "$REPEAT"); do
-    # --- 1. Baseline: qemu-nbd ---------------------------------------------------------------
-    for job in A B; do
-        d=$WORK/qemu-$job-$r
-        start_qemu_nbd "$d"
-        if [[ $job == A ]]; then args=("${FIO_A[@]}"); else args=("${FIO_B[@]}"); fi
-        out=$(fio_run "$d/fio.json" "$QEMU_URI" "${args[@]}")
-        read -r iops mbs _ _ p99 <<<"$out"
-        log "qemu-nbd job $job run $r: $iops IOPS, $mbs MB/s, clat p99 $p99 ms"
-        record "qemu-nbd-$job" "$r" iops "$iops"; record "qemu-nbd-$job" "$r" mbs "$mbs"
-        record "qemu-nbd-$job" "$r" p99ms "$p99"
-        stop_pid "$QEMU_PID" TERM
-        rm -f "$d/disk0.img"
-    done
-
-    # --- 2. The same jobs against a fresh Haven lab (replication running) -------------------
-    for job in A B; do
-        d=$WORK/lab-$job-$r
-        start_lab "$d"
-        if [[ $job == A ]]; then args=("${FIO_A[@]}"); else args=("${FIO_B[@]}"); fi
-        out=$(fio_run "$d-fio.json" "$HAVEN_NBD_URI" "${args[@]}")
-        read -r iops mbs io_bytes _ p99 <<<"$out"
-        sleep 1.2   # one heartbeat, so that the status reflects the end of the writes
-        lag=$(lab_lag)
-        t=$(date +%s.%N)
-        if fin=$(py catchup "$HAVEN_API" - "$io_bytes" 300); then
-            catchup=$(python3 -c "import time; print(f'{time.time()-$t-1.1:.1f}')")
-        else
-            catchup=FAILED; log "job $job: replication did not catch up: $fin"
-        fi
-        log "haven job $job run $r: $iops IOPS, $mbs MB/s, clat p99 $p99 ms; lag after fio $lag seqs, caught up in ~$catchup s"
-        record "haven-$job" "$r" iops "$iops"; record "haven-$job" "$r" mbs "$mbs"
-        record "haven-$job" "$r" p99ms "$p99"; record "haven-$job" "$r" lag_end "$lag"
+# --- 2. The same jobs against a fresh Haven lab (replication running) --------------------------
+step_haven() {
+    local job=$1 r=$2 d=$WORK/lab-$1-$2 args out iops mbs io_bytes p99 lag t fin catchup
+    start_lab "$d"
+    if [[ $job == A ]]; then args=("${FIO_A[@]}"); else args=("${FIO_B[@]}"); fi
+    if ! out=$(fio_run "$d-fio.json" "$HAVEN_NBD_URI" "${args[@]}"); then
+        failed "haven-$job" "$r" iops "fio job $job failed"; stop_lab "$d"; return 0
+    fi
+    read -r iops mbs io_bytes _ p99 <<<"$out"
+    record "haven-$job" "$r" iops "$iops"; record "haven-$job" "$r" mbs "$mbs"
+    record "haven-$job" "$r" p99ms "$p99"
+    sleep 1.2   # one heartbeat, so that the status reflects the end of the writes
+    lag=$(lab_lag) || lag=n/a
+    t=$(date +%s.%N)
+    if fin=$(py catchup "$HAVEN_API" - "$io_bytes" 300); then
+        catchup=$(python3 -c "import time; print(f'{time.time()-$t-1.1:.1f}')")
         record "haven-$job" "$r" catchup_s "$catchup"
-        stop_lab "$d"
-    done
+    else
+        failed "haven-$job" "$r" catchup_s "no catch-up after job $job ($fin)"
+    fi
+    log "haven job $job run $r: $iops IOPS, $mbs MB/s, clat p99 $p99 ms; lag after fio $lag seqs, caught up in ~${catchup:-n/a} s"
+    record "haven-$job" "$r" lag_end "$lag"
+    stop_lab "$d"
+}
 
-    # --- 3. End-to-end replication throughput (+ 5. PS bytes out/in) -----------------------
-    for kind in random compressible; do
-        d=$WORK/lab-e2e-$kind-$r
-        start_lab "$d"
-        if [[ $kind == random ]]; then
-            data=(--refill_buffers)   # fresh random data in every block: incompressible
-        else
-            data=(--refill_buffers --buffer_compress_percentage=67 --buffer_compress_chunk=4k)
-        fi
-        stopf=$d.stop
-        python3 "$PY" poll "$HAVEN_API" "$HAVEN_MT_API" "$d.samples" 0.1 "$stopf" &
-        poll_pid=$!; PIDS+=("$poll_pid")
-        sleep 0.3
-        t0=$(date +%s.%N)
-        out=$(fio_run "$d-fio.json" "$HAVEN_NBD_URI" \
-            --ioengine=nbd --rw=write --bs=1M --iodepth=8 --size="$E2E_SIZE" --numjobs=1 --name=e2e "${data[@]}")
-        read -r _ fmbs io_bytes _ _ <<<"$out"
-        t1=$(date +%s.%N)
-        if final=$(py catchup "$HAVEN_API" - "$io_bytes" 600); then
-            sleep 0.3
-            touch "$stopf"; wait "$poll_pid" || true
-            out=$(py e2e "$d.samples" "$t0" "$t1" "$final" "$io_bytes")
-            read -r tw ts tm <<<"$out"
-            mt_mbs=$(python3 -c "print(f'{$io_bytes/$tm/1e6:.1f}')")
-            st_mbs=$(python3 -c "print(f'{$io_bytes/$ts/1e6:.1f}')")
-            out=$(py ps_ratio "$HAVEN_API")
-            read -r bi bo ratio bw jb <<<"$out"
-            log "e2e $kind run $r: $io_bytes bytes; fio $fmbs MB/s (${tw}s); applied per MT API after ${tm}s ($mt_mbs MB/s), per status after ${ts}s ($st_mbs MB/s); PS in $bi out $bo ratio $ratio; agent bytes_written $bw; journal $jb"
-            record "e2e-$kind" "$r" fio_mbs "$fmbs"
-            record "e2e-$kind" "$r" mt_mbs "$mt_mbs"
-            record "e2e-$kind" "$r" status_mbs "$st_mbs"
-            record "e2e-$kind" "$r" times "${tw}/${tm}/${ts}"
-            record "e2e-$kind" "$r" ps_ratio "$ratio ($bo/$bi)"
-        else
-            touch "$stopf"; wait "$poll_pid" || true
-            log "e2e $kind run $r: replication did not catch up: $final"
-            record "e2e-$kind" "$r" fio_mbs "$fmbs"
-            record "e2e-$kind" "$r" mt_mbs "FAILED (no catch-up)"
-        fi
-        stop_lab "$d"
-    done
+# --- 3. End-to-end replication throughput (+ 5. PS bytes out/in) -------------------------------
+step_e2e() {
+    local kind=$1 r=$2 d=$WORK/lab-e2e-$1-$2 data stopf poll_pid t0 t1 out fmbs io_bytes final
+    local tw ts tm mt_mbs st_mbs bi bo ratio bw jb
+    start_lab "$d"
+    if [[ $kind == random ]]; then
+        data=(--refill_buffers)   # fresh random data in every block: incompressible
+    else
+        data=(--refill_buffers --buffer_compress_percentage=67 --buffer_compress_chunk=4k)
+    fi
+    stopf=$d.stop
+    python3 "$PY" poll "$HAVEN_API" "$HAVEN_MT_API" "$d.samples" 0.1 "$stopf" &
+    poll_pid=$!; PIDS+=("$poll_pid")
+    sleep 0.3
+    t0=$(date +%s.%N)
+    if ! out=$(fio_run "$d-fio.json" "$HAVEN_NBD_URI" \
+        --ioengine=nbd --rw=write --bs=1M --iodepth=8 --size="$E2E_SIZE" --numjobs=1 --name=e2e "${data[@]}"); then
+        touch "$stopf"; wait "$poll_pid" || true
+        failed "e2e-$kind" "$r" mt_mbs "fio write of $E2E_SIZE failed"; stop_lab "$d"; return 0
+    fi
+    read -r _ fmbs io_bytes _ _ <<<"$out"
+    t1=$(date +%s.%N)
+    record "e2e-$kind" "$r" fio_mbs "$fmbs"
+    if ! final=$(py catchup "$HAVEN_API" - "$io_bytes" 600); then
+        touch "$stopf"; wait "$poll_pid" || true
+        failed "e2e-$kind" "$r" mt_mbs "no catch-up ($final)"; stop_lab "$d"; return 0
+    fi
+    sleep 0.3
+    touch "$stopf"; wait "$poll_pid" || true
+    out=$(py e2e "$d.samples" "$t0" "$t1" "$final" "$io_bytes")
+    read -r tw ts tm <<<"$out"
+    mt_mbs=$(python3 -c "print(f'{$io_bytes/$tm/1e6:.1f}')")
+    st_mbs=$(python3 -c "print(f'{$io_bytes/$ts/1e6:.1f}')")
+    out=$(py ps_ratio "$HAVEN_API")
+    read -r bi bo ratio bw jb <<<"$out"
+    log "e2e $kind run $r: $io_bytes bytes; fio $fmbs MB/s (${tw}s); applied per MT API after ${tm}s ($mt_mbs MB/s), per status after ${ts}s ($st_mbs MB/s); PS in $bi out $bo ratio $ratio; agent bytes_written $bw; journal $jb"
+    record "e2e-$kind" "$r" mt_mbs "$mt_mbs"
+    record "e2e-$kind" "$r" status_mbs "$st_mbs"
+    record "e2e-$kind" "$r" times "${tw}/${tm}/${ts}"
+    record "e2e-$kind" "$r" ps_ratio "$ratio ($bo/$bi)"
+    stop_lab "$d"
+}
 
-    # --- 4. RPO under steady load ----------------------------------------------------------
-    d=$WORK/lab-rpo-$r
+# --- 4. RPO under steady load ------------------------------------------------------------------
+step_rpo() {
+    local r=$1 d=$WORK/lab-rpo-$1 stopf poll_pid t0 t1 out mbs p50 p99 max n lag
     start_lab "$d"
     stopf=$d.stop
     python3 "$PY" poll "$HAVEN_API" - "$d.samples" 0.2 "$stopf" &
     poll_pid=$!; PIDS+=("$poll_pid")
     t0=$(date +%s.%N)
-    out=$(fio_run "$d-fio.json" "$HAVEN_NBD_URI" --ioengine=nbd --rw=randwrite \
+    if ! out=$(fio_run "$d-fio.json" "$HAVEN_NBD_URI" --ioengine=nbd --rw=randwrite \
         --bs="$RPO_BS" --iodepth=32 --size=1g --rate="$RPO_RATE" --runtime="$RPO_SECS" --time_based \
-        --numjobs=1 --name=rpo)
+        --numjobs=1 --name=rpo); then
+        touch "$stopf"; wait "$poll_pid" || true
+        failed rpo "$r" p50 "fio RPO load failed"; stop_lab "$d"; return 0
+    fi
     read -r _ mbs _ _ _ <<<"$out"
     t1=$(date +%s.%N)
     touch "$stopf"; wait "$poll_pid" || true
@@ -433,12 +462,27 @@ for r in $(seq "$REPEAT"); do
     record rpo "$r" mbs "$mbs"; record rpo "$r" p50 "$p50"; record rpo "$r" p99 "$p99"
     record rpo "$r" max "$max"; record rpo "$r" samples_lag "$n/$lag"
     stop_lab "$d"
+}
+
+log "work dir $WORK; $(nproc) CPUs; haven $HAVEN"
+: >"$WORK/failures.txt"
+for r in $(seq "$REPEAT"); do
+    step_qemu A "$r"; step_qemu B "$r"
+    step_haven A "$r"; step_haven B "$r"
+    step_e2e random "$r"; step_e2e compressible "$r"
+    step_rpo "$r"
 done
 
 echo
 echo "## Results ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo))"
 echo
 py table "$RESULTS" "$REPEAT"
+echo
+if [[ -s $WORK/failures.txt ]]; then
+    echo
+    echo "Failures:"
+    sed 's/^/- /' "$WORK/failures.txt"
+fi
 echo
 echo "MB = 10^6 bytes. Commands run (temporary paths and ports vary):"
 echo

@@ -140,7 +140,9 @@ fn writer(api: &Api, seed: u64, p: &Progress) -> Model {
     let (mut model, mut rng) = (Model::new(), Rng(seed));
     while !p.stop.load(SeqCst) {
         let round = model.rounds.len();
-        api.run_round(&mut model, &gen_round(&mut rng, round));
+        let mut ops = gen_round(&mut rng, round);
+        ops.insert(4, Op::Sleep(500));
+        api.run_round(&mut model, &ops);
         p.rounds.store(round + 1, SeqCst);
     }
     model
@@ -154,22 +156,26 @@ fn kill_during_writes(c: &mut Cluster, victim: Daemon, seed: u64) -> (usize, Mod
     std::thread::scope(|s| {
         let w = s.spawn(|| writer(&api, seed, &p));
         let _stop = SetOnDrop(&p.stop);
-        // Kill just after a round ends, while the next round's qemu-io is writing.
-        let r = p.wait_rounds(2);
-        let killed_in = p.wait_rounds(r + 1);
-        poll_every(
-            Duration::from_millis(2),
-            "qemu-io to start",
-            DEADLINE,
-            || {
-                api.qemu_running
-                    .load(SeqCst)
-                    .then_some(())
-                    .ok_or(String::new())
-            },
+        // Kill while qemu-io sleeps mid-round: its first writes are done but not yet flushed.
+        p.wait_rounds(2);
+        for running in [false, true] {
+            poll_every(
+                Duration::from_millis(2),
+                "the next qemu-io",
+                DEADLINE,
+                || {
+                    (api.qemu_running.load(SeqCst) == running)
+                        .then_some(())
+                        .ok_or(String::new())
+                },
+            );
+        }
+        let killed_in = p.rounds.load(SeqCst);
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(
+            api.qemu_running.load(SeqCst),
+            "qemu-io finished before its pause; the kill would not be mid-round"
         );
-        std::thread::sleep(Duration::from_millis(25));
-        let mid_round = api.qemu_running.load(SeqCst);
         c.kill(victim);
         // Writes complete while the daemon is down: the agent (or process server) buffers.
         p.wait_rounds(killed_in + 2);
@@ -185,7 +191,6 @@ fn kill_during_writes(c: &mut Cluster, victim: Daemon, seed: u64) -> (usize, Mod
         let restarted = p.rounds.load(SeqCst);
         p.wait_rounds(restarted + 2);
         p.stop.store(true, SeqCst);
-        eprintln!("{victim:?} killed during round {killed_in}, qemu-io running: {mid_round}");
         (killed_in, w.join().expect("writer panicked"))
     })
 }
@@ -199,9 +204,11 @@ fn killed_mid_stream(victim: Daemon, seed: u64) {
     let (killed_in, model) = kill_during_writes(&mut c, victim, seed);
     check_latest(&c.api, &model);
     c.assert_alive();
-    // A point from before the kill, and one from a round written entirely while it was down.
-    check_round(&c.api, &model, killed_in - 1);
-    check_round(&c.api, &model, killed_in + 1);
+    // Points from before the kill, from the round it cut in two, and from a round written
+    // entirely while the daemon was down.
+    for round in [killed_in - 1, killed_in, killed_in + 1] {
+        check_round(&c.api, &model, round);
+    }
     eprintln!(
         "{victim:?} killed mid-stream: {} rounds, {:?}",
         model.rounds.len(),
@@ -395,7 +402,18 @@ fn bad_input_is_refused_and_service_continues() {
     out_of_range_is_refused(&c.api, c.ports.nbd, &model);
     bad_frames(&c.ports);
     c.assert_alive();
-    c.api.status().expect("haven status after the bad input");
+    let status = c.api.status().expect("haven status after the bad input");
+    let names: Vec<&str> = status["components"]
+        .as_array()
+        .expect("components")
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["agent1", "mt1", "ps1"],
+        "components after the bad input"
+    );
     c.api.run_round(&mut model, &gen_round(&mut rng, 1));
     check_latest(&c.api, &model);
     c.assert_alive();
@@ -403,4 +421,61 @@ fn bad_input_is_refused_and_service_continues() {
         "bad_input_is_refused_and_service_continues: {:?}",
         started.elapsed()
     );
+}
+
+/// A bare NBD client (fixed newstyle, NBD_OPT_EXPORT_NAME) for the requests qemu-io refuses
+/// to send, such as reads and writes past the end of the export.
+struct RawNbd {
+    s: TcpStream,
+    size: u64,
+}
+
+impl RawNbd {
+    fn connect(port: u16) -> RawNbd {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to NBD");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        let mut greeting = [0u8; 18];
+        s.read_exact(&mut greeting).expect("NBD greeting");
+        assert_eq!(&greeting[..16], b"NBDMAGICIHAVEOPT", "NBD greeting");
+        let mut hello = 3u32.to_be_bytes().to_vec(); // FIXED_NEWSTYLE | NO_ZEROES
+        hello.extend_from_slice(b"IHAVEOPT");
+        hello.extend_from_slice(&1u32.to_be_bytes()); // NBD_OPT_EXPORT_NAME
+        hello.extend_from_slice(&(DISK.len() as u32).to_be_bytes());
+        hello.extend_from_slice(DISK.as_bytes());
+        s.write_all(&hello).expect("NBD options");
+        let mut reply = [0u8; 10];
+        s.read_exact(&mut reply).expect("NBD export reply");
+        RawNbd {
+            s,
+            size: u64::from_be_bytes(reply[..8].try_into().expect("8 bytes")),
+        }
+    }
+
+    /// One request (`kind` 0 = read, 1 = write); returns the error code and the data read.
+    fn request(&mut self, kind: u16, offset: u64, len: u32, payload: &[u8]) -> (u32, Vec<u8>) {
+        let mut req = 0x2560_9513u32.to_be_bytes().to_vec();
+        req.extend_from_slice(&0u16.to_be_bytes());
+        req.extend_from_slice(&kind.to_be_bytes());
+        req.extend_from_slice(&0x00c0_ffeeu64.to_be_bytes());
+        req.extend_from_slice(&offset.to_be_bytes());
+        req.extend_from_slice(&len.to_be_bytes());
+        req.extend_from_slice(payload);
+        self.s.write_all(&req).expect("NBD request");
+        let mut reply = [0u8; 16];
+        self.s.read_exact(&mut reply).expect("NBD reply");
+        assert_eq!(
+            reply[..4],
+            0x6744_6698u32.to_be_bytes(),
+            "NBD simple reply magic"
+        );
+        assert_eq!(reply[8..], 0x00c0_ffeeu64.to_be_bytes(), "NBD reply cookie");
+        let error = u32::from_be_bytes(reply[4..8].try_into().expect("4 bytes"));
+        let mut data = vec![];
+        if error == 0 && kind == 0 {
+            data.resize(len as usize, 0);
+            self.s.read_exact(&mut data).expect("NBD read data");
+        }
+        (error, data)
+    }
 }

@@ -55,6 +55,21 @@ impl MetaStore {
             path: path.display().to_string(),
             msg: e.to_string(),
         })?;
+        Self::init(db)
+    }
+
+    /// Opens a store over any redb backend (the simulation's crash-faithful one).
+    pub fn with_backend(backend: impl redb::StorageBackend) -> Result<MetaStore, MetaError> {
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|e| MetaError::Open {
+                path: "(storage backend)".into(),
+                msg: e.to_string(),
+            })?;
+        Self::init(db)
+    }
+
+    fn init(db: Database) -> Result<MetaStore, MetaError> {
         let store = MetaStore { db };
         // Create the tables so that readers never find them missing.
         store.write(|tx| {

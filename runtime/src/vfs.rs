@@ -196,6 +196,22 @@ pub fn is_zero(buf: &[u8]) -> bool {
     head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
 }
 
+/// Creates `path` and its missing ancestors and makes the new names durable: each created
+/// directory's parent is synced, so a crash cannot make a store's directory (and so everything
+/// in it) vanish.
+pub fn create_dir_all_durable<V: Vfs>(vfs: &V, path: &Path) -> io::Result<()> {
+    vfs.create_dir_all(path)?;
+    let mut p = path;
+    while let Some(parent) = p.parent() {
+        if parent.as_os_str().is_empty() {
+            break;
+        }
+        vfs.sync_dir(parent)?;
+        p = parent;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

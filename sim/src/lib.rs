@@ -13,6 +13,9 @@
 //! every consistent batch boundary equals the source disk as it was at that seq. At the end the
 //! replica must equal the source. A violated check panics with the seed.
 
+pub mod storage;
+pub mod turmoil_level;
+
 use haven_core::agent::{self, Agent, AgentSettings, IoId, SourceOp};
 use haven_core::batch::{BatchHeader, Encoding, OpKind, BLOCK_BYTES};
 use haven_core::config_server::{self as cs, ConfigServer, ConfigServerSettings};

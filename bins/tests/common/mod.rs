@@ -122,20 +122,15 @@ pub struct Ports {
 }
 
 fn free_ports() -> Ports {
-    let ls: Vec<TcpListener> = (0..6)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    let p: Vec<u16> = ls
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect();
+    let ls = [(); 6].map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"));
+    let [cs, cs_api, ps, mt, mt_api, nbd] = ls.map(|l| l.local_addr().expect("local addr").port());
     Ports {
-        cs: p[0],
-        cs_api: p[1],
-        ps: p[2],
-        mt: p[3],
-        mt_api: p[4],
-        nbd: p[5],
+        cs,
+        cs_api,
+        ps,
+        mt,
+        mt_api,
+        nbd,
     }
 }
 
@@ -402,15 +397,9 @@ impl Api {
     /// `haven export --point POINT`: the seq it chose and the image.
     pub fn export(&self, point: &str) -> (u64, Vec<u8>) {
         let file = self.dir.join("export.img");
+        let out_arg = file.to_str().expect("utf-8 path");
         let out = self
-            .haven(&[
-                "export",
-                DISK,
-                "--point",
-                point,
-                "--out",
-                file.to_str().expect("utf-8 path"),
-            ])
+            .haven(&["export", DISK, "--point", point, "--out", out_arg])
             .expect("export");
         let seq = String::from_utf8_lossy(&out.stdout)
             .trim()
@@ -440,32 +429,21 @@ impl Api {
             .spawn()
             .expect("spawn qemu-io");
         self.qemu_running.store(true, SeqCst);
-        let status = poll_every(
-            Duration::from_millis(5),
-            "qemu-io to finish",
-            DEADLINE,
-            || {
-                child
-                    .try_wait()
-                    .map_err(|e| e.to_string())?
-                    .ok_or("running".into())
-            },
-        );
+        let step = Duration::from_millis(5);
+        poll_every(step, "qemu-io to finish", DEADLINE, || {
+            child
+                .try_wait()
+                .map_err(|e| e.to_string())?
+                .ok_or("running".into())
+        });
         self.qemu_running.store(false, SeqCst);
-        let mut text = String::new();
-        child
-            .stdout
-            .take()
-            .expect("stdout")
-            .read_to_string(&mut text)
-            .expect("qemu-io stdout");
-        child
-            .stderr
-            .take()
-            .expect("stderr")
-            .read_to_string(&mut text)
-            .expect("qemu-io stderr");
-        (status.success() && !text.contains("failed"), text)
+        let out = child.wait_with_output().expect("qemu-io output");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success() && !text.contains("failed"), text)
     }
 
     /// Runs one round of ops, updates the model and closes the round at the seq the agent
@@ -477,34 +455,40 @@ impl Api {
         let exited = wall_ms();
         model.apply(ops);
         let prev = model.rounds.last().map_or(0, |r| r.seq);
-        let seq = self.fresh_disk(exited, prev + ops.len() as u64).written;
+        // Every command that reaches the disk takes at least one seq.
+        let writes = ops.iter().filter(|op| !matches!(op, Op::Sleep(_))).count() as u64;
+        let seq = self.fresh_disk(exited, prev + writes).written;
         model.end_round(seq);
         seq
     }
 }
 
-/// One workload command, as qemu-io runs it and as the model applies it.
+/// One workload command, as qemu-io runs it and as the model applies it: (offset, length,
+/// pattern); `Sleep` pauses qemu-io with its connection open and its writes not yet flushed.
 #[derive(Clone, Debug)]
 pub enum Op {
-    Write { off: u64, len: u64, pat: u8 },
-    Zero { off: u64, len: u64 },
-    Discard { off: u64, len: u64 },
+    Write(u64, u64, u8),
+    Zero(u64, u64),
+    Discard(u64, u64),
+    Sleep(u64),
 }
 
 impl Op {
     pub fn command(&self) -> String {
         match *self {
-            Op::Write { off, len, pat } => format!("write -P {pat:#04x} {off} {len}"),
-            Op::Zero { off, len } => format!("write -z {off} {len}"),
-            Op::Discard { off, len } => format!("discard {off} {len}"),
+            Op::Write(off, len, pat) => format!("write -P {pat:#04x} {off} {len}"),
+            Op::Zero(off, len) => format!("write -z {off} {len}"),
+            Op::Discard(off, len) => format!("discard {off} {len}"),
+            Op::Sleep(ms) => format!("sleep {ms}"),
         }
     }
 
     fn apply(&self, disk: &mut [u8]) {
         let (off, len, fill) = match *self {
-            Op::Write { off, len, pat } => (off, len, pat),
+            Op::Write(off, len, pat) => (off, len, pat),
             // The agent punches holes for discards: they read back as zeros.
-            Op::Zero { off, len } | Op::Discard { off, len } => (off, len, 0),
+            Op::Zero(off, len) | Op::Discard(off, len) => (off, len, 0),
+            Op::Sleep(_) => return,
         };
         disk[off as usize..(off + len) as usize].fill(fill);
     }
@@ -574,56 +558,31 @@ impl Rng {
 pub fn gen_round(rng: &mut Rng, round: usize) -> Vec<Op> {
     const B: u64 = 4096;
     let pat = |i: usize| (1 + (round * 13 + i) % 254) as u8;
-    let spot = |rng: &mut Rng| {
+    let mut spot = || {
         (
             rng.below(DISK_BYTES / B - 300) * B,
             (1 + rng.below(256)) * B,
         )
     };
-    let w: Vec<(u64, u64)> = (0..3).map(|_| spot(rng)).collect();
-    let mut ops: Vec<Op> = w
-        .iter()
-        .enumerate()
-        .map(|(i, &(off, len))| Op::Write {
-            off,
-            len,
-            pat: pat(i),
-        })
-        .collect();
-    ops.push(Op::Write {
-        off: w[0].0 + w[0].1 / 2 + 7,
-        len: w[0].1 / 2 + 1000,
-        pat: pat(3),
-    });
-    let small = if round == 0 {
-        4097
-    } else {
-        rng.below(DISK_BYTES / B - 2) * B + 4097
-    };
-    ops.push(Op::Write {
-        off: small,
-        len: 3000,
-        pat: pat(4),
-    });
-    ops.push(Op::Discard {
-        off: w[1].0 + B,
-        len: (w[1].1 / 2 / B).max(1) * B,
-    });
-    ops.push(Op::Discard {
-        off: w[2].0 + 100,
-        len: 5000,
-    });
-    ops.push(Op::Zero {
-        off: w[2].0 + 2 * B,
-        len: (1 + rng.below(32)) * B,
-    });
+    let w = [spot(), spot(), spot()];
+    let mut ops: Vec<Op> = (0..3).map(|i| Op::Write(w[i].0, w[i].1, pat(i))).collect();
+    ops.push(Op::Write(
+        w[0].0 + w[0].1 / 2 + 7,
+        w[0].1 / 2 + 1000,
+        pat(3),
+    ));
+    let small = rng.below(DISK_BYTES / B - 2) * B + 4097;
+    ops.push(Op::Write(
+        if round == 0 { 4097 } else { small },
+        3000,
+        pat(4),
+    ));
+    ops.push(Op::Discard(w[1].0 + B, (w[1].1 / 2 / B).max(1) * B));
+    ops.push(Op::Discard(w[2].0 + 100, 5000));
+    ops.push(Op::Zero(w[2].0 + 2 * B, (1 + rng.below(32)) * B));
     if round == 1 {
         // The last bytes of the disk, unaligned start.
-        ops.push(Op::Write {
-            off: DISK_BYTES - B - 333,
-            len: B + 333,
-            pat: pat(5),
-        });
+        ops.push(Op::Write(DISK_BYTES - B - 333, B + 333, pat(5)));
     }
     ops
 }
@@ -653,62 +612,5 @@ pub fn send_expect_close(addr: &str, bytes: &[u8], eof: bool, within: Duration) 
             Instant::now() < end,
             "{addr}: connection still open after {within:?}"
         );
-    }
-}
-
-/// A bare NBD client (fixed newstyle, NBD_OPT_EXPORT_NAME) for the requests qemu-io refuses
-/// to send, such as reads and writes past the end of the export.
-pub struct RawNbd {
-    s: TcpStream,
-    pub size: u64,
-}
-
-impl RawNbd {
-    pub fn connect(port: u16) -> RawNbd {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to NBD");
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("read timeout");
-        let mut greeting = [0u8; 18];
-        s.read_exact(&mut greeting).expect("NBD greeting");
-        assert_eq!(&greeting[..16], b"NBDMAGICIHAVEOPT", "NBD greeting");
-        let mut hello = 3u32.to_be_bytes().to_vec(); // FIXED_NEWSTYLE | NO_ZEROES
-        hello.extend_from_slice(b"IHAVEOPT");
-        hello.extend_from_slice(&1u32.to_be_bytes()); // NBD_OPT_EXPORT_NAME
-        hello.extend_from_slice(&(DISK.len() as u32).to_be_bytes());
-        hello.extend_from_slice(DISK.as_bytes());
-        s.write_all(&hello).expect("NBD options");
-        let mut reply = [0u8; 10];
-        s.read_exact(&mut reply).expect("NBD export reply");
-        RawNbd {
-            s,
-            size: u64::from_be_bytes(reply[..8].try_into().expect("8 bytes")),
-        }
-    }
-
-    /// One request (`kind` 0 = read, 1 = write); returns the error code and the data read.
-    pub fn request(&mut self, kind: u16, offset: u64, len: u32, payload: &[u8]) -> (u32, Vec<u8>) {
-        let mut req = 0x2560_9513u32.to_be_bytes().to_vec();
-        req.extend_from_slice(&0u16.to_be_bytes());
-        req.extend_from_slice(&kind.to_be_bytes());
-        req.extend_from_slice(&0x00c0_ffeeu64.to_be_bytes());
-        req.extend_from_slice(&offset.to_be_bytes());
-        req.extend_from_slice(&len.to_be_bytes());
-        req.extend_from_slice(payload);
-        self.s.write_all(&req).expect("NBD request");
-        let mut reply = [0u8; 16];
-        self.s.read_exact(&mut reply).expect("NBD reply");
-        assert_eq!(
-            reply[..4],
-            0x6744_6698u32.to_be_bytes(),
-            "NBD simple reply magic"
-        );
-        assert_eq!(reply[8..], 0x00c0_ffeeu64.to_be_bytes(), "NBD reply cookie");
-        let error = u32::from_be_bytes(reply[4..8].try_into().expect("4 bytes"));
-        let mut data = vec![];
-        if error == 0 && kind == 0 {
-            data.resize(len as usize, 0);
-            self.s.read_exact(&mut data).expect("NBD read data");
-        }
-        (error, data)
     }
 }

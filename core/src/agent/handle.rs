@@ -16,6 +16,7 @@ impl Agent {
             links: vec![Link::Idle; n],
             ps_addrs: vec![None; n],
             busy_until: vec![Timestamp::ZERO; n],
+            progress_at: vec![now; n],
             cs: Link::Idle,
             held: VecDeque::new(),
             pending: VecDeque::new(),
@@ -72,6 +73,14 @@ impl Agent {
         for link in self.links.iter().chain(std::iter::once(&self.cs)) {
             if let Link::Backoff(at) = link {
                 t = earliest(t, Some(*at));
+            }
+        }
+        for (i, link) in self.links.iter().enumerate() {
+            if self.stalled_candidate(i, link) {
+                t = earliest(
+                    t,
+                    Some(self.progress_at[i].plus_millis(super::STREAM_STALL_MS)),
+                );
             }
         }
         for (i, b) in self.busy_until.iter().enumerate() {
@@ -219,9 +228,29 @@ impl Agent {
         }
     }
 
+    /// True when the stream is waiting for an answer (so silence means trouble).
+    fn stalled_candidate(&self, disk: usize, link: &Link) -> bool {
+        match link {
+            Link::Opening(_) => true,
+            Link::Ready(_) => self.streams[disk].in_flight() > 0,
+            _ => false,
+        }
+    }
+
     fn on_timers(&mut self) {
         let now = self.now;
         for disk in 0..self.streams.len() {
+            let link = self.links[disk];
+            if self.stalled_candidate(disk, &link)
+                && now.millis_since(self.progress_at[disk]) >= super::STREAM_STALL_MS
+            {
+                if let Link::Opening(conn) | Link::Ready(conn) = link {
+                    self.out.push_back(Output::Net(NetCommand::Close { conn }));
+                    self.links[disk] =
+                        Link::Backoff(now.plus_millis(self.settings.reconnect_delay_ms));
+                    self.streams[disk].unsend_from(0);
+                }
+            }
             if self.batch_deadline[disk].is_some_and(|t| t <= now) {
                 self.batch_deadline[disk] = None;
                 self.streams[disk].close_batch();
@@ -253,6 +282,10 @@ impl Agent {
         };
         if self.busy_until[disk] > self.now {
             return;
+        }
+        if self.streams[disk].in_flight() == 0 {
+            // Nothing was outstanding: silence so far was not a stall.
+            self.progress_at[disk] = self.now;
         }
         let window = self.settings.window_batches_max;
         let s = &mut self.streams[disk];

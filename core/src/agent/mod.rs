@@ -26,6 +26,9 @@ use std::collections::VecDeque;
 
 /// Seqs reserved per durable reservation; a crash skips at most this many.
 pub const SEQ_RESERVE_CHUNK: u64 = 1 << 20;
+/// A stream with batches in flight (or an open request) and no answer for this long is
+/// considered dead and reconnected: TCP alone may take many minutes to notice a silent peer.
+pub const STREAM_STALL_MS: u64 = 10_000;
 const CS_TOKEN: ConnectToken = u64::MAX;
 
 #[derive(Clone, Debug)]
@@ -178,6 +181,8 @@ pub struct Agent {
     links: Vec<Link>,
     ps_addrs: Vec<Option<String>>,
     busy_until: Vec<Timestamp>,
+    /// When each disk's stream last made progress (an answer from the process server).
+    progress_at: Vec<Timestamp>,
     cs: Link,
     held: VecDeque<Input>,
     /// Source writes emitted and not yet done, in emission order.

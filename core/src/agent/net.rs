@@ -79,6 +79,7 @@ impl Agent {
             return;
         };
         self.links[disk] = Link::Opening(conn);
+        self.progress_at[disk] = self.now;
         let s = &self.streams[disk];
         let first_seq = s.oldest_held_seq();
         let msg = Message::OpenStream {
@@ -122,6 +123,7 @@ impl Agent {
                 let Some(i) = self.disk_of(conn, &disk) else {
                     return self.protocol_error(conn, "StreamState");
                 };
+                self.progress_at[i] = self.now;
                 self.links[i] = Link::Ready(conn);
                 self.streams[i].acked(cached_seq, applied_seq);
                 self.streams[i].unsend_from(0);
@@ -136,6 +138,7 @@ impl Agent {
                 let Some(i) = self.disk_of(conn, &disk) else {
                     return self.protocol_error(conn, "BatchAck");
                 };
+                self.progress_at[i] = self.now;
                 self.streams[i].acked(cached_seq, applied_seq);
                 self.pump(i);
             }
@@ -147,6 +150,7 @@ impl Agent {
                 let Some(i) = self.disk_of(conn, &disk) else {
                     return self.protocol_error(conn, "Busy");
                 };
+                self.progress_at[i] = self.now;
                 self.streams[i].unsend_from(first_seq);
                 self.busy_until[i] = self.now.plus_millis(retry_after_ms.min(10_000));
             }

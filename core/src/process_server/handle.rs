@@ -63,6 +63,7 @@ impl ProcessServer {
                 route: None,
                 link: Link::Idle,
                 cached_bytes: 0,
+                progress_at: Timestamp::ZERO,
             })
     }
 
@@ -91,6 +92,9 @@ impl ProcessServer {
             if let Link::Backoff(at) = link {
                 t = earliest(t, Some(*at));
             }
+        }
+        for d in self.disks.values().filter(|d| d.waiting()) {
+            t = earliest(t, Some(d.progress_at.plus_millis(STREAM_STALL_MS)));
         }
         t
     }
@@ -128,6 +132,14 @@ impl ProcessServer {
             let d = self.disks.get_mut(&id).expect("listed");
             if matches!(d.link, Link::Backoff(at) if at <= now) {
                 d.link = Link::Idle;
+            }
+            if d.waiting() && now.millis_since(d.progress_at) >= STREAM_STALL_MS {
+                if let Link::Opening(conn) | Link::Ready(conn) = d.link {
+                    // The master target went silent with batches outstanding: reconnect.
+                    self.out.push_back(Output::Net(NetCommand::Close { conn }));
+                    d.link = Link::Backoff(now.plus_millis(self.settings.reconnect_delay_ms));
+                    d.sent = 0;
+                }
             }
             self.connect_mt(&id);
         }
@@ -207,6 +219,7 @@ impl ProcessServer {
             return;
         };
         d.link = Link::Opening(conn);
+        d.progress_at = self.now;
         let first_seq = d.entries.front().map_or(d.cached_seq + 1, |e| e.first_seq);
         let m = &d.meta;
         let msg = Message::OpenStream {
@@ -460,6 +473,7 @@ impl ProcessServer {
             return self.refuse(conn, "Applied for an unknown stream".into());
         }
         let d = self.disks.get_mut(&disk).expect("checked");
+        d.progress_at = self.now;
         if applied_seq > d.meta.applied_seq {
             d.meta.applied_seq = applied_seq;
             while d.entries.front().is_some_and(|e| e.last_seq <= applied_seq) {
@@ -492,6 +506,9 @@ impl ProcessServer {
         let window = self.settings.window_batches_max;
         let d = self.disks.get_mut(disk).expect("known disk");
         let Link::Ready(conn) = d.link else { return };
+        if d.sent == 0 {
+            d.progress_at = self.now;
+        }
         // Entries before `sent` are in flight: every entry still cached is unapplied.
         while d.sent < d.entries.len() && d.sent < window {
             let e = &d.entries[d.sent];

@@ -19,6 +19,8 @@ use crate::time::Timestamp;
 use std::collections::{BTreeMap, VecDeque};
 
 const CS_TOKEN: ConnectToken = u64::MAX;
+/// A master-target stream waiting for an answer this long is reconnected (see the agent's).
+pub const STREAM_STALL_MS: u64 = crate::agent::STREAM_STALL_MS;
 
 #[derive(Clone, Debug)]
 pub struct ProcessServerSettings {
@@ -123,6 +125,8 @@ struct DiskCache {
     route: Option<String>,
     link: Link,
     cached_bytes: u64,
+    /// When the master target last answered (or when nothing was outstanding).
+    progress_at: Timestamp,
 }
 
 pub struct ProcessServer {
@@ -139,4 +143,15 @@ pub struct ProcessServer {
     bytes_out: u64,
     out: VecDeque<Output>,
     now: Timestamp,
+}
+
+impl DiskCache {
+    /// True when the master-target stream waits for an answer (so silence means trouble).
+    fn waiting(&self) -> bool {
+        match self.link {
+            Link::Opening(_) => true,
+            Link::Ready(_) => self.sent > 0,
+            _ => false,
+        }
+    }
 }

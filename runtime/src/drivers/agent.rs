@@ -156,7 +156,7 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     cfg: AgentConfig,
 ) -> Result<AgentHandle, RoleError> {
     let vfs = host.vfs.clone();
-    vfs.create_dir_all(&cfg.data_dir).map_err(fail)?;
+    crate::vfs::create_dir_all_durable(&vfs, &cfg.data_dir).map_err(fail)?;
     let meta = (host.open_meta)(&cfg.data_dir.join("agent.redb")).map_err(fail)?;
     let (nbd_tx, nbd_rx) = mpsc::unbounded_channel();
     let mut sources = vec![];

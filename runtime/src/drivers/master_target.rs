@@ -47,7 +47,7 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     mut cfg: MasterTargetConfig,
 ) -> Result<MasterTargetHandle, RoleError> {
     let vfs = host.vfs.clone();
-    vfs.create_dir_all(&cfg.data_dir).map_err(fail)?;
+    crate::vfs::create_dir_all_durable(&vfs, &cfg.data_dir).map_err(fail)?;
     let meta = Arc::new((host.open_meta)(&cfg.data_dir.join("master-target.redb")).map_err(fail)?);
     let mut replicas = BTreeMap::new();
     let mut metas = vec![];
@@ -218,6 +218,7 @@ impl<T: Transport, V: Vfs + Clone> Driver<T, V> {
             r.sync()
                 .map_err(|e| fail(format!("journal fsync failed: {e}")))?;
             self.meta.add_points(disk, pts).map_err(fail)?;
+            r.meta.points += pts.len() as u64;
         }
         for a in appended {
             let journal_bytes = replicas.get(&a.disk).map_or(0, |r| r.meta.journal_bytes);

@@ -36,7 +36,7 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     mut cfg: ProcessServerConfig,
 ) -> Result<ProcessServerHandle, RoleError> {
     let vfs = host.vfs.clone();
-    vfs.create_dir_all(&cfg.data_dir).map_err(fail)?;
+    crate::vfs::create_dir_all_durable(&vfs, &cfg.data_dir).map_err(fail)?;
     let meta = (host.open_meta)(&cfg.data_dir.join("process-server.redb")).map_err(fail)?;
     let (cache, cached) = Cache::open(vfs, &cfg.data_dir).map_err(fail)?;
     let listener = host

@@ -42,7 +42,7 @@ impl<V: Vfs + Clone> Cache<V> {
     /// Opens every disk's cache under `root/cache`, returning the cached batches in order.
     pub fn open(vfs: V, root: &Path) -> Result<(Self, Vec<CachedBatch>), CacheError> {
         let root = root.join("cache");
-        vfs.create_dir_all(&root)?;
+        crate::vfs::create_dir_all_durable(&vfs, &root)?;
         let mut cache = Cache {
             vfs: vfs.clone(),
             root: root.clone(),

@@ -97,7 +97,7 @@ impl<V: Vfs + Clone> Replica<V> {
             let (disk, what) = (disk.clone(), what.to_string());
             move |source| ReplicaError::Io { disk, what, source }
         };
-        vfs.create_dir_all(&dir).map_err(io("create directory"))?;
+        crate::vfs::create_dir_all_durable(vfs, &dir).map_err(io("create directory"))?;
         let base = vfs
             .open(&dir.join("base.img"), true)
             .map_err(io("open base image"))?;
@@ -105,6 +105,7 @@ impl<V: Vfs + Clone> Replica<V> {
             base.set_len(meta.size_bytes)
                 .map_err(io("size base image"))?;
             base.sync_data().map_err(io("sync base image"))?;
+            vfs.sync_dir(&dir).map_err(io("sync replica directory"))?;
         }
         let (journal, records) =
             SegmentLog::open(vfs.clone(), dir.join("journal"), SegmentSettings::default())
