@@ -1,13 +1,17 @@
-//! The turmoil level: the real drivers on simulated hosts, with crashes and partitions.
+//! The turmoil level: the real drivers on simulated hosts, with crashes, partitions and a full
+//! disk. Every run ends with the newest recovery point read back through the master target's
+//! API and compared byte for byte with the workload's model of the disk.
 
-use haven_sim::turmoil_level::cluster::{add_hosts, workload, ClusterDisks, Outcome};
+use haven_sim::storage::FaultKind;
+use haven_sim::turmoil_level::cluster::{add_hosts, workload, ClusterDisks, Disks, Outcome};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A fault applied when simulated time passes `at`.
+/// A fault applied when simulated time passes its start.
 #[derive(Clone, Copy, Debug)]
 enum Fault {
-    /// Power loss of a host (unsynced data dropped) and its restart `down` later.
+    /// Power loss of a host (unsynced data dropped, the last write maybe torn) and its restart
+    /// `down` later.
     Crash { host: &'static str, down: Duration },
     /// Packets between two hosts are lost for `len` (connections go silent; the roles must
     /// notice the stall and reconnect).
@@ -23,9 +27,61 @@ enum Fault {
         b: &'static str,
         len: Duration,
     },
+    /// The host's disk is full for `len`: its role stops on the storage error; then the disk
+    /// heals and the role is restarted.
+    DiskFull { host: &'static str, len: Duration },
 }
 
-fn run(seed: u64, ops: u64, faults: &[(Duration, Fault)]) -> Outcome {
+type Action = (Duration, &'static str, &'static str, &'static str);
+
+fn schedule(faults: &[(Duration, Fault)]) -> Vec<Action> {
+    let mut actions: Vec<Action> = vec![];
+    for (at, f) in faults {
+        let (start, end, a, b, len) = match *f {
+            Fault::Crash { host, down } => ("crash", "restart", host, "", down),
+            Fault::Partition { a, b, len } => ("partition", "repair", a, b, len),
+            Fault::Hold { a, b, len } => ("hold", "release", a, b, len),
+            Fault::DiskFull { host, len } => ("full", "heal", host, "", len),
+        };
+        actions.push((*at, start, a, b));
+        actions.push((*at + len, end, a, b));
+    }
+    actions.sort_by_key(|a| a.0);
+    actions
+}
+
+fn disks_of<'a>(disks: &'a ClusterDisks, host: &str) -> &'a Disks {
+    match host {
+        "ps" => &disks.ps,
+        "mt" => &disks.mt,
+        "cs" => &disks.cs,
+        _ => &disks.agent,
+    }
+}
+
+fn apply(sim: &mut turmoil::Sim<'_>, disks: &ClusterDisks, action: &Action, seed: u64) {
+    let (_, what, a, b) = *action;
+    match what {
+        "crash" => {
+            sim.crash(a);
+            disks_of(disks, a).crash(seed);
+        }
+        "restart" => sim.bounce(a),
+        "partition" => sim.partition(a, b),
+        "repair" => sim.repair(a, b),
+        "hold" => sim.hold(a, b),
+        "release" => sim.release(a, b),
+        "full" => disks_of(disks, a).vfs.set_fault(Some(FaultKind::DiskFull)),
+        "heal" => {
+            disks_of(disks, a).vfs.set_fault(None);
+            sim.crash(a);
+            sim.bounce(a);
+        }
+        other => unreachable!("unknown action {other}"),
+    }
+}
+
+fn run_with(seed: u64, ops: u64, faults: &[(Duration, Fault)]) -> (Outcome, ClusterDisks) {
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .simulation_duration(Duration::from_secs(600))
@@ -37,52 +93,22 @@ fn run(seed: u64, ops: u64, faults: &[(Duration, Fault)]) -> Outcome {
     add_hosts(&mut sim, &disks);
     let result = Arc::new(Mutex::new(None));
     sim.client("workload", workload(seed, ops, result.clone()));
-    // (time, action): actions are applied between steps, in time order.
-    let mut actions: Vec<(Duration, &'static str, &'static str, &'static str)> = vec![];
-    for (at, f) in faults {
-        match *f {
-            Fault::Crash { host, down } => {
-                actions.push((*at, "crash", host, ""));
-                actions.push((*at + down, "restart", host, ""));
-            }
-            Fault::Partition { a, b, len } => {
-                actions.push((*at, "partition", a, b));
-                actions.push((*at + len, "repair", a, b));
-            }
-            Fault::Hold { a, b, len } => {
-                actions.push((*at, "hold", a, b));
-                actions.push((*at + len, "release", a, b));
-            }
-        }
-    }
-    actions.sort_by_key(|a| a.0);
+    let actions = schedule(faults);
     let mut next = 0;
     loop {
         while next < actions.len() && sim.elapsed() >= actions[next].0 {
-            let (_, what, a, b) = actions[next];
-            match what {
-                "crash" => {
-                    sim.crash(a);
-                    let d = match a {
-                        "ps" => &disks.ps,
-                        "mt" => &disks.mt,
-                        "cs" => &disks.cs,
-                        _ => &disks.agent,
-                    };
-                    d.crash(seed.wrapping_add(next as u64));
-                }
-                "restart" => sim.bounce(a),
-                "partition" => sim.partition(a, b),
-                "hold" => sim.hold(a, b),
-                "release" => sim.release(a, b),
-                _ => sim.repair(a, b),
-            }
+            apply(
+                &mut sim,
+                &disks,
+                &actions[next],
+                seed.wrapping_add(next as u64),
+            );
             next += 1;
         }
         match sim.step() {
             Ok(true) => break,
             Ok(false) => {}
-            Err(e) => panic!("seed {seed}: simulation failed: {e}\nreplay: cargo test -p haven-sim --test turmoil"),
+            Err(e) => panic!("seed {seed}: simulation failed: {e}"),
         }
     }
     let outcome = result
@@ -94,11 +120,19 @@ fn run(seed: u64, ops: u64, faults: &[(Duration, Fault)]) -> Outcome {
         !outcome.points.is_empty(),
         "seed {seed}: recovery points exist"
     );
-    outcome
+    (outcome, disks)
+}
+
+fn run(seed: u64, ops: u64, faults: &[(Duration, Fault)]) -> Outcome {
+    run_with(seed, ops, faults).0
 }
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
+}
+
+fn ms(m: u64) -> Duration {
+    Duration::from_millis(m)
 }
 
 #[test]
@@ -114,27 +148,39 @@ fn steady_replication_converges() {
 
 #[test]
 fn process_server_power_loss_loses_nothing() {
-    let f = Fault::Crash {
-        host: "ps",
-        down: Duration::from_millis(1500),
-    };
-    run(11, 80, &[(Duration::from_millis(700), f)]);
+    run(
+        11,
+        80,
+        &[(
+            ms(700),
+            Fault::Crash {
+                host: "ps",
+                down: ms(1500),
+            },
+        )],
+    );
 }
 
 #[test]
 fn master_target_power_loss_loses_nothing() {
-    let f = Fault::Crash {
-        host: "mt",
-        down: Duration::from_millis(1500),
-    };
-    run(12, 80, &[(Duration::from_millis(700), f)]);
+    run(
+        12,
+        80,
+        &[(
+            ms(700),
+            Fault::Crash {
+                host: "mt",
+                down: ms(1500),
+            },
+        )],
+    );
 }
 
 #[test]
 fn partitions_heal_and_replication_resumes() {
     let faults = [
         (
-            Duration::from_millis(500),
+            ms(500),
             Fault::Partition {
                 a: "agent",
                 b: "ps",
@@ -170,18 +216,67 @@ fn partitions_heal_and_replication_resumes() {
 }
 
 #[test]
+fn master_target_disk_full_stops_it_and_it_recovers() {
+    let (_, disks) = run_with(
+        15,
+        80,
+        &[(
+            ms(500),
+            Fault::DiskFull {
+                host: "mt",
+                len: secs(2),
+            },
+        )],
+    );
+    let stops = disks.mt.stops.lock().unwrap().clone();
+    assert!(
+        !stops.is_empty(),
+        "the master target stopped on the full disk"
+    );
+    assert!(
+        stops.iter().all(|s| s.contains("master-target")),
+        "{stops:?}"
+    );
+}
+
+#[test]
+fn process_server_disk_full_stops_it_and_it_recovers() {
+    let (_, disks) = run_with(
+        16,
+        80,
+        &[(
+            ms(500),
+            Fault::DiskFull {
+                host: "ps",
+                len: secs(2),
+            },
+        )],
+    );
+    assert!(
+        !disks.ps.stops.lock().unwrap().is_empty(),
+        "the process server stopped on the full disk"
+    );
+}
+
+#[test]
 fn configuration_server_restart_is_harmless() {
-    let f = Fault::Crash {
-        host: "cs",
-        down: secs(1),
-    };
-    run(14, 60, &[(Duration::from_millis(600), f)]);
+    run(
+        14,
+        60,
+        &[(
+            ms(600),
+            Fault::Crash {
+                host: "cs",
+                down: secs(1),
+            },
+        )],
+    );
 }
 
 #[test]
 fn same_seed_same_outcome() {
     let faults = [(
-        Duration::from_millis(600),
+        ms(600),
         Fault::Crash {
             host: "ps",
             down: secs(1),

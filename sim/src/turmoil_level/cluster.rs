@@ -35,6 +35,8 @@ fn id(s: &str) -> ComponentId {
 pub struct Disks {
     pub vfs: SimVfs,
     redb: Arc<Mutex<BTreeMap<PathBuf, SimRedbDisk>>>,
+    /// Why the role on this machine stopped, each time it did (a storage error stops a role).
+    pub stops: Stops,
 }
 
 impl Disks {
@@ -76,13 +78,24 @@ pub struct ClusterDisks {
 }
 
 type HostResult = Result<(), Box<dyn std::error::Error>>;
+type Stops = Arc<Mutex<Vec<String>>>;
 
-async fn wait_role(task: tokio::task::JoinHandle<Result<(), drivers::RoleError>>) -> HostResult {
-    match task.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string().into()),
-        Err(e) => Err(e.to_string().into()),
+/// Runs a started role until it stops. A role that stops on a storage error (or fails to start)
+/// stops its host quietly — the test restarts it with `bounce` — and the reason is recorded for
+/// the test to check.
+async fn run_role<H>(
+    started: Result<H, drivers::RoleError>,
+    task: impl FnOnce(H) -> tokio::task::JoinHandle<Result<(), drivers::RoleError>>,
+    stops: Stops,
+) -> HostResult {
+    let result = match started {
+        Ok(h) => task(h).await.map_err(|e| e.to_string())?,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        stops.lock().expect("stops").push(e.to_string());
     }
+    Ok(())
 }
 
 /// Adds the four role hosts to `sim`. Each host's closure starts its driver from its disks, so
@@ -90,7 +103,7 @@ async fn wait_role(task: tokio::task::JoinHandle<Result<(), drivers::RoleError>>
 pub fn add_hosts(sim: &mut turmoil::Sim<'_>, disks: &ClusterDisks) {
     let d = disks.cs.clone();
     sim.host("cs", move || {
-        let host = d.host();
+        let (host, stops) = (d.host(), d.stops.clone());
         async move {
             let settings = ConfigServerSettings {
                 rules: vec![],
@@ -102,30 +115,49 @@ pub fn add_hosts(sim: &mut turmoil::Sim<'_>, disks: &ClusterDisks) {
                 listen: "0.0.0.0:7000".into(),
                 api_listen: "0.0.0.0:7080".into(),
             };
-            wait_role(drivers::config_server::start(host, cfg).await?.task).await
+            run_role(
+                drivers::config_server::start(host, cfg).await,
+                |h| h.task,
+                stops,
+            )
+            .await
         }
     });
     let d = disks.ps.clone();
     sim.host("ps", move || {
-        let host = d.host();
+        let (host, stops) = (d.host(), d.stops.clone());
         async move {
-            wait_role(
-                drivers::process_server::start(host, ps_config())
-                    .await?
-                    .task,
+            run_role(
+                drivers::process_server::start(host, ps_config()).await,
+                |h| h.task,
+                stops,
             )
             .await
         }
     });
     let d = disks.mt.clone();
     sim.host("mt", move || {
-        let host = d.host();
-        async move { wait_role(drivers::master_target::start(host, mt_config()).await?.task).await }
+        let (host, stops) = (d.host(), d.stops.clone());
+        async move {
+            run_role(
+                drivers::master_target::start(host, mt_config()).await,
+                |h| h.task,
+                stops,
+            )
+            .await
+        }
     });
     let d = disks.agent.clone();
     sim.host("agent", move || {
-        let host = d.host();
-        async move { wait_role(drivers::agent::start(host, agent_config()).await?.task).await }
+        let (host, stops) = (d.host(), d.stops.clone());
+        async move {
+            run_role(
+                drivers::agent::start(host, agent_config()).await,
+                |h| h.task,
+                stops,
+            )
+            .await
+        }
     });
 }
 
