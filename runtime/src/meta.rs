@@ -172,6 +172,31 @@ impl MetaStore {
     }
 
     /// Records recovery points (one commit for the lot).
+    /// Records recovery points (one commit for the lot). The journal is the truth for points
+    /// (they are re-derived from it on open), so most of these commits need not wait for the
+    /// disk: `durable` is asked for now and then to bound what redb holds unsynced.
+    pub fn add_points_with(
+        &self,
+        disk: &DiskId,
+        points: &[PointRecord],
+        durable: bool,
+    ) -> Result<(), MetaError> {
+        let d = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        self.write_with(d, |tx| {
+            let mut t = tx.open_table(MT_POINTS).map_err(db_err)?;
+            for p in points {
+                let bytes = postcard::to_allocvec(p).map_err(db_err)?;
+                t.insert((disk.as_str(), p.seq), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+            Ok(())
+        })
+    }
+
     pub fn add_points(&self, disk: &DiskId, points: &[PointRecord]) -> Result<(), MetaError> {
         self.write(|tx| {
             let mut t = tx.open_table(MT_POINTS).map_err(db_err)?;

@@ -116,6 +116,26 @@ impl<T: Transport> Net<T> {
         self.writers.insert(conn, writer);
     }
 
+    /// Registers what an inbound item says about connections and returns its event for core.
+    pub fn inbound(&mut self, ev: NetInbound) -> NetEvent {
+        match ev {
+            NetInbound::Up {
+                conn,
+                writer,
+                event,
+            } => {
+                self.up(conn, writer);
+                event
+            }
+            NetInbound::Event(event) => {
+                if let NetEvent::Closed { conn, .. } = &event {
+                    self.closed(*conn);
+                }
+                event
+            }
+        }
+    }
+
     /// Forgets a closed connection.
     pub fn closed(&mut self, conn: ConnId) {
         self.writers.remove(&conn);

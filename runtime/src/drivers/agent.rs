@@ -380,22 +380,8 @@ impl<T: Transport, F: VFile> Driver<T, F> {
     }
 
     fn on_net(&mut self, ev: NetInbound) -> Result<(), RoleError> {
-        match ev {
-            NetInbound::Up {
-                conn,
-                writer,
-                event,
-            } => {
-                self.net.up(conn, writer);
-                self.feed(Input::Net(event))
-            }
-            NetInbound::Event(event) => {
-                if let haven_core::net::NetEvent::Closed { conn, .. } = &event {
-                    self.net.closed(*conn);
-                }
-                self.feed(Input::Net(event))
-            }
-        }
+        let event = self.net.inbound(ev);
+        self.feed(Input::Net(event))
     }
 
     fn on_nbd(&mut self, req: NbdRequest) -> Result<(), RoleError> {

@@ -1,16 +1,12 @@
 //! The configuration server's driver: registrations and heartbeats over the Haven protocol, and
 //! the REST API over HTTP.
 
-use super::{
-    sleep_until, spawn_accept_loop, Clock, Host, RoleError, EVENTS_PER_TURN_MAX,
-    EVENT_CHANNEL_DEPTH,
-};
+use super::{next_round, spawn_accept_loop, Clock, Host, RoleError, EVENT_CHANNEL_DEPTH};
 use crate::net::{Net, NetInbound};
 use crate::transport::Transport;
 use crate::vfs::Vfs;
 use haven_core::config_server::{ConfigServer, ConfigServerSettings, Input, Output};
 use haven_core::ids::{ComponentId, Epoch};
-use haven_core::net::NetEvent;
 use haven_core::protocol::{Hello, Role, PROTOCOL_VERSION};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -93,41 +89,11 @@ async fn run<T: Transport>(
 ) -> Result<(), RoleError> {
     loop {
         let deadline = core.lock().expect("core lock").poll_timeout();
-        let mut inputs = vec![];
-        tokio::select! {
-            biased;
-            ev = events.recv() => match ev {
-                Some(ev) => inputs.push(ev),
-                None => return Ok(()),
-            },
-            _ = sleep_until(&clock, deadline) => {}
-        }
-        while inputs.len() < EVENTS_PER_TURN_MAX {
-            match events.try_recv() {
-                Ok(ev) => inputs.push(ev),
-                Err(_) => break,
-            }
-        }
+        let Some(round) = next_round(&mut net, &mut events, &clock, deadline).await else {
+            return Ok(());
+        };
         let mut core = core.lock().expect("core lock");
-        let mut feed = vec![Input::Tick];
-        for ev in inputs {
-            feed.push(Input::Net(match ev {
-                NetInbound::Up {
-                    conn,
-                    writer,
-                    event,
-                } => {
-                    net.up(conn, writer);
-                    event
-                }
-                NetInbound::Event(event) => {
-                    if let NetEvent::Closed { conn, .. } = &event {
-                        net.closed(*conn);
-                    }
-                    event
-                }
-            }));
-        }
+        let feed = std::iter::once(Input::Tick).chain(round.into_iter().map(Input::Net));
         for input in feed {
             core.handle(clock.now(), input);
             while let Some(Output::Net(cmd)) = core.poll_output() {

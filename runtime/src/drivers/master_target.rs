@@ -1,10 +1,7 @@
 //! The master target's driver: replicas (journal, index, base), recovery points, and the HTTP
 //! API that lists points and serves images.
 
-use super::{
-    sleep_until, spawn_accept_loop, Clock, Host, RoleError, EVENTS_PER_TURN_MAX,
-    EVENT_CHANNEL_DEPTH,
-};
+use super::{next_round, spawn_accept_loop, Clock, Host, RoleError, EVENT_CHANNEL_DEPTH};
 use crate::meta::{MetaStore, PointKind, PointRecord};
 use crate::net::{Net, NetInbound};
 use crate::stores::replica::Replica;
@@ -12,7 +9,6 @@ use crate::transport::Transport;
 use crate::vfs::Vfs;
 use haven_core::ids::{DiskId, Epoch};
 use haven_core::master_target::{Input, MasterTarget, MasterTargetSettings, Output};
-use haven_core::net::NetEvent;
 use haven_core::protocol::{Hello, Role, PROTOCOL_VERSION};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -118,6 +114,7 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
         root: cfg.data_dir.clone(),
         clock,
         inputs: VecDeque::new(),
+        point_commits: 0,
     };
     let task = tokio::spawn(driver.run(ev_rx));
     Ok(MasterTargetHandle {
@@ -136,7 +133,12 @@ struct Driver<T: Transport, V: Vfs + Clone> {
     root: PathBuf,
     clock: Clock,
     inputs: VecDeque<Input>,
+    point_commits: u64,
 }
+
+/// Point commits between two that wait for the disk (the others are rebuilt from the journal
+/// after a crash).
+const POINT_COMMITS_PER_SYNC: u64 = 64;
 
 /// An append done in this round, waiting for the round's fsync.
 struct Appended {
@@ -149,40 +151,14 @@ impl<T: Transport, V: Vfs + Clone> Driver<T, V> {
     async fn run(mut self, mut events: mpsc::Receiver<NetInbound>) -> Result<(), RoleError> {
         loop {
             let deadline = self.mt.poll_timeout();
-            let mut batch = vec![];
-            tokio::select! {
-                biased;
-                ev = events.recv() => match ev {
-                    Some(ev) => batch.push(ev),
-                    None => return Ok(()),
-                },
-                _ = sleep_until(&self.clock, deadline) => self.inputs.push_back(Input::Tick),
+            let Some(round) = next_round(&mut self.net, &mut events, &self.clock, deadline).await
+            else {
+                return Ok(());
+            };
+            if round.is_empty() {
+                self.inputs.push_back(Input::Tick);
             }
-            while batch.len() < EVENTS_PER_TURN_MAX {
-                match events.try_recv() {
-                    Ok(ev) => batch.push(ev),
-                    Err(_) => break,
-                }
-            }
-            for ev in batch {
-                let input = match ev {
-                    NetInbound::Up {
-                        conn,
-                        writer,
-                        event,
-                    } => {
-                        self.net.up(conn, writer);
-                        event
-                    }
-                    NetInbound::Event(event) => {
-                        if let NetEvent::Closed { conn, .. } = &event {
-                            self.net.closed(*conn);
-                        }
-                        event
-                    }
-                };
-                self.inputs.push_back(Input::Net(input));
-            }
+            self.inputs.extend(round.into_iter().map(Input::Net));
             self.run_inputs()?;
         }
     }
@@ -217,7 +193,11 @@ impl<T: Transport, V: Vfs + Clone> Driver<T, V> {
             let r = replicas.get_mut(disk).expect("appended replica exists");
             r.sync()
                 .map_err(|e| fail(format!("journal fsync failed: {e}")))?;
-            self.meta.add_points(disk, pts).map_err(fail)?;
+            self.point_commits += 1;
+            let durable = self.point_commits.is_multiple_of(POINT_COMMITS_PER_SYNC);
+            self.meta
+                .add_points_with(disk, pts, durable)
+                .map_err(fail)?;
             r.meta.points += pts.len() as u64;
         }
         for a in appended {

@@ -13,11 +13,14 @@ pub mod master_target;
 pub mod process_server;
 
 use crate::meta::{MetaError, MetaStore};
+use crate::net::{Net, NetInbound};
 use crate::transport::{Tcp, Transport};
 use crate::vfs::{StdVfs, Vfs};
+use haven_core::net::NetEvent;
 use haven_core::time::Timestamp;
 use std::path::Path;
 use std::sync::Arc;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Most events taken from a channel in one loop turn before outputs are carried out; keeps
@@ -150,4 +153,29 @@ impl RoleError {
             message: message.to_string(),
         }
     }
+}
+
+/// One turn of a driver's wait: the network events that are ready (at least one, at most
+/// `EVENTS_PER_TURN_MAX`), or none when the core's deadline passed first. `None` when the
+/// network layer is gone (the role shuts down). Connections that came up or went away are
+/// registered with `net` on the way, so the caller only feeds the events to its core.
+pub async fn next_round<T: Transport>(
+    net: &mut Net<T>,
+    events: &mut mpsc::Receiver<NetInbound>,
+    clock: &Clock,
+    deadline: Option<Timestamp>,
+) -> Option<Vec<NetEvent>> {
+    let mut batch = vec![];
+    tokio::select! {
+        biased;
+        ev = events.recv() => batch.push(ev?),
+        _ = sleep_until(clock, deadline) => return Some(vec![]),
+    }
+    while batch.len() < EVENTS_PER_TURN_MAX {
+        match events.try_recv() {
+            Ok(ev) => batch.push(ev),
+            Err(_) => break,
+        }
+    }
+    Some(batch.into_iter().map(|ev| net.inbound(ev)).collect())
 }

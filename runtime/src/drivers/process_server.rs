@@ -1,13 +1,12 @@
 //! The process server's driver: the durable cache, forwarding of cached frames, connections.
 
-use super::{sleep_until, Clock, Host, RoleError, EVENTS_PER_TURN_MAX, EVENT_CHANNEL_DEPTH};
+use super::{next_round, Clock, Host, RoleError, EVENT_CHANNEL_DEPTH};
 use crate::meta::MetaStore;
 use crate::net::{Net, NetInbound};
 use crate::stores::cache::Cache;
 use crate::transport::Transport;
 use crate::vfs::Vfs;
 use haven_core::ids::Epoch;
-use haven_core::net::NetEvent;
 use haven_core::process_server::{Input, Output, ProcessServer, ProcessServerSettings};
 use haven_core::protocol::{Hello, Role, PROTOCOL_VERSION};
 use std::collections::VecDeque;
@@ -86,40 +85,14 @@ impl<T: Transport, V: Vfs + Clone> Driver<T, V> {
     async fn run(mut self, mut events: mpsc::Receiver<NetInbound>) -> Result<(), RoleError> {
         loop {
             let deadline = self.ps.poll_timeout();
-            let mut batch = vec![];
-            tokio::select! {
-                biased;
-                ev = events.recv() => match ev {
-                    Some(ev) => batch.push(ev),
-                    None => return Ok(()),
-                },
-                _ = sleep_until(&self.clock, deadline) => self.inputs.push_back(Input::Tick),
+            let Some(round) = next_round(&mut self.net, &mut events, &self.clock, deadline).await
+            else {
+                return Ok(());
+            };
+            if round.is_empty() {
+                self.inputs.push_back(Input::Tick);
             }
-            while batch.len() < EVENTS_PER_TURN_MAX {
-                match events.try_recv() {
-                    Ok(ev) => batch.push(ev),
-                    Err(_) => break,
-                }
-            }
-            for ev in batch {
-                let input = match ev {
-                    NetInbound::Up {
-                        conn,
-                        writer,
-                        event,
-                    } => {
-                        self.net.up(conn, writer);
-                        event
-                    }
-                    NetInbound::Event(event) => {
-                        if let NetEvent::Closed { conn, .. } = &event {
-                            self.net.closed(*conn);
-                        }
-                        event
-                    }
-                };
-                self.inputs.push_back(Input::Net(input));
-            }
+            self.inputs.extend(round.into_iter().map(Input::Net));
             self.run_inputs()?;
         }
     }
