@@ -48,6 +48,9 @@ fn d_cache() -> u64 {
 fn d_busy() -> u64 {
     DEFAULT_BUSY_RETRY_MS
 }
+fn d_level() -> i32 {
+    haven_core::batch::ZSTD_LEVEL_DEFAULT
+}
 fn d_timeout() -> u64 {
     DEFAULT_HEARTBEAT_INTERVAL_MS * 5
 }
@@ -104,6 +107,9 @@ pub struct ProcessServerFile {
     pub reconnect_delay_ms: u64,
     #[serde(default = "d_busy")]
     pub busy_retry_ms: u64,
+    /// zstd level of forwarded batches: 1 is the fastest standard level, -7..-1 faster still.
+    #[serde(default = "d_level")]
+    pub compression_level: i32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,10 +227,15 @@ impl ProcessServerFile {
             reconnect_delay_ms: self.reconnect_delay_ms.max(10),
             busy_retry_ms: self.busy_retry_ms.max(10),
         };
+        check(
+            haven_core::batch::ZSTD_LEVELS.contains(&self.compression_level),
+            "compression_level must be between -7 and 9",
+        )?;
         Ok(ProcessServerConfig {
             settings,
             data_dir: self.data_dir,
             listen: self.listen,
+            compression_level: self.compression_level,
         })
     }
 }

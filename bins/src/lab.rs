@@ -127,6 +127,7 @@ fn ps_config(dir: &Path, cs: &str) -> drivers::process_server::ProcessServerConf
         },
         data_dir: dir.join("process-server"),
         listen: "127.0.0.1:0".into(),
+        compression_level: haven_core::batch::ZSTD_LEVEL_DEFAULT,
     }
 }
 

@@ -20,7 +20,11 @@ pub const BATCH_DATA_BYTES_MAX: u64 = 64 << 20;
 pub const COMPRESS_SAMPLE_BYTES: usize = 64 << 10;
 /// A payload is sent compressed only if it shrinks below this fraction (percent) of its size.
 pub const COMPRESS_WORTH_PERCENT: usize = 90;
-const ZSTD_LEVEL: i32 = 1;
+/// The default zstd level: level 1 is the fastest standard level; negative levels trade ratio
+/// for speed (see the process server's `compression_level`).
+pub const ZSTD_LEVEL_DEFAULT: i32 = 1;
+/// The zstd levels a process server accepts.
+pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = -7..=9;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpKind {
@@ -162,16 +166,21 @@ impl BatchHeader {
 /// Compresses a raw data part if that pays: a sample is compressed first, so incompressible data
 /// (already compressed or encrypted) costs little. Returns the encoding and the bytes to send.
 pub fn compress(raw: Vec<u8>) -> (Encoding, Vec<u8>) {
+    compress_at(raw, ZSTD_LEVEL_DEFAULT)
+}
+
+/// `compress` at a chosen zstd level.
+pub fn compress_at(raw: Vec<u8>, level: i32) -> (Encoding, Vec<u8>) {
     if raw.is_empty() {
         return (Encoding::Raw, raw);
     }
     let sample = &raw[..raw.len().min(COMPRESS_SAMPLE_BYTES)];
     let worth = |packed: usize, plain: usize| packed * 100 < plain * COMPRESS_WORTH_PERCENT;
-    match zstd::bulk::compress(sample, ZSTD_LEVEL) {
+    match zstd::bulk::compress(sample, level) {
         Ok(s) if worth(s.len(), sample.len()) => {}
         _ => return (Encoding::Raw, raw),
     }
-    match zstd::bulk::compress(&raw, ZSTD_LEVEL) {
+    match zstd::bulk::compress(&raw, level) {
         Ok(packed) if worth(packed.len(), raw.len()) => (Encoding::Zstd, packed),
         _ => (Encoding::Raw, raw),
     }

@@ -1,7 +1,7 @@
 //! The process server's input handlers.
 
 use super::*;
-use crate::batch::{compress, Encoding};
+use crate::batch::{compress_at, Encoding, ZSTD_LEVELS, ZSTD_LEVEL_DEFAULT};
 use crate::protocol::{Registration, Route};
 use crate::stats::{CacheDiskStats, ProcessServerStats};
 use crate::time::earliest;
@@ -25,6 +25,7 @@ impl ProcessServer {
             next_heartbeat: now,
             bytes_in: 0,
             bytes_out: 0,
+            compression_level: ZSTD_LEVEL_DEFAULT,
             out: VecDeque::new(),
             now,
         };
@@ -97,6 +98,11 @@ impl ProcessServer {
             t = earliest(t, Some(d.progress_at.plus_millis(STREAM_STALL_MS)));
         }
         t
+    }
+
+    /// Sets the zstd level used for batches (clamped to `ZSTD_LEVELS`).
+    pub fn set_compression_level(&mut self, level: i32) {
+        self.compression_level = level.clamp(*ZSTD_LEVELS.start(), *ZSTD_LEVELS.end());
     }
 
     pub fn cache_bytes(&self) -> u64 {
@@ -379,7 +385,7 @@ impl ProcessServer {
         self.bytes_in += data.len() as u64;
         let id = self.next_append;
         self.next_append += 1;
-        let (encoding, packed) = compress(data);
+        let (encoding, packed) = compress_at(data, self.compression_level);
         let mut header = header;
         header.encoding = encoding;
         self.appending_bytes += packed.len() as u64;

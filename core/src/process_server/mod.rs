@@ -141,6 +141,7 @@ pub struct ProcessServer {
     next_heartbeat: Timestamp,
     bytes_in: u64,
     bytes_out: u64,
+    compression_level: i32,
     out: VecDeque<Output>,
     now: Timestamp,
 }

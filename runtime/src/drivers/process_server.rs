@@ -19,6 +19,8 @@ pub struct ProcessServerConfig {
     pub data_dir: PathBuf,
     /// Where agents connect (for example 0.0.0.0:7100).
     pub listen: String,
+    /// zstd level for forwarded batches (`haven_core::batch::ZSTD_LEVELS`).
+    pub compression_level: i32,
 }
 
 pub struct ProcessServerHandle {
@@ -59,7 +61,8 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     let clock = host.clock();
     let disks = meta.ps_disks().map_err(fail)?;
     tracing::info!("process server: {} cached batches recovered", cached.len());
-    let ps = ProcessServer::new(cfg.settings.clone(), disks, cached, clock.now());
+    let mut ps = ProcessServer::new(cfg.settings.clone(), disks, cached, clock.now());
+    ps.set_compression_level(cfg.compression_level);
     let driver = Driver {
         ps,
         net,

@@ -176,6 +176,7 @@ fn ps_config() -> ProcessServerConfig {
         settings,
         data_dir: "/ps".into(),
         listen: "0.0.0.0:7100".into(),
+        compression_level: 1,
     }
 }
 
