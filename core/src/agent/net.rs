@@ -152,7 +152,9 @@ impl Agent {
                 };
                 self.progress_at[i] = self.now;
                 self.streams[i].unsend_from(first_seq);
-                self.busy_until[i] = self.now.plus_millis(retry_after_ms.min(10_000));
+                // A later Busy never shortens an earlier wait (an out-of-order refusal says 0).
+                let until = self.now.plus_millis(retry_after_ms.min(10_000));
+                self.busy_until[i] = self.busy_until[i].max(until);
             }
             Message::Reject { .. } => {} // The driver logs it; the connection closes.
             other => self.protocol_error(conn, other.kind()),

@@ -226,7 +226,15 @@ impl ProcessServer {
         };
         d.link = Link::Opening(conn);
         d.progress_at = self.now;
-        let first_seq = d.entries.front().map_or(d.cached_seq + 1, |e| e.first_seq);
+        // The oldest seq we hold, or (with nothing cached or being appended) the next one we
+        // expect, which is past a gap the agent declared.
+        let appending = self.appending.values().any(|a| a.0 == d.meta.disk);
+        let next = if appending {
+            d.cached_seq + 1
+        } else {
+            d.expect_seq
+        };
+        let first_seq = d.entries.front().map_or(next, |e| e.first_seq);
         let m = &d.meta;
         let msg = Message::OpenStream {
             disk: m.disk.clone(),
@@ -311,10 +319,21 @@ impl ProcessServer {
         d.meta.epoch = epoch;
         d.meta.size_bytes = size_bytes;
         d.agent = Some(conn);
+        let mut reopen = None;
         if first_seq > d.expect_seq {
             // The agent no longer has the writes in between (it crashed). Take what it has; the
             // master target records the gap and the replica is marked for resync.
             d.expect_seq = first_seq;
+            if d.entries.is_empty() {
+                // Nothing cached will carry the gap to the master target: reopen its stream so
+                // that `OpenStream` tells it now (the replica is flagged at once, not at the
+                // next write).
+                if let Link::Opening(c) | Link::Ready(c) = d.link {
+                    d.link = Link::Idle;
+                    d.sent = 0;
+                    reopen = Some(c);
+                }
+            }
         }
         let msg = Message::StreamState {
             disk,
@@ -327,15 +346,15 @@ impl ProcessServer {
         if let Some(m) = save {
             self.out.push_back(Output::SaveDisk(m));
         }
+        if let Some(conn) = reopen {
+            self.out.push_back(Output::Net(NetCommand::Close { conn }));
+        }
     }
 
     fn on_batch(&mut self, conn: ConnId, header: BatchHeader, data: Vec<u8>) {
         if let Err(e) = header.validate() {
             return self.refuse(conn, format!("malformed batch: {e}"));
         }
-        // An empty cache always takes a batch, so that one larger than the quota cannot stall.
-        let used = self.cache_bytes();
-        let over_quota = used > 0 && used + data.len() as u64 > self.settings.cache_bytes_max;
         let retry = self.settings.busy_retry_ms;
         let Some(d) = self
             .disks
@@ -369,41 +388,57 @@ impl ProcessServer {
             }
             return; // A resend of what we have or are appending.
         }
-        if header.first_seq != d.expect_seq || over_quota {
-            // Out of order (an earlier batch was refused) or no room: have the agent resend from
-            // what we expect, later.
-            let wait = if over_quota { retry } else { 0 };
-            let msg = Message::Busy {
-                disk: header.disk.clone(),
-                first_seq: d.expect_seq,
-                retry_after_ms: wait,
-            };
-            self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
-            return;
+        if header.first_seq != d.expect_seq {
+            // Out of order (an earlier batch was refused): have the agent resend from what we
+            // expect.
+            let first_seq = d.expect_seq;
+            return self.busy(conn, header.disk, first_seq, 0);
         }
-        d.expect_seq = header.last_seq + 1;
-        self.bytes_in += data.len() as u64;
-        let id = self.next_append;
-        self.next_append += 1;
+        let raw_bytes = data.len() as u64;
         let (encoding, packed) = compress_at(data, self.compression_level);
         let mut header = header;
         header.encoding = encoding;
-        self.appending_bytes += packed.len() as u64;
-        self.appending.insert(
-            id,
-            (
-                header.disk.clone(),
-                header.first_seq,
-                header.last_seq,
-                header.epoch,
-                packed.len() as u64,
-            ),
+        // The quota counts what the cache will hold: the whole frame. An empty cache always
+        // takes a batch, so that one larger than the quota cannot stall.
+        let msg = Message::Batch(header);
+        let ctl_bytes = postcard::to_allocvec(&msg).map_or(0, |v| v.len()) as u64;
+        let Message::Batch(header) = msg else {
+            unreachable!("built above")
+        };
+        let frame_bytes =
+            crate::protocol::FRAME_HEADER_BYTES as u64 + ctl_bytes + packed.len() as u64;
+        let used = self.cache_bytes();
+        if used > 0 && used + frame_bytes > self.settings.cache_bytes_max {
+            return self.busy(conn, header.disk, header.first_seq, retry);
+        }
+        let d = self.disks.get_mut(&header.disk).expect("checked above");
+        d.expect_seq = header.last_seq + 1;
+        self.bytes_in += raw_bytes;
+        let id = self.next_append;
+        self.next_append += 1;
+        self.appending_bytes += frame_bytes;
+        let entry = (
+            header.disk.clone(),
+            header.first_seq,
+            header.last_seq,
+            header.epoch,
+            frame_bytes,
         );
+        self.appending.insert(id, entry);
         self.out.push_back(Output::CacheAppend {
             id,
             header,
             data: packed,
         });
+    }
+
+    fn busy(&mut self, conn: ConnId, disk: DiskId, first_seq: Seq, retry_after_ms: u64) {
+        let msg = Message::Busy {
+            disk,
+            first_seq,
+            retry_after_ms,
+        };
+        self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
     }
 
     fn on_persisted(&mut self, id: u64, loc: CacheLoc, bytes: u64) {
