@@ -449,15 +449,26 @@ impl ProcessServer {
         self.appending_bytes -= pending;
         let d = self.disks.get_mut(&disk).expect("appending disk is known");
         d.cached_seq = d.cached_seq.max(last_seq);
-        d.cached_bytes += bytes;
-        d.entries.push_back(CachedBatch {
-            disk: disk.clone(),
-            epoch,
-            first_seq,
-            last_seq,
-            bytes,
-            loc,
-        });
+        let applied = d.meta.applied_seq;
+        if last_seq > applied {
+            d.cached_bytes += bytes;
+            d.entries.push_back(CachedBatch {
+                disk: disk.clone(),
+                epoch,
+                first_seq,
+                last_seq,
+                bytes,
+                loc,
+            });
+        } else {
+            // The master target already has it (the agent resent a batch whose ack was lost in
+            // a restart, and the master target said so meanwhile): nothing to forward, and the
+            // record may go.
+            self.out.push_back(Output::CacheRelease {
+                disk: disk.clone(),
+                through: applied,
+            });
+        }
         if let Some(agent) = d.agent {
             let ack = Message::BatchAck {
                 disk: disk.clone(),
