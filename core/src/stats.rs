@@ -4,6 +4,7 @@ use crate::ids::{DiskId, Seq};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ReplicationMode {
     /// The ordered write stream is shipped; every batch boundary is a recovery point.
     Data,

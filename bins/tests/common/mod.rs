@@ -209,7 +209,7 @@ impl Cluster {
             let v = self.api.status()?;
             let d = disk_view(&v).ok_or("disk0 not protected yet")?;
             let placed = d["process_server"].is_string() && d["master_target"].is_string();
-            let streaming = d["source"]["mode"] == "Data" && d["source"]["connected"] == true;
+            let streaming = d["source"]["mode"] == "data" && d["source"]["connected"] == true;
             (placed && streaming)
                 .then_some(())
                 .ok_or_else(|| d.to_string())
