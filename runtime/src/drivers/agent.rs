@@ -181,12 +181,9 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
         sources.push(src);
     }
     drop(nbd_tx);
-    let listener = host
-        .transport
-        .bind(&cfg.nbd_listen)
+    let (listener, nbd_addr) = super::bind(&host.transport, &cfg.nbd_listen, "NBD")
         .await
-        .map_err(|e| fail(format!("NBD listen on {}: {e}", cfg.nbd_listen)))?;
-    let nbd_addr = T::local_addr(&listener).map_err(fail)?;
+        .map_err(fail)?;
     let exports = Arc::new(exports);
     spawn_accept_loop::<T, _, _>(listener, "NBD", move |stream| {
         let exports = exports.clone();

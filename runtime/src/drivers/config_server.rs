@@ -1,7 +1,7 @@
 //! The configuration server's driver: registrations and heartbeats over the Haven protocol, and
 //! the REST API over HTTP.
 
-use super::{next_round, spawn_accept_loop, Clock, Host, RoleError, EVENT_CHANNEL_DEPTH};
+use super::{next_round, Clock, Host, RoleError, EVENT_CHANNEL_DEPTH};
 use crate::net::{Net, NetInbound};
 use crate::transport::Transport;
 use crate::vfs::Vfs;
@@ -36,32 +36,19 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     host: Host<T, V>,
     cfg: ConfigServerConfig,
 ) -> Result<ConfigServerHandle, RoleError> {
-    let listener = host
-        .transport
-        .bind(&cfg.listen)
+    let (listener, addr) = super::bind(&host.transport, &cfg.listen, "protocol")
         .await
-        .map_err(|e| fail(format!("listen on {}: {e}", cfg.listen)))?;
-    let addr = T::local_addr(&listener).map_err(fail)?;
-    let api = host
-        .transport
-        .bind(&cfg.api_listen)
+        .map_err(fail)?;
+    let (api, api_addr) = super::bind(&host.transport, &cfg.api_listen, "API")
         .await
-        .map_err(|e| fail(format!("API listen on {}: {e}", cfg.api_listen)))?;
-    let api_addr = T::local_addr(&api).map_err(fail)?;
+        .map_err(fail)?;
     let clock = host.clock();
     let core = Arc::new(Mutex::new(ConfigServer::new(
         cfg.settings.clone(),
         clock.now(),
     )));
     let handler = Arc::new(crate::api::config_server::CsApi { core: core.clone() });
-    spawn_accept_loop::<T, _, _>(api, "configuration server API", move |stream| {
-        let handler = handler.clone();
-        async move {
-            if let Err(e) = crate::http::serve_connection(stream, handler).await {
-                tracing::debug!("API connection: {e}");
-            }
-        }
-    });
+    super::spawn_http_api::<T, _>(api, "configuration server API", handler);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_DEPTH);
     let hello = Hello {
         version: PROTOCOL_VERSION,

@@ -1,7 +1,7 @@
 //! The master target's driver: replicas (journal, index, base), recovery points, and the HTTP
 //! API that lists points and serves images.
 
-use super::{next_round, spawn_accept_loop, Clock, Host, RoleError, EVENT_CHANNEL_DEPTH};
+use super::{next_round, Clock, Host, RoleError, EVENT_CHANNEL_DEPTH};
 use crate::meta::{MetaStore, PointKind, PointRecord};
 use crate::net::{Net, NetInbound};
 use crate::stores::replica::Replica;
@@ -59,18 +59,12 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
         replicas.insert(r.meta.disk.clone(), r);
     }
     let replicas: Replicas<V> = Arc::new(Mutex::new(replicas));
-    let listener = host
-        .transport
-        .bind(&cfg.listen)
+    let (listener, addr) = super::bind(&host.transport, &cfg.listen, "protocol")
         .await
-        .map_err(|e| fail(format!("listen on {}: {e}", cfg.listen)))?;
-    let addr = T::local_addr(&listener).map_err(fail)?;
-    let api = host
-        .transport
-        .bind(&cfg.api_listen)
+        .map_err(fail)?;
+    let (api, api_addr) = super::bind(&host.transport, &cfg.api_listen, "API")
         .await
-        .map_err(|e| fail(format!("API listen on {}: {e}", cfg.api_listen)))?;
-    let api_addr = T::local_addr(&api).map_err(fail)?;
+        .map_err(fail)?;
     if cfg.settings.data_addr.is_empty() {
         cfg.settings.data_addr = addr.clone();
     }
@@ -81,14 +75,7 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
         replicas: replicas.clone(),
         meta: meta.clone(),
     });
-    spawn_accept_loop::<T, _, _>(api, "master target API", move |stream| {
-        let handler = handler.clone();
-        async move {
-            if let Err(e) = crate::http::serve_connection(stream, handler).await {
-                tracing::debug!("API connection: {e}");
-            }
-        }
-    });
+    super::spawn_http_api::<T, _>(api, "master target API", handler);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_DEPTH);
     let hello = Hello {
         version: PROTOCOL_VERSION,

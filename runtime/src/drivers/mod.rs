@@ -179,3 +179,33 @@ pub async fn next_round<T: Transport>(
     }
     Some(batch.into_iter().map(|ev| net.inbound(ev)).collect())
 }
+
+/// Binds `addr` on the host's transport; the error names what the address was for.
+pub async fn bind<T: Transport>(
+    transport: &T,
+    addr: &str,
+    what: &str,
+) -> Result<(T::Listener, String), String> {
+    let listener = transport
+        .bind(addr)
+        .await
+        .map_err(|e| format!("{what} listen on {addr}: {e}"))?;
+    let local = T::local_addr(&listener).map_err(|e| format!("{what} listen on {addr}: {e}"))?;
+    Ok((listener, local))
+}
+
+/// Serves an HTTP API on `listener`, one task per connection.
+pub fn spawn_http_api<T: Transport, H: crate::http::Handler>(
+    listener: T::Listener,
+    what: &'static str,
+    handler: Arc<H>,
+) {
+    spawn_accept_loop::<T, _, _>(listener, what, move |stream| {
+        let handler = handler.clone();
+        async move {
+            if let Err(e) = crate::http::serve_connection(stream, handler).await {
+                tracing::debug!("{what} connection: {e}");
+            }
+        }
+    });
+}

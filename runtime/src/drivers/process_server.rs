@@ -40,12 +40,9 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     crate::vfs::create_dir_all_durable(&vfs, &cfg.data_dir).map_err(fail)?;
     let meta = (host.open_meta)(&cfg.data_dir.join("process-server.redb")).map_err(fail)?;
     let (cache, cached) = Cache::open(vfs, &cfg.data_dir).map_err(fail)?;
-    let listener = host
-        .transport
-        .bind(&cfg.listen)
+    let (listener, addr) = super::bind(&host.transport, &cfg.listen, "protocol")
         .await
-        .map_err(|e| fail(format!("listen on {}: {e}", cfg.listen)))?;
-    let addr = T::local_addr(&listener).map_err(fail)?;
+        .map_err(fail)?;
     if cfg.settings.data_addr.is_empty() {
         cfg.settings.data_addr = addr.clone();
     }
