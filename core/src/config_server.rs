@@ -222,8 +222,7 @@ impl ConfigServer {
             other => {
                 let reason = format!("unexpected {} from a {}", other.kind(), role.name());
                 self.out
-                    .push_back(Output::Net(NetCommand::send(conn, Message::reject(reason))));
-                self.out.push_back(Output::Net(NetCommand::Close { conn }));
+                    .extend(NetCommand::refusal(conn, reason).map(Output::Net));
             }
         }
     }
@@ -232,8 +231,7 @@ impl ConfigServer {
         if !self.components.contains_key(&id) && self.components.len() >= COMPONENTS_MAX {
             let reason = format!("too many components (limit {COMPONENTS_MAX})");
             self.out
-                .push_back(Output::Net(NetCommand::send(conn, Message::reject(reason))));
-            self.out.push_back(Output::Net(NetCommand::Close { conn }));
+                .extend(NetCommand::refusal(conn, reason).map(Output::Net));
             return;
         }
         if let Some(old) = self

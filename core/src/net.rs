@@ -6,6 +6,7 @@
 
 use crate::ids::ConnId;
 use crate::protocol::{Hello, Message};
+use crate::time::Timestamp;
 use std::sync::Arc;
 
 /// A data part that may be sent more than once (resends) without copying.
@@ -60,4 +61,26 @@ impl NetCommand {
             data: Arc::new(Vec::new()),
         }
     }
+}
+
+impl NetCommand {
+    /// Refuses `conn`: a `Reject` saying why, then a close.
+    pub fn refusal(conn: ConnId, reason: impl Into<String>) -> [NetCommand; 2] {
+        [
+            NetCommand::send(conn, Message::reject(reason)),
+            NetCommand::Close { conn },
+        ]
+    }
+}
+
+/// The state of an outgoing connection a role keeps up (to a peer or the configuration server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Link {
+    Idle,
+    Connecting(ConnectToken),
+    /// Connected, the stream's `OpenStream` not yet answered.
+    Opening(ConnId),
+    Ready(ConnId),
+    /// Waiting until the time to reconnect.
+    Backoff(Timestamp),
 }

@@ -159,14 +159,7 @@ pub enum Output {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Link {
-    Idle,
-    Connecting(ConnectToken),
-    Opening(ConnId),
-    Ready(ConnId),
-    Backoff(Timestamp),
-}
+use crate::net::Link;
 
 #[derive(Debug)]
 struct Pending {

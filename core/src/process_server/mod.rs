@@ -102,14 +102,7 @@ pub enum Output {
     SaveDisk(CacheDiskMeta),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Link {
-    Idle,
-    Connecting(ConnectToken),
-    Opening(ConnId),
-    Ready(ConnId),
-    Backoff(Timestamp),
-}
+use crate::net::Link;
 
 #[derive(Debug)]
 struct DiskCache {
