@@ -240,6 +240,13 @@ impl MetaStore {
         Ok(out)
     }
 
+    /// True when `seq` is a recovery point of `disk` (one key lookup).
+    pub fn has_point(&self, disk: &DiskId, seq: Seq) -> Result<bool, MetaError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(MT_POINTS).map_err(db_err)?;
+        Ok(t.get((disk.as_str(), seq)).map_err(db_err)?.is_some())
+    }
+
     pub fn last_point(&self, disk: &DiskId) -> Result<Option<PointRecord>, MetaError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(MT_POINTS).map_err(db_err)?;

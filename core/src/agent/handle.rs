@@ -101,6 +101,17 @@ impl Agent {
         AgentStats { disks }
     }
 
+    /// The id of disk `disk` (an index into the disks given to `new`).
+    pub fn disk_id(&self, disk: usize) -> &DiskId {
+        &self.streams[disk].disk
+    }
+
+    /// The newest seq assigned on `disk`, and the newest the process server has cached.
+    pub fn seqs(&self, disk: usize) -> (Seq, Seq) {
+        let s = &self.streams[disk];
+        (s.seq_written(), s.cached_seq)
+    }
+
     /// True when the driver may feed another initial-copy chunk for `disk` without it being held.
     pub fn has_room(&self, disk: usize) -> bool {
         self.held.is_empty() && self.streams[disk].buffered_bytes() < self.settings.buffer_bytes_max

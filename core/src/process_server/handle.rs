@@ -289,8 +289,7 @@ impl ProcessServer {
 
     fn refuse(&mut self, conn: ConnId, reason: String) {
         self.out
-            .push_back(Output::Net(NetCommand::send(conn, Message::reject(reason))));
-        self.out.push_back(Output::Net(NetCommand::Close { conn }));
+            .extend(NetCommand::refusal(conn, reason).map(Output::Net));
     }
 
     fn on_open(

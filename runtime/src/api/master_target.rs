@@ -84,9 +84,9 @@ impl<V: crate::vfs::Vfs + Clone> MtApi<V> {
                 "give the recovery point as ?seq=N (see GET /replicas/{disk}/points)",
             );
         };
-        match self.meta.points(&disk) {
-            Ok(points) if points.iter().any(|p| p.seq == seq) => {}
-            Ok(_) => {
+        match self.meta.has_point(&disk, seq) {
+            Ok(true) => {}
+            Ok(false) => {
                 return Response::error(
                     404,
                     &format!("seq {seq} is not a recovery point of {disk}"),

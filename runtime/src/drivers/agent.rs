@@ -342,7 +342,7 @@ impl<T: Transport, F: VFile> Driver<T, F> {
                     })?,
                     None => self.feed(Input::CopyDone { disk })?,
                 }
-                let seq = self.agent.stats().disks[disk].seq_written;
+                let seq = self.agent.seqs(disk).0;
                 tracing::info!(
                     "initial copy of {} sent through seq {seq}",
                     self.copies[i].id
@@ -361,11 +361,10 @@ impl<T: Transport, F: VFile> Driver<T, F> {
         if self.copied.is_empty() {
             return Ok(());
         }
-        let stats = self.agent.stats();
         let mut i = 0;
         while i < self.copied.len() {
             let (id, disk, seq) = &self.copied[i];
-            if stats.disks[*disk].seq_cached >= *seq {
+            if self.agent.seqs(*disk).1 >= *seq {
                 self.meta.set_agent_copied(id).map_err(fail)?;
                 tracing::info!("initial copy of {id} is cached at the process server");
                 self.copied.remove(i);
@@ -423,8 +422,9 @@ impl<T: Transport, F: VFile> Driver<T, F> {
                         }
                     }
                     Output::Reserve { disk, reserved } => {
-                        let id = &self.agent.stats().disks[disk].disk;
-                        self.meta.set_agent_reserved(id, reserved).map_err(fail)?;
+                        self.meta
+                            .set_agent_reserved(self.agent.disk_id(disk), reserved)
+                            .map_err(fail)?;
                         self.inputs.push_back(Input::Reserved { disk, reserved });
                     }
                 }

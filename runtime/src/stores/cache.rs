@@ -2,7 +2,7 @@
 //! `Batch` message as it will be sent to the master target (so forwarding is a read and a
 //! write, with no re-encoding). Nothing is acknowledged to an agent before `sync` returns.
 
-use crate::segment::{RecordLoc, SegmentLog, SegmentSettings};
+use crate::segment::{RecordLoc, RecordMeta, SegmentLog, SegmentSettings};
 use crate::vfs::Vfs;
 use haven_core::batch::BatchHeader;
 use haven_core::ids::{DiskId, Seq};
@@ -64,8 +64,7 @@ impl<V: Vfs + Clone> Cache<V> {
             let (log, metas) =
                 SegmentLog::open(vfs.clone(), dir, SegmentSettings::default()).map_err(seg)?;
             for m in metas {
-                let (_, body) = log.read(m.loc).map_err(seg)?;
-                let header = frame_header(&body).map_err(|what| CacheError::Record {
+                let header = frame_header(&log, &m).map_err(|what| CacheError::Record {
                     disk: disk.to_string(),
                     loc: m.loc,
                     what,
@@ -75,7 +74,7 @@ impl<V: Vfs + Clone> Cache<V> {
                     epoch: header.epoch,
                     first_seq: header.first_seq,
                     last_seq: header.last_seq,
-                    bytes: body.len() as u64,
+                    bytes: m.body_len as u64,
                     loc: CacheLoc {
                         segment: m.loc.segment,
                         offset: m.loc.offset,
@@ -177,11 +176,21 @@ impl<V: Vfs + Clone> Cache<V> {
     }
 }
 
-fn frame_header(frame: &[u8]) -> Result<BatchHeader, String> {
-    match protocol::decode(frame) {
-        Ok(Some((Message::Batch(h), _, used))) if used == frame.len() => Ok(h),
-        Ok(Some((m, _, _))) => Err(format!("holds a {} message", m.kind())),
-        Ok(None) => Err("truncated frame".into()),
-        Err(e) => Err(e.to_string()),
+/// Reads the header of a cached batch frame without its data (the segment log verified the
+/// record's checksum when it opened).
+fn frame_header<V: Vfs>(log: &SegmentLog<V>, m: &RecordMeta) -> Result<BatchHeader, String> {
+    let mut head = [0u8; protocol::FRAME_HEADER_BYTES];
+    log.read_body_range(m.loc, 0, &mut head)
+        .map_err(|e| e.to_string())?;
+    let fh = protocol::parse_header(&head).map_err(|e| e.to_string())?;
+    if protocol::FRAME_HEADER_BYTES as u64 + fh.body_len as u64 != m.body_len as u64 {
+        return Err("frame length does not match the record".into());
+    }
+    let mut ctl = vec![0u8; fh.ctl_len as usize];
+    log.read_body_range(m.loc, protocol::FRAME_HEADER_BYTES as u64, &mut ctl)
+        .map_err(|e| e.to_string())?;
+    match postcard::from_bytes::<Message>(&ctl).map_err(|e| e.to_string())? {
+        Message::Batch(h) => Ok(h),
+        m => Err(format!("holds a {} message", m.kind())),
     }
 }

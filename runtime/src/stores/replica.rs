@@ -7,8 +7,8 @@
 //! are dropped, points missing from redb are added).
 
 use crate::meta::{MetaStore, PointKind, PointRecord};
-use crate::segment::{RecordLoc, SegmentLog, SegmentSettings};
-use crate::vfs::{is_zero, VFile, Vfs};
+use crate::segment::{RecordLoc, RecordMeta, SegmentLog, SegmentSettings};
+use crate::vfs::{VFile, Vfs};
 use haven_core::batch::{BatchHeader, BLOCK_BYTES};
 use haven_core::ids::{DiskId, Seq};
 use haven_core::index::{BlockIndex, BlockSource};
@@ -59,21 +59,29 @@ fn loc_key(loc: RecordLoc) -> (u64, u64) {
     (loc.segment, loc.offset)
 }
 
-/// Splits a journal record body into its header and the offset of its data part.
-fn decode_record(body: &[u8]) -> Result<(BatchHeader, u64), String> {
-    let ctl_len = u32::from_le_bytes(
-        body.get(..4)
-            .ok_or("short record")?
-            .try_into()
-            .expect("4 bytes"),
-    ) as usize;
-    let ctl = body
-        .get(4..4 + ctl_len)
-        .ok_or("control part past the record end")?;
-    let header: BatchHeader = postcard::from_bytes(ctl).map_err(|e| e.to_string())?;
+/// Reads a journal record's header without its data (the segment log verified the whole
+/// record's checksum when it opened); returns the header and the offset of the data part.
+fn read_record_header<V: Vfs>(
+    journal: &SegmentLog<V>,
+    r: &RecordMeta,
+) -> Result<(BatchHeader, u64), String> {
+    let body_len = r.body_len as u64;
+    let mut len = [0u8; 4];
+    journal
+        .read_body_range(r.loc, 0, &mut len)
+        .map_err(|e| e.to_string())?;
+    let ctl_len = u32::from_le_bytes(len) as u64;
+    if 4 + ctl_len > body_len {
+        return Err("control part past the record end".into());
+    }
+    let mut ctl = vec![0u8; ctl_len as usize];
+    journal
+        .read_body_range(r.loc, 4, &mut ctl)
+        .map_err(|e| e.to_string())?;
+    let header: BatchHeader = postcard::from_bytes(&ctl).map_err(|e| e.to_string())?;
     header.validate().map_err(|e| e.to_string())?;
-    let data_offset = 4 + ctl_len as u64;
-    if body.len() as u64 != data_offset + header.raw_bytes {
+    let data_offset = 4 + ctl_len;
+    if body_len != data_offset + header.raw_bytes {
         return Err("data length does not match the header".into());
     }
     Ok((header, data_offset))
@@ -115,11 +123,8 @@ impl<V: Vfs + Clone> Replica<V> {
         let mut missing = vec![];
         let mut applied = 0;
         for r in &records {
-            let (_, body) = journal
-                .read(r.loc)
-                .map_err(|e| ReplicaError::Journal(e, disk.clone()))?;
             let (header, data_offset) =
-                decode_record(&body).map_err(|what| ReplicaError::Record {
+                read_record_header(&journal, r).map_err(|what| ReplicaError::Record {
                     disk: disk.clone(),
                     loc: r.loc,
                     what,
@@ -225,33 +230,4 @@ impl<V: Vfs + Clone> Replica<V> {
         }
         Ok(())
     }
-}
-
-/// Bytes per chunk when writing a point out.
-pub const EXPORT_CHUNK_BYTES: u64 = 4 << 20;
-
-/// Writes the disk at `seq` to `out` (a sparse file: zero chunks are skipped).
-pub fn export_to<V: Vfs + Clone, F: VFile>(
-    replica: &Replica<V>,
-    seq: Seq,
-    out: &F,
-) -> Result<(), ReplicaError> {
-    let size = replica.meta.size_bytes;
-    let io = |source| ReplicaError::Io {
-        disk: replica.meta.disk.to_string(),
-        what: "write export".into(),
-        source,
-    };
-    out.set_len(size).map_err(io)?;
-    let mut buf = vec![0u8; EXPORT_CHUNK_BYTES as usize];
-    let mut off = 0;
-    while off < size {
-        let n = EXPORT_CHUNK_BYTES.min(size - off) as usize;
-        replica.read_at(seq, off, &mut buf[..n])?;
-        if !is_zero(&buf[..n]) {
-            out.write_at(&buf[..n], off).map_err(io)?;
-        }
-        off += n as u64;
-    }
-    out.sync_data().map_err(io)
 }
