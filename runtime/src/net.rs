@@ -167,10 +167,11 @@ impl<T: Transport> Net<T> {
         }
     }
 
-    /// Sends an already framed message (the process server forwards cached frames as they are).
-    pub fn send_raw(&mut self, conn: ConnId, frame: Vec<u8>) {
+    /// Sends an already framed message, its head and its data (the process server forwards
+    /// cached frames as they are).
+    pub fn send_raw(&mut self, conn: ConnId, head: Vec<u8>, data: Payload) {
         if let Some(w) = self.writers.get(&conn) {
-            let _ = w.send((frame, Arc::new(Vec::new())));
+            let _ = w.send((head, data));
         }
     }
 
@@ -219,14 +220,25 @@ async fn write_frame<S: AsyncWrite + Unpin>(s: &mut S, msg: &Message) -> std::io
     s.flush().await
 }
 
+/// Reads exactly `len` bytes into a new vector, without zeroing it first.
+pub async fn read_vec<S: AsyncRead + Unpin>(s: &mut S, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let want = (len - buf.len()) as u64;
+        if (&mut *s).take(want).read_buf(&mut buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(buf)
+}
+
 /// Reads one frame. Framing errors are `InvalidData` errors that say what was wrong.
 pub async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<(Message, Vec<u8>)> {
     let mut head = [0u8; FRAME_HEADER_BYTES];
     s.read_exact(&mut head).await?;
     let header = protocol::parse_header(&head)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    let mut body = vec![0u8; header.body_len as usize];
-    s.read_exact(&mut body).await?;
+    let body = read_vec(s, header.body_len as usize).await?;
     protocol::decode_body(&header, body)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }

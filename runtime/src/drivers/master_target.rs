@@ -146,7 +146,7 @@ impl<T: Transport, V: Vfs + Clone> Driver<T, V> {
                 self.inputs.push_back(Input::Tick);
             }
             self.inputs.extend(round.into_iter().map(Input::Net));
-            self.run_inputs()?;
+            super::blocking(|| self.run_inputs())?;
         }
     }
 

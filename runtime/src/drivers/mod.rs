@@ -29,6 +29,18 @@ pub const EVENTS_PER_TURN_MAX: usize = 256;
 /// Depth of a driver's network event channel: readers wait (TCP backpressure) past it.
 pub const EVENT_CHANNEL_DEPTH: usize = 1024;
 
+/// Runs a round of blocking file work (appends, fsyncs) on the calling task. On a multi-thread
+/// runtime the worker hands its other tasks to another thread first (`block_in_place`), so that
+/// the network and the other roles keep running while this one waits for the disk; on a
+/// current-thread runtime (the simulation) it simply runs.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Opens a role's metadata store at a path.
 pub type OpenMeta = Arc<dyn Fn(&Path) -> Result<MetaStore, MetaError> + Send + Sync>;
 

@@ -93,7 +93,7 @@ impl<T: Transport, V: Vfs + Clone> Driver<T, V> {
                 self.inputs.push_back(Input::Tick);
             }
             self.inputs.extend(round.into_iter().map(Input::Net));
-            self.run_inputs()?;
+            super::blocking(|| self.run_inputs())?;
         }
     }
 
@@ -121,12 +121,12 @@ impl<T: Transport, V: Vfs + Clone> Driver<T, V> {
         match out {
             Output::Net(cmd) => self.net.execute(cmd),
             Output::CacheAppend { id, header, data } => {
-                let (loc, bytes) = self.cache.append(header, &data).map_err(fail)?;
+                let (loc, bytes) = self.cache.append(header, data).map_err(fail)?;
                 persisted.push(Input::CachePersisted { id, loc, bytes });
             }
             Output::Forward { conn, disk, loc } => {
-                let frame = self.cache.read(&disk, loc).map_err(fail)?;
-                self.net.send_raw(conn, frame);
+                let (head, data) = self.cache.take_frame(&disk, loc).map_err(fail)?;
+                self.net.send_raw(conn, head, data);
             }
             Output::CacheRelease { disk, through } => {
                 self.cache.release_through(&disk, through).map_err(fail)?

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -220,8 +220,7 @@ where
         )));
     }
     permit._bytes = Some(acquire_bytes(conn, req.length).await?);
-    let mut data = vec![0u8; req.length as usize];
-    reader.read_exact(&mut data).await?;
+    let data = crate::net::read_vec(reader, req.length as usize).await?;
     // The payload is consumed even for refused writes, so the stream stays in sync.
     let error = if conn.read_only {
         NBD_EPERM

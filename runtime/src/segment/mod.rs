@@ -142,6 +142,18 @@ fn scan_segment<F: VFile>(
     Ok(scan)
 }
 
+/// True when `[end, file_len)` is shorter than one alignment block and all zeros: the padding
+/// of a log file rather than a torn record.
+fn is_padding<F: VFile>(file: &F, end: u64, file_len: u64) -> io::Result<bool> {
+    let n = file_len - end;
+    if n >= crate::vfs::DIRECT_ALIGN as u64 {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; n as usize];
+    file.read_at(&mut buf, end)?;
+    Ok(crate::vfs::is_zero(&buf))
+}
+
 impl<V: Vfs> SegmentLog<V> {
     /// Opens (creating if missing) the log in `dir`, verifying every record.
     /// Returns the metadata of all valid records in log order. A torn or
@@ -209,7 +221,7 @@ impl<V: Vfs> SegmentLog<V> {
         is_last: bool,
         metas: &mut Vec<RecordMeta>,
     ) -> Result<()> {
-        let file = self.vfs.open(&path, false).map_err(io_err(&path))?;
+        let file = self.vfs.open_log(&path, false).map_err(io_err(&path))?;
         let file_len = file.len().map_err(io_err(&path))?;
         let scan = scan_segment(
             &file,
@@ -230,15 +242,21 @@ impl<V: Vfs> SegmentLog<V> {
             }
             // A crash mid-append leaves exactly this; nothing after the cut
             // can have been acknowledged unless the disk lost synced data.
+            let padding = is_padding(&file, scan.end, file_len).map_err(io_err(&path))?;
             file.set_len(scan.end).map_err(io_err(&path))?;
             file.sync_data().map_err(io_err(&path))?;
-            tracing::warn!(
-                path = %path.display(),
-                offset = scan.end,
-                cut_bytes = file_len - scan.end,
-                reason = %what,
-                "segment log: cut torn tail of newest segment (expected after a crash during append)"
-            );
+            if padding {
+                // The zeros a log file may carry past its last append (see `Vfs::open_log`).
+                tracing::debug!(path = %path.display(), bytes = file_len - scan.end, "segment log: cut alignment padding");
+            } else {
+                tracing::warn!(
+                    path = %path.display(),
+                    offset = scan.end,
+                    cut_bytes = file_len - scan.end,
+                    reason = %what,
+                    "segment log: cut torn tail of newest segment (expected after a crash during append)"
+                );
+            }
         }
         self.segments.insert(
             index,
@@ -264,8 +282,13 @@ impl<V: Vfs> SegmentLog<V> {
     /// Appends one record at the end of the current segment (starting a new
     /// segment if needed). Not durable until [`SegmentLog::sync`] returns.
     pub fn append(&mut self, first: u64, last: u64, body: &[u8]) -> Result<RecordLoc> {
+        self.append_parts(first, last, &[body])
+    }
+
+    /// Appends one record whose body is `parts` concatenated, without joining them first.
+    pub fn append_parts(&mut self, first: u64, last: u64, parts: &[&[u8]]) -> Result<RecordLoc> {
         self.check_poisoned()?;
-        let body_len = body.len() as u64;
+        let body_len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if body_len > self.settings.record_bytes_max {
             return Err(SegmentError::TooLarge {
                 len: body_len,
@@ -279,11 +302,16 @@ impl<V: Vfs> SegmentLog<V> {
             .get_mut(&index)
             .expect("segment_for returns a live segment");
         let offset = seg.len;
-        let buf = record::encode(first, last, body);
+        let header = record::encode_header(first, last, parts);
+        let mut all = Vec::with_capacity(parts.len() + 1);
+        all.push(&header[..]);
+        all.extend_from_slice(parts);
         // Mark unsynced before writing: a partly failed write may still have
         // dirtied pages, and sync should cover them.
         self.unsynced.insert(index);
-        seg.file.write_at(&buf, offset).map_err(io_err(&seg.path))?;
+        seg.file
+            .write_parts_at(&all, offset)
+            .map_err(io_err(&seg.path))?;
         seg.len += record_bytes;
         seg.max_last = Some(seg.max_last.map_or(last, |m| m.max(last)));
         Ok(RecordLoc {
@@ -324,7 +352,7 @@ impl<V: Vfs> SegmentLog<V> {
 
     fn create_segment(&mut self, index: u64) -> Result<u64> {
         let path = segment_path(&self.dir, index);
-        let file = self.vfs.open(&path, true).map_err(io_err(&path))?;
+        let file = self.vfs.open_log(&path, true).map_err(io_err(&path))?;
         self.dir_unsynced = true;
         self.segments.insert(
             index,

@@ -46,23 +46,30 @@ impl From<io::Error> for Invalid {
 }
 
 pub(crate) fn body_crc(first: u64, last: u64, body: &[u8]) -> u32 {
+    parts_crc(first, last, &[body])
+}
+
+/// The record checksum of a body given as consecutive parts.
+pub(crate) fn parts_crc(first: u64, last: u64, parts: &[&[u8]]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&first.to_le_bytes());
     h.update(&last.to_le_bytes());
-    h.update(body);
+    for p in parts {
+        h.update(p);
+    }
     h.finalize()
 }
 
-/// Header + body in one buffer, so an append is a single `write_at`.
-/// The caller has already checked `body.len()` fits in a u32.
-pub(crate) fn encode(first: u64, last: u64, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-    out.extend_from_slice(&RECORD_MAGIC);
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body_crc(first, last, body).to_le_bytes());
-    out.extend_from_slice(&first.to_le_bytes());
-    out.extend_from_slice(&last.to_le_bytes());
-    out.extend_from_slice(body);
+/// The header of a record whose body is `parts` concatenated (written right before them, so an
+/// append is one vectored write). The caller has already checked the body length fits in a u32.
+pub(crate) fn encode_header(first: u64, last: u64, parts: &[&[u8]]) -> [u8; HEADER_LEN] {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = [0u8; HEADER_LEN];
+    out[0..4].copy_from_slice(&RECORD_MAGIC);
+    out[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+    out[8..12].copy_from_slice(&parts_crc(first, last, parts).to_le_bytes());
+    out[12..20].copy_from_slice(&first.to_le_bytes());
+    out[20..28].copy_from_slice(&last.to_le_bytes());
     out
 }
 

@@ -1,15 +1,57 @@
 //! The process server's durable cache: one segment log per disk, each record a whole framed
 //! `Batch` message as it will be sent to the master target (so forwarding is a read and a
 //! write, with no re-encoding). Nothing is acknowledged to an agent before `sync` returns.
+//!
+//! The newest frames also stay in memory (up to [`HOT_BYTES_MAX`]), so that forwarding a batch
+//! right after caching it does not read it back from the disk; a resend after a reconnect or a
+//! restart reads the cache file.
 
 use crate::segment::{RecordLoc, RecordMeta, SegmentLog, SegmentSettings};
 use crate::vfs::Vfs;
 use haven_core::batch::BatchHeader;
 use haven_core::ids::{DiskId, Seq};
+use haven_core::net::Payload;
 use haven_core::process_server::{CacheLoc, CachedBatch};
 use haven_core::protocol::{self, Message};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Most bytes of cached frames also kept in memory for forwarding.
+pub const HOT_BYTES_MAX: u64 = 128 << 20;
+/// Most frames kept in memory for forwarding (bounds the bookkeeping as well).
+pub const HOT_FRAMES_MAX: usize = 4096;
+
+/// Frames kept in memory after caching, until forwarded or pushed out by newer ones.
+#[derive(Default)]
+struct Hot {
+    frames: HashMap<(DiskId, CacheLoc), (Vec<u8>, Payload)>,
+    /// Insertion order; entries already taken are skipped when they reach the front.
+    order: VecDeque<(DiskId, CacheLoc)>,
+    bytes: u64,
+}
+
+impl Hot {
+    fn insert(&mut self, key: (DiskId, CacheLoc), head: Vec<u8>, data: Payload) {
+        self.bytes += (head.len() + data.len()) as u64;
+        self.order.push_back(key.clone());
+        if let Some((h, d)) = self.frames.insert(key, (head, data)) {
+            self.bytes -= (h.len() + d.len()) as u64;
+        }
+        while self.bytes > HOT_BYTES_MAX || self.order.len() > HOT_FRAMES_MAX {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.remove(&old);
+        }
+    }
+
+    fn remove(&mut self, key: &(DiskId, CacheLoc)) -> Option<(Vec<u8>, Payload)> {
+        let (head, data) = self.frames.remove(key)?;
+        self.bytes -= (head.len() + data.len()) as u64;
+        Some((head, data))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -36,6 +78,7 @@ pub struct Cache<V: Vfs> {
     logs: BTreeMap<DiskId, SegmentLog<V>>,
     /// Logs appended to since the last sync.
     dirty: Vec<DiskId>,
+    hot: Hot,
 }
 
 impl<V: Vfs + Clone> Cache<V> {
@@ -48,6 +91,7 @@ impl<V: Vfs + Clone> Cache<V> {
             root: root.clone(),
             logs: BTreeMap::new(),
             dirty: vec![],
+            hot: Hot::default(),
         };
         let mut batches = vec![];
         for dir in vfs.list_dir(&root)? {
@@ -104,29 +148,41 @@ impl<V: Vfs + Clone> Cache<V> {
     pub fn append(
         &mut self,
         header: BatchHeader,
-        data: &[u8],
+        data: Vec<u8>,
     ) -> Result<(CacheLoc, u64), CacheError> {
         let (disk, first, last) = (header.disk.clone(), header.first_seq, header.last_seq);
         let msg = Message::Batch(header);
-        let mut frame = protocol::encode_head(&msg, data).expect("a validated batch always frames");
-        frame.extend_from_slice(data);
+        let head = protocol::encode_head(&msg, &data).expect("a validated batch always frames");
         let log = self.log(&disk)?;
         let loc = log
-            .append(first, last, &frame)
+            .append_parts(first, last, &[&head, &data])
             .map_err(|source| CacheError::Segment {
                 disk: disk.to_string(),
                 source,
             })?;
+        let loc = CacheLoc {
+            segment: loc.segment,
+            offset: loc.offset,
+        };
+        let bytes = (head.len() + data.len()) as u64;
+        self.hot.insert((disk.clone(), loc), head, Arc::new(data));
         if !self.dirty.contains(&disk) {
             self.dirty.push(disk);
         }
-        Ok((
-            CacheLoc {
-                segment: loc.segment,
-                offset: loc.offset,
-            },
-            frame.len() as u64,
-        ))
+        Ok((loc, bytes))
+    }
+
+    /// A cached frame to forward, as head and data: from memory if it is still there (and
+    /// then no longer), otherwise read back from the cache, checksum verified.
+    pub fn take_frame(
+        &mut self,
+        disk: &DiskId,
+        loc: CacheLoc,
+    ) -> Result<(Vec<u8>, Payload), CacheError> {
+        if let Some(frame) = self.hot.remove(&(disk.clone(), loc)) {
+            return Ok(frame);
+        }
+        Ok((self.read(disk, loc)?, Arc::new(Vec::new())))
     }
 
     /// Makes every append so far durable.

@@ -158,13 +158,10 @@ impl<V: Vfs + Clone> Replica<V> {
     /// Appends a batch (raw data) to the journal and indexes it. Not durable until `sync`.
     pub fn append(&mut self, header: &BatchHeader, data: &[u8]) -> Result<(), ReplicaError> {
         let ctl = postcard::to_allocvec(header).expect("a batch header always encodes");
-        let mut body = Vec::with_capacity(4 + ctl.len() + data.len());
-        body.extend_from_slice(&(ctl.len() as u32).to_le_bytes());
-        body.extend_from_slice(&ctl);
-        body.extend_from_slice(data);
+        let ctl_len = (ctl.len() as u32).to_le_bytes();
         let loc = self
             .journal
-            .append(header.first_seq, header.last_seq, &body)
+            .append_parts(header.first_seq, header.last_seq, &[&ctl_len, &ctl, data])
             .map_err(|e| ReplicaError::Journal(e, self.meta.disk.to_string()))?;
         self.index
             .insert_batch(header, loc_key(loc), 4 + ctl.len() as u64);

@@ -16,10 +16,14 @@
 //! A simulated implementation is expected to model exactly these rules, so
 //! code that is correct on it is correct on a real disk.
 
+mod direct;
+
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+pub use direct::{DIRECT_ALIGN, DIRECT_CHUNK_BYTES};
 
 /// A file system: the directory and naming operations.
 pub trait Vfs: Send + Sync + 'static {
@@ -31,6 +35,13 @@ pub trait Vfs: Send + Sync + 'static {
     /// Opens `path` for reading and writing, creating it (empty) if `create`
     /// is set and it does not exist. Fails with `NotFound` otherwise.
     fn open(&self, path: &Path, create: bool) -> io::Result<Self::File>;
+    /// Opens a file that is only appended to (`write_at` at its current length; `set_len` to
+    /// cut it) and read back, like [`Vfs::open`]. The implementation may bypass the page cache.
+    /// After a crash or a reopen, up to [`DIRECT_ALIGN`]` - 1` zero bytes may follow the last
+    /// append (alignment padding); readers must treat trailing zeros as the end.
+    fn open_log(&self, path: &Path, create: bool) -> io::Result<Self::File> {
+        self.open(path, create)
+    }
     /// Removes a file (not durable until [`Vfs::sync_dir`] of its parent).
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Lists the entries of a directory as full paths, sorted by name.
@@ -48,6 +59,16 @@ pub trait VFile: Send + Sync + 'static {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Writes all of `buf` at `offset`, extending the file if needed.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Writes `parts` one after the other from `offset`, as one `write_at` of their
+    /// concatenation would.
+    fn write_parts_at(&self, parts: &[&[u8]], offset: u64) -> io::Result<()> {
+        let mut pos = offset;
+        for p in parts {
+            self.write_at(p, pos)?;
+            pos += p.len() as u64;
+        }
+        Ok(())
+    }
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
     /// Truncates or extends (with zeros) to `len` bytes.
@@ -68,6 +89,8 @@ pub struct StdVfs;
 #[derive(Debug)]
 pub struct StdFile {
     file: File,
+    /// Set for files opened with [`Vfs::open_log`] where direct I/O is available.
+    direct: Option<direct::DirectAppend>,
 }
 
 impl Vfs for StdVfs {
@@ -84,7 +107,19 @@ impl Vfs for StdVfs {
             .create(create)
             .truncate(false)
             .open(path)?;
-        Ok(StdFile { file })
+        Ok(StdFile { file, direct: None })
+    }
+
+    fn open_log(&self, path: &Path, create: bool) -> io::Result<StdFile> {
+        let mut file = self.open(path, create)?;
+        match open_direct(path) {
+            Ok(d) => file.direct = Some(direct::DirectAppend::new(d, &file.file)?),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::debug!(path = %path.display(), "no direct I/O here; appends are buffered")
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(file)
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -106,6 +141,20 @@ impl Vfs for StdVfs {
         // only way to make a new or removed name durable.
         File::open(path)?.sync_all()
     }
+}
+
+#[cfg(target_os = "linux")]
+fn open_direct(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_direct(_path: &Path) -> io::Result<File> {
+    Err(io::Error::from_raw_os_error(libc::EINVAL))
 }
 
 /// Largest zero buffer written at once by the punch-hole fallback.
@@ -161,15 +210,38 @@ impl VFile for StdFile {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)
+        match &self.direct {
+            Some(d) => d.append(&self.file, &[buf], offset),
+            None => self.file.write_all_at(buf, offset),
+        }
+    }
+
+    fn write_parts_at(&self, parts: &[&[u8]], offset: u64) -> io::Result<()> {
+        match &self.direct {
+            Some(d) => d.append(&self.file, parts, offset),
+            None => {
+                let mut pos = offset;
+                for p in parts {
+                    self.file.write_all_at(p, pos)?;
+                    pos += p.len() as u64;
+                }
+                Ok(())
+            }
+        }
     }
 
     fn len(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        match &self.direct {
+            Some(d) => Ok(d.len()),
+            None => Ok(self.file.metadata()?.len()),
+        }
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.file.set_len(len)
+        match &self.direct {
+            Some(d) => d.set_len(&self.file, len),
+            None => self.file.set_len(len),
+        }
     }
 
     fn sync_data(&self) -> io::Result<()> {
@@ -177,6 +249,12 @@ impl VFile for StdFile {
     }
 
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.direct.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "append-only (log) files cannot punch holes",
+            ));
+        }
         if len == 0 {
             return Ok(());
         }
