@@ -13,9 +13,12 @@
 #   RPO_RATE    fio --rate of the RPO load (default 50m)
 #   RPO_BS      block size of the RPO load (default 4k)
 #   E2E_SIZE    bytes written by the end-to-end jobs (default 1g)
+#   KEEPUP_RATE fio --rate of the sequential keep-up job, 10^6-based (default 300m = 300 MB/s)
+#   KEEPUP_SECS seconds of the keep-up job (default 30)
 #   BENCH_TMP   directory for the temporary files (default: $TMPDIR or /tmp); it must be on the
 #               filesystem under test: qemu-nbd's file and each lab's disk live there
 #   KEEP        1: keep the temporary directory
+#   STEPS       which measurements to run (default "qemu haven e2e keepup rpo")
 #
 # Needs: fio (with the nbd engine), qemu-nbd, python3. Prints every command it runs (lines
 # starting with "+ cmd:") and, at the end, a markdown table of the results.
@@ -29,6 +32,9 @@ RPO_SECS=${RPO_SECS:-30}
 RPO_RATE=${RPO_RATE:-50m}
 RPO_BS=${RPO_BS:-4k}
 E2E_SIZE=${E2E_SIZE:-1g}
+KEEPUP_RATE=${KEEPUP_RATE:-300m}
+KEEPUP_SECS=${KEEPUP_SECS:-30}
+STEPS=" ${STEPS:-qemu haven e2e keepup rpo} "
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HAVEN=${HAVEN_BIN:-$ROOT/target/release/haven}
 
@@ -227,6 +233,22 @@ def rpo(samples, t0, t1):
         return v[min(len(v) - 1, max(0, math.ceil(p / 100 * len(v)) - 1))]
     print(f"{pct(50)} {pct(99)} {v[-1]} {len(v)} {max(lag)}")
 
+def keepup(samples, t0, t1, write_bytes):
+    """Keep-up job: the master target's applied rate while fio ran (slope of applied_seq, one
+    seq per 1 MiB write, from 2 s after the start to the end) and the largest agent buffer seen.
+    Prints applied_MB/s max_buffered_MiB."""
+    t0 = float(t0) + 2.0; t1 = float(t1)
+    pts = []; buf = 0
+    for l in open(samples):
+        r = json.loads(l)
+        if "err" in r: continue
+        buf = max(buf, r["src"]["buffered_bytes"])
+        if r.get("mt_applied") is not None and t0 <= r["t_end"] <= t1:
+            pts.append((r["t_end"], r["mt_applied"]))
+    if len(pts) < 2: sys.exit("too few samples")
+    (ta, a), (tb, b) = pts[0], pts[-1]
+    print(f"{(b - a) * int(write_bytes) / (tb - ta) / 1e6:.1f} {buf / 2**20:.0f}")
+
 def table(results, repeat):
     rows = {}
     for l in open(results):
@@ -263,6 +285,9 @@ def table(results, repeat):
         print(f"| E2E {kind}: MB/s to seq_applied==seq_written in /api/status (heartbeat) | {fmt(n,'status_mbs')} |")
         print(f"| E2E {kind}: seconds write / to applied (MT) / to applied (status) | {fmt(n,'times')} |")
         print(f"| PS bytes_out/bytes_in after E2E {kind} | {fmt(n,'ps_ratio')} |")
+    print(f"| Keep-up: 1M seq writes at fio --rate (MB/s asked / achieved) | {fmt('keepup','asked')} / {fmt('keepup','fio_mbs')} |")
+    print(f"| Keep-up: master target applied MB/s while fio ran | {fmt('keepup','applied_mbs')} |")
+    print(f"| Keep-up: largest agent buffer seen (MiB) / catch-up after fio (s) | {fmt('keepup','max_buf')} // {fmt('keepup','catchup_s')} |")
     print(f"| RPO load: achieved fio MB/s | {fmt('rpo','mbs')} |")
     print(f"| RPO rpo_ms p50 | {fmt('rpo','p50')} |")
     print(f"| RPO rpo_ms p99 | {fmt('rpo','p99')} |")
@@ -273,6 +298,7 @@ cmd = sys.argv[1]
 args = sys.argv[2:]
 {"free_port": free_port, "wait_port": wait_port, "wait_lab": wait_lab, "poll": poll,
  "fio_summary": fio_summary, "catchup": catchup, "e2e": e2e, "ps_ratio": ps_ratio,
+ "keepup": keepup,
  "rpo": rpo, "table": table}[cmd](*args)
 PYEOF
 py() { python3 "$PY" "$@"; }
@@ -439,6 +465,38 @@ step_e2e() {
     stop_lab "$d"
 }
 
+# --- 3b. Keep-up: sequential writes at a fixed rate (default 300 MB/s) ---------------------------
+step_keepup() {
+    local r=$1 d=$WORK/lab-keepup-$1 stopf poll_pid t0 t1 t out fmbs io_bytes amb maxbuf catchup
+    start_lab "$d"
+    stopf=$d.stop
+    python3 "$PY" poll "$HAVEN_API" "$HAVEN_MT_API" "$d.samples" 0.1 "$stopf" &
+    poll_pid=$!; PIDS+=("$poll_pid")
+    sleep 0.3
+    t0=$(date +%s.%N)
+    if ! out=$(fio_run "$d-fio.json" "$HAVEN_NBD_URI" --ioengine=nbd --rw=write --bs=1M \
+        --iodepth=8 --size=1g --kb_base=1000 --rate="$KEEPUP_RATE" --runtime="$KEEPUP_SECS" \
+        --time_based --refill_buffers --numjobs=1 --name=keepup); then
+        touch "$stopf"; wait "$poll_pid" || true
+        failed keepup "$r" fio_mbs "fio keep-up job failed"; stop_lab "$d"; return 0
+    fi
+    read -r _ fmbs io_bytes _ _ <<<"$out"
+    t1=$(date +%s.%N)
+    if py catchup "$HAVEN_API" - "$io_bytes" 300 >/dev/null; then
+        catchup=$(python3 -c "import time; print(f'{time.time()-$t1-1.1:.1f}')")
+        record keepup "$r" catchup_s "$catchup"
+    else
+        failed keepup "$r" catchup_s "no catch-up after the keep-up job"
+    fi
+    touch "$stopf"; wait "$poll_pid" || true
+    out=$(py keepup "$d.samples" "$t0" "$t1" 1048576)
+    read -r amb maxbuf <<<"$out"
+    log "keep-up run $r: asked $KEEPUP_RATE, fio $fmbs MB/s; applied $amb MB/s while writing; largest agent buffer $maxbuf MiB; caught up ~${catchup:-n/a} s after"
+    record keepup "$r" asked "$KEEPUP_RATE"; record keepup "$r" fio_mbs "$fmbs"
+    record keepup "$r" applied_mbs "$amb"; record keepup "$r" max_buf "$maxbuf"
+    stop_lab "$d"
+}
+
 # --- 4. RPO under steady load ------------------------------------------------------------------
 step_rpo() {
     local r=$1 d=$WORK/lab-rpo-$1 stopf poll_pid t0 t1 out mbs p50 p99 max n lag
@@ -467,10 +525,11 @@ step_rpo() {
 log "work dir $WORK; $(nproc) CPUs; haven $HAVEN"
 : >"$WORK/failures.txt"
 for r in $(seq "$REPEAT"); do
-    step_qemu A "$r"; step_qemu B "$r"
-    step_haven A "$r"; step_haven B "$r"
-    step_e2e random "$r"; step_e2e compressible "$r"
-    step_rpo "$r"
+    [[ $STEPS != *" qemu "* ]] || { step_qemu A "$r"; step_qemu B "$r"; }
+    [[ $STEPS != *" haven "* ]] || { step_haven A "$r"; step_haven B "$r"; }
+    [[ $STEPS != *" e2e "* ]] || { step_e2e random "$r"; step_e2e compressible "$r"; }
+    [[ $STEPS != *" keepup "* ]] || step_keepup "$r"
+    [[ $STEPS != *" rpo "* ]] || step_rpo "$r"
 done
 
 echo

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_BATCH_BYTES_MAX: u64 = 4 << 20;
 pub const DEFAULT_BATCH_DELAY_MS: u64 = 20;
 pub const DEFAULT_BUFFER_BYTES_MAX: u64 = 256 << 20;
-pub const DEFAULT_WINDOW_BATCHES_MAX: usize = 16;
+pub const DEFAULT_WINDOW_BATCHES_MAX: usize = 32;
 pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 1000;
 pub const DEFAULT_RECONNECT_DELAY_MS: u64 = 500;
 pub const DEFAULT_CACHE_BYTES_MAX: u64 = 16 << 30;

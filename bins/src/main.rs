@@ -176,6 +176,7 @@ async fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn main() {
+    haven_runtime::alloc::tune_allocator();
     let cli = Cli::parse();
     init_tracing();
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -1,4 +1,5 @@
 //! haven-runtime: tokio drivers, file and redb stores, NBD server, TCP transport, HTTP API.
+pub mod alloc;
 pub mod api;
 pub mod drivers;
 pub mod http;

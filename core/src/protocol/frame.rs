@@ -110,17 +110,30 @@ pub fn decode_body(
 /// Encodes the header and control part of a frame carrying `data`. The caller writes the
 /// returned bytes and then `data`, so that large block payloads are never copied.
 pub fn encode_head(msg: &Message, data: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let mut data_crc = crc32fast::Hasher::new();
+    data_crc.update(data);
+    encode_head_with_crc(msg, data.len(), &data_crc)
+}
+
+/// [`encode_head`] for data whose checksum state is already known (`data_crc` has seen exactly
+/// the `data_len` bytes of data), so that a caller who needs the data's checksum for something
+/// else too reads the data once.
+pub fn encode_head_with_crc(
+    msg: &Message,
+    data_len: usize,
+    data_crc: &crc32fast::Hasher,
+) -> Result<Vec<u8>, FrameError> {
     let mut out = vec![0u8; FRAME_HEADER_BYTES];
     let out_len_before = out.len();
     out = postcard::to_extend(msg, out).map_err(|e| FrameError::BadControl(e.to_string()))?;
     let ctl_len = out.len() - out_len_before;
-    let body_len = ctl_len + data.len();
+    let body_len = ctl_len + data_len;
     if ctl_len > FRAME_CONTROL_BYTES_MAX as usize || body_len > FRAME_BODY_BYTES_MAX as usize {
         return Err(FrameError::TooLargeToEncode(body_len));
     }
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&out[FRAME_HEADER_BYTES..]);
-    hasher.update(data);
+    hasher.combine(data_crc);
     out[0..4].copy_from_slice(&FRAME_MAGIC);
     out[4..8].copy_from_slice(&(body_len as u32).to_le_bytes());
     out[8..12].copy_from_slice(&(ctl_len as u32).to_le_bytes());

@@ -4,8 +4,8 @@ pub mod frame;
 pub mod message;
 
 pub use frame::{
-    decode, decode_body, encode, encode_head, parse_header, FrameError, FrameHeader,
-    FRAME_HEADER_BYTES,
+    decode, decode_body, encode, encode_head, encode_head_with_crc, parse_header, FrameError,
+    FrameHeader, FRAME_HEADER_BYTES,
 };
 pub use message::{
     check_hello, Assignment, DiskInfo, HandshakeError, Hello, Message, Registration, Role, Route,

@@ -312,7 +312,19 @@ impl<T: Transport, F: VFile> Driver<T, F> {
             );
             let mut fed = 0;
             while self.copies[i].next < size && self.agent.has_room(disk) && fed < 16 {
-                let off = self.copies[i].next;
+                let data = self.sources[disk]
+                    .next_data(self.copies[i].next)
+                    .map_err(|e| fail(format!("initial copy: finding data: {e}")))?;
+                // Skip holes, a chunk at a time (chunks stay aligned to COPY_CHUNK_BYTES).
+                let off = data.map_or(size, |d| {
+                    self.copies[i]
+                        .next
+                        .max(d / COPY_CHUNK_BYTES * COPY_CHUNK_BYTES)
+                });
+                self.copies[i].next = off.min(size);
+                if off >= size {
+                    break;
+                }
                 let n = COPY_CHUNK_BYTES.min(size - off);
                 let mut buf = vec![0u8; n as usize];
                 self.sources[disk]

@@ -25,7 +25,7 @@ pub const NBD_BLOCK_SIZE_PREFERRED: u32 = 4096;
 /// Minimum block size advertised: byte granularity, since the server accepts any alignment.
 pub const NBD_BLOCK_SIZE_MIN: u32 = 1;
 /// Buffer size of the per-connection BufReader/BufWriter; holds many 4 KiB requests per syscall.
-pub const SOCKET_BUFFER_BYTES: usize = 256 * 1024;
+pub const SOCKET_BUFFER_BYTES: usize = 64 * 1024;
 /// Pause after a failed accept() so resource exhaustion does not become a busy loop.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Zero padding after the EXPORT_NAME reply unless NO_ZEROES was negotiated.

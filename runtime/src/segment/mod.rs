@@ -287,6 +287,32 @@ impl<V: Vfs> SegmentLog<V> {
 
     /// Appends one record whose body is `parts` concatenated, without joining them first.
     pub fn append_parts(&mut self, first: u64, last: u64, parts: &[&[u8]]) -> Result<RecordLoc> {
+        let header = record::encode_header(first, last, parts);
+        self.append_encoded(last, header, parts)
+    }
+
+    /// [`SegmentLog::append_parts`] of `parts` then `tail`, where `tail_crc` has already seen
+    /// exactly `tail` (the checksum is combined, not recomputed over the tail).
+    pub fn append_parts_tail_crc(
+        &mut self,
+        first: u64,
+        last: u64,
+        parts: &[&[u8]],
+        tail: &[u8],
+        tail_crc: &crc32fast::Hasher,
+    ) -> Result<RecordLoc> {
+        let header = record::encode_header_tail_crc(first, last, parts, tail.len(), tail_crc);
+        let mut all = parts.to_vec();
+        all.push(tail);
+        self.append_encoded(last, header, &all)
+    }
+
+    fn append_encoded(
+        &mut self,
+        last: u64,
+        header: [u8; HEADER_BYTES as usize],
+        parts: &[&[u8]],
+    ) -> Result<RecordLoc> {
         self.check_poisoned()?;
         let body_len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if body_len > self.settings.record_bytes_max {
@@ -302,7 +328,6 @@ impl<V: Vfs> SegmentLog<V> {
             .get_mut(&index)
             .expect("segment_for returns a live segment");
         let offset = seg.len;
-        let header = record::encode_header(first, last, parts);
         let mut all = Vec::with_capacity(parts.len() + 1);
         all.push(&header[..]);
         all.extend_from_slice(parts);
@@ -495,7 +520,9 @@ impl<V: Vfs> SegmentLog<V> {
             let path = &self.segments[&index].path;
             self.vfs.remove_file(path).map_err(io_err(path))?;
             self.dir_unsynced = true;
-            self.segments.remove(&index);
+            if let Some(seg) = self.segments.remove(&index) {
+                self.vfs.retire(seg.file);
+            }
             self.unsynced.remove(&index);
         }
         if !doomed.is_empty() {

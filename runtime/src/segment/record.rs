@@ -64,10 +64,34 @@ pub(crate) fn parts_crc(first: u64, last: u64, parts: &[&[u8]]) -> u32 {
 /// append is one vectored write). The caller has already checked the body length fits in a u32.
 pub(crate) fn encode_header(first: u64, last: u64, parts: &[&[u8]]) -> [u8; HEADER_LEN] {
     let len: usize = parts.iter().map(|p| p.len()).sum();
+    header_bytes(first, last, len, parts_crc(first, last, parts))
+}
+
+/// The header for a body of `parts` followed by `tail_len` more bytes whose checksum state is
+/// `tail_crc` (so the tail is not read again).
+pub(crate) fn encode_header_tail_crc(
+    first: u64,
+    last: u64,
+    parts: &[&[u8]],
+    tail_len: usize,
+    tail_crc: &crc32fast::Hasher,
+) -> [u8; HEADER_LEN] {
+    let len: usize = parts.iter().map(|p| p.len()).sum::<usize>() + tail_len;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&first.to_le_bytes());
+    h.update(&last.to_le_bytes());
+    for p in parts {
+        h.update(p);
+    }
+    h.combine(tail_crc);
+    header_bytes(first, last, len, h.finalize())
+}
+
+fn header_bytes(first: u64, last: u64, len: usize, crc: u32) -> [u8; HEADER_LEN] {
     let mut out = [0u8; HEADER_LEN];
     out[0..4].copy_from_slice(&RECORD_MAGIC);
     out[4..8].copy_from_slice(&(len as u32).to_le_bytes());
-    out[8..12].copy_from_slice(&parts_crc(first, last, parts).to_le_bytes());
+    out[8..12].copy_from_slice(&crc.to_le_bytes());
     out[12..20].copy_from_slice(&first.to_le_bytes());
     out[20..28].copy_from_slice(&last.to_le_bytes());
     out

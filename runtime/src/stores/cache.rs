@@ -152,10 +152,14 @@ impl<V: Vfs + Clone> Cache<V> {
     ) -> Result<(CacheLoc, u64), CacheError> {
         let (disk, first, last) = (header.disk.clone(), header.first_seq, header.last_seq);
         let msg = Message::Batch(header);
-        let head = protocol::encode_head(&msg, &data).expect("a validated batch always frames");
+        // One pass over the data serves both checksums: the frame's and the cache record's.
+        let mut data_crc = crc32fast::Hasher::new();
+        data_crc.update(&data);
+        let head = protocol::encode_head_with_crc(&msg, data.len(), &data_crc)
+            .expect("a validated batch always frames");
         let log = self.log(&disk)?;
         let loc = log
-            .append_parts(first, last, &[&head, &data])
+            .append_parts_tail_crc(first, last, &[&head], &data, &data_crc)
             .map_err(|source| CacheError::Segment {
                 disk: disk.to_string(),
                 source,

@@ -50,6 +50,12 @@ impl<F: VFile> SourceDisk<F> {
         self.file.read_at(buf, offset)
     }
 
+    /// Where data may start at or after `offset` (None: only holes follow), so that a copy
+    /// skips the holes of a sparse disk instead of reading zeros.
+    pub fn next_data(&self, offset: u64) -> std::io::Result<Option<u64>> {
+        self.file.next_data(offset)
+    }
+
     /// Carries out a write op and returns the whole blocks it touched as they are now (None when
     /// the op zeroed whole blocks).
     pub fn apply(&self, op: SourceOp) -> std::io::Result<Option<Vec<u8>>> {

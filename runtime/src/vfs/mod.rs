@@ -16,6 +16,7 @@
 //! A simulated implementation is expected to model exactly these rules, so
 //! code that is correct on it is correct on a real disk.
 
+mod closer;
 mod direct;
 
 use std::fs::{File, OpenOptions};
@@ -44,6 +45,12 @@ pub trait Vfs: Send + Sync + 'static {
     }
     /// Removes a file (not durable until [`Vfs::sync_dir`] of its parent).
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Closes an open file whose name was removed. Closing the last reference frees the file's
+    /// blocks, which can take tens of milliseconds for a large file (longer with online discard),
+    /// so an implementation may finish it in the background.
+    fn retire(&self, file: Self::File) {
+        drop(file);
+    }
     /// Lists the entries of a directory as full paths, sorted by name.
     fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>>;
     /// Makes created/removed names in directory `path` durable.
@@ -75,6 +82,11 @@ pub trait VFile: Send + Sync + 'static {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes all written data (and the length) durable.
     fn sync_data(&self) -> io::Result<()>;
+    /// The first offset at or after `offset` that may hold data, skipping holes (`SEEK_DATA`);
+    /// `None` when only holes (or the end) follow. Without hole information, `Some(offset)`.
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        Ok(Some(offset))
+    }
     /// Deallocates `[offset, offset+len)` so it reads as zeros afterwards,
     /// without changing the file length. Falls back to writing zeros where
     /// the file system cannot punch holes. Not durable until `sync_data`.
@@ -124,6 +136,10 @@ impl Vfs for StdVfs {
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
+    }
+
+    fn retire(&self, file: StdFile) {
+        closer::close_later(file);
     }
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
@@ -246,6 +262,26 @@ impl VFile for StdFile {
 
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    #[cfg(target_os = "linux")]
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        use std::os::unix::io::AsRawFd;
+        let Ok(off) = libc::off_t::try_from(offset) else {
+            return Ok(None);
+        };
+        // SAFETY: plain syscall on a file descriptor we own for the call's duration. The file
+        // position it moves is not used: every read and write here is positional.
+        let rc = unsafe { libc::lseek(self.file.as_raw_fd(), off, libc::SEEK_DATA) };
+        if rc >= 0 {
+            return Ok(Some(rc as u64));
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(Some(offset)),
+            _ => Err(err),
+        }
     }
 
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
