@@ -285,9 +285,12 @@ def table(results, repeat):
         print(f"| E2E {kind}: MB/s to seq_applied==seq_written in /api/status (heartbeat) | {fmt(n,'status_mbs')} |")
         print(f"| E2E {kind}: seconds write / to applied (MT) / to applied (status) | {fmt(n,'times')} |")
         print(f"| PS bytes_out/bytes_in after E2E {kind} | {fmt(n,'ps_ratio')} |")
-    print(f"| Keep-up: 1M seq writes at fio --rate (MB/s asked / achieved) | {fmt('keepup','asked')} / {fmt('keepup','fio_mbs')} |")
-    print(f"| Keep-up: master target applied MB/s while fio ran | {fmt('keepup','applied_mbs')} |")
-    print(f"| Keep-up: largest agent buffer seen (MiB) / catch-up after fio (s) | {fmt('keepup','max_buf')} // {fmt('keepup','catchup_s')} |")
+    for kind in ("random", "fio"):
+        n = f"keepup-{kind}"
+        print(f"| Keep-up ({kind} data): 1M seq writes at fio --rate, MB/s asked / achieved | {fmt(n,'asked')} / {fmt(n,'fio_mbs')} |")
+        print(f"| Keep-up ({kind} data): master target applied MB/s while fio ran | {fmt(n,'applied_mbs')} |")
+        print(f"| Keep-up ({kind} data): largest agent buffer (MiB) / catch-up after fio (s) | {fmt(n,'max_buf')} // {fmt(n,'catchup_s')} |")
+        print(f"| Keep-up ({kind} data): PS bytes out / bytes in | {fmt(n,'ps_ratio')} |")
     print(f"| RPO load: achieved fio MB/s | {fmt('rpo','mbs')} |")
     print(f"| RPO rpo_ms p50 | {fmt('rpo','p50')} |")
     print(f"| RPO rpo_ms p99 | {fmt('rpo','p99')} |")
@@ -467,7 +470,11 @@ step_e2e() {
 
 # --- 3b. Keep-up: sequential writes at a fixed rate (default 300 MB/s) ---------------------------
 step_keepup() {
-    local r=$1 d=$WORK/lab-keepup-$1 stopf poll_pid t0 t1 t out fmbs io_bytes amb maxbuf catchup
+    local kind=$1 r=$2 d=$WORK/lab-keepup-$1-$2 stopf poll_pid t0 t1 t out fmbs io_bytes amb maxbuf
+    local catchup ratio name=keepup-$1 data=()
+    # random: fresh random data in every block (incompressible); fio: fio's default buffers (the
+    # data of jobs A and B), which zstd shrinks a little, so the process server compresses them.
+    [[ $kind != random ]] || data=(--refill_buffers)
     start_lab "$d"
     stopf=$d.stop
     python3 "$PY" poll "$HAVEN_API" "$HAVEN_MT_API" "$d.samples" 0.1 "$stopf" &
@@ -476,24 +483,27 @@ step_keepup() {
     t0=$(date +%s.%N)
     if ! out=$(fio_run "$d-fio.json" "$HAVEN_NBD_URI" --ioengine=nbd --rw=write --bs=1M \
         --iodepth=8 --size=1g --kb_base=1000 --rate="$KEEPUP_RATE" --runtime="$KEEPUP_SECS" \
-        --time_based --refill_buffers --numjobs=1 --name=keepup); then
+        --time_based "${data[@]}" --numjobs=1 --name=keepup); then
         touch "$stopf"; wait "$poll_pid" || true
-        failed keepup "$r" fio_mbs "fio keep-up job failed"; stop_lab "$d"; return 0
+        failed "$name" "$r" fio_mbs "fio keep-up job failed"; stop_lab "$d"; return 0
     fi
     read -r _ fmbs io_bytes _ _ <<<"$out"
     t1=$(date +%s.%N)
     if py catchup "$HAVEN_API" - "$io_bytes" 300 >/dev/null; then
         catchup=$(python3 -c "import time; print(f'{time.time()-$t1-1.1:.1f}')")
-        record keepup "$r" catchup_s "$catchup"
+        record "$name" "$r" catchup_s "$catchup"
     else
-        failed keepup "$r" catchup_s "no catch-up after the keep-up job"
+        failed "$name" "$r" catchup_s "no catch-up after the keep-up job"
     fi
     touch "$stopf"; wait "$poll_pid" || true
     out=$(py keepup "$d.samples" "$t0" "$t1" 1048576)
     read -r amb maxbuf <<<"$out"
-    log "keep-up run $r: asked $KEEPUP_RATE, fio $fmbs MB/s; applied $amb MB/s while writing; largest agent buffer $maxbuf MiB; caught up ~${catchup:-n/a} s after"
-    record keepup "$r" asked "$KEEPUP_RATE"; record keepup "$r" fio_mbs "$fmbs"
-    record keepup "$r" applied_mbs "$amb"; record keepup "$r" max_buf "$maxbuf"
+    out=$(py ps_ratio "$HAVEN_API")
+    read -r _ _ ratio _ _ <<<"$out"
+    record "$name" "$r" ps_ratio "$ratio"
+    log "keep-up $kind run $r: asked $KEEPUP_RATE, fio $fmbs MB/s; applied $amb MB/s while writing; largest agent buffer $maxbuf MiB; caught up ~${catchup:-n/a} s after"
+    record "$name" "$r" asked "$KEEPUP_RATE"; record "$name" "$r" fio_mbs "$fmbs"
+    record "$name" "$r" applied_mbs "$amb"; record "$name" "$r" max_buf "$maxbuf"
     stop_lab "$d"
 }
 
@@ -528,7 +538,7 @@ for r in $(seq "$REPEAT"); do
     [[ $STEPS != *" qemu "* ]] || { step_qemu A "$r"; step_qemu B "$r"; }
     [[ $STEPS != *" haven "* ]] || { step_haven A "$r"; step_haven B "$r"; }
     [[ $STEPS != *" e2e "* ]] || { step_e2e random "$r"; step_e2e compressible "$r"; }
-    [[ $STEPS != *" keepup "* ]] || step_keepup "$r"
+    [[ $STEPS != *" keepup "* ]] || { step_keepup random "$r"; step_keepup fio "$r"; }
     [[ $STEPS != *" rpo "* ]] || step_rpo "$r"
 done
 

@@ -20,9 +20,11 @@ pub const BATCH_DATA_BYTES_MAX: u64 = 64 << 20;
 pub const COMPRESS_SAMPLE_BYTES: usize = 64 << 10;
 /// A payload is sent compressed only if it shrinks below this fraction (percent) of its size.
 pub const COMPRESS_WORTH_PERCENT: usize = 90;
-/// The default zstd level: level 1 is the fastest standard level; negative levels trade ratio
-/// for speed (see the process server's `compression_level`).
-pub const ZSTD_LEVEL_DEFAULT: i32 = 1;
+/// The default zstd level. On 4 MiB batches of disk data, level -1 compressed 2.4-3x faster
+/// than level 1 (437 vs 182 MB/s on a mixed disk image, 1178 vs 397 MB/s on 3:1 data, one core)
+/// for the same ratio (0.875 vs 0.876, 0.333 vs 0.333); higher levels suit slow WAN links
+/// (see the process server's `compression_level`).
+pub const ZSTD_LEVEL_DEFAULT: i32 = -1;
 /// The zstd levels a process server accepts.
 pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = -7..=9;
 
