@@ -278,7 +278,7 @@ def table(results, repeat):
     print(f"| B ratio Haven/qemu-nbd (MB/s) | {ratio('haven-B','qemu-nbd-B','mbs')} |")
     print(f"| A Haven: replication lag right after fio (seqs) / catch-up s | {fmt('haven-A','lag_end')} // {fmt('haven-A','catchup_s')} |")
     print(f"| B Haven: replication lag right after fio (seqs) / catch-up s | {fmt('haven-B','lag_end')} // {fmt('haven-B','catchup_s')} |")
-    for kind in ("random", "compressible"):
+    for kind in ("random", "compressible", "compressible-always"):
         n = f"e2e-{kind}"
         print(f"| E2E {kind}: fio write alone MB/s | {fmt(n,'fio_mbs')} |")
         print(f"| E2E {kind}: MB/s to applied (master target API, live) | {fmt(n,'mt_mbs')} |")
@@ -331,11 +331,11 @@ start_qemu_nbd() {
     QEMU_URI=nbd://127.0.0.1:$port/disk0
 }
 
-# start_lab DIR: fresh lab; sets LAB_PID, HAVEN_API, HAVEN_NBD_URI, HAVEN_MT_API.
+# start_lab DIR [LAB ARGS...]: fresh lab; sets LAB_PID, HAVEN_API, HAVEN_NBD_URI, HAVEN_MT_API.
 start_lab() {
-    local dir=$1
-    note "$HAVEN" lab --dir "$dir" --disk-size 1G --status-interval 3600
-    "$HAVEN" lab --dir "$dir" --disk-size 1G --status-interval 3600 >"$dir.log" 2>&1 &
+    local dir=$1; shift
+    note "$HAVEN" lab --dir "$dir" --disk-size 1G --status-interval 3600 "$@"
+    "$HAVEN" lab --dir "$dir" --disk-size 1G --status-interval 3600 "$@" >"$dir.log" 2>&1 &
     LAB_PID=$!
     PIDS+=("$LAB_PID")
     local env
@@ -428,8 +428,11 @@ step_haven() {
 # --- 3. End-to-end replication throughput (+ 5. PS bytes out/in) -------------------------------
 step_e2e() {
     local kind=$1 r=$2 d=$WORK/lab-e2e-$1-$2 data stopf poll_pid t0 t1 out fmbs io_bytes final
-    local tw ts tm mt_mbs st_mbs bi bo ratio bw jb
-    start_lab "$d"
+    local tw ts tm mt_mbs st_mbs bi bo ratio bw jb lab_args=()
+    # compressible-always: the same data with the process server compressing every batch
+    # (--compression always) instead of only while the link is the bottleneck (adaptive).
+    [[ $kind != compressible-always ]] || lab_args=(--compression always)
+    start_lab "$d" "${lab_args[@]}"
     if [[ $kind == random ]]; then
         data=(--refill_buffers)   # fresh random data in every block: incompressible
     else
@@ -537,7 +540,9 @@ log "work dir $WORK; $(nproc) CPUs; haven $HAVEN"
 for r in $(seq "$REPEAT"); do
     [[ $STEPS != *" qemu "* ]] || { step_qemu A "$r"; step_qemu B "$r"; }
     [[ $STEPS != *" haven "* ]] || { step_haven A "$r"; step_haven B "$r"; }
-    [[ $STEPS != *" e2e "* ]] || { step_e2e random "$r"; step_e2e compressible "$r"; }
+    [[ $STEPS != *" e2e "* ]] || {
+        step_e2e random "$r"; step_e2e compressible "$r"; step_e2e compressible-always "$r"
+    }
     [[ $STEPS != *" keepup "* ]] || { step_keepup random "$r"; step_keepup fio "$r"; }
     [[ $STEPS != *" rpo "* ]] || step_rpo "$r"
 done

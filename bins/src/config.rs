@@ -107,9 +107,12 @@ pub struct ProcessServerFile {
     pub reconnect_delay_ms: u64,
     #[serde(default = "d_busy")]
     pub busy_retry_ms: u64,
-    /// zstd level of forwarded batches: 1 is the fastest standard level, -7..-1 faster still.
+    /// zstd level of forwarded batches: -1 by default; -7..-2 faster still, 1..9 smaller.
     #[serde(default = "d_level")]
     pub compression_level: i32,
+    /// When to compress: "adaptive" (while the link is the bottleneck), "always" or "off".
+    #[serde(default)]
+    pub compression: haven_core::batch::CompressionPolicy,
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,6 +239,7 @@ impl ProcessServerFile {
             data_dir: self.data_dir,
             listen: self.listen,
             compression_level: self.compression_level,
+            compression: self.compression,
         })
     }
 }

@@ -18,6 +18,8 @@ pub struct LabOptions {
     pub nbd_listen: String,
     pub api_listen: String,
     pub status_interval_s: u64,
+    /// When the process server compresses.
+    pub compression: haven_core::batch::CompressionPolicy,
 }
 
 fn id(s: &str) -> ComponentId {
@@ -43,7 +45,7 @@ pub async fn run(o: LabOptions) -> Result<(), String> {
     )
     .await
     .map_err(e)?;
-    let ps = drivers::process_server::start(Host::real(), ps_config(&dir, &cs.addr))
+    let ps = drivers::process_server::start(Host::real(), ps_config(&dir, &cs.addr, &o))
         .await
         .map_err(e)?;
     let mt = drivers::master_target::start(Host::real(), mt_config(&dir, &cs.addr))
@@ -113,7 +115,7 @@ pub async fn run(o: LabOptions) -> Result<(), String> {
     }
 }
 
-fn ps_config(dir: &Path, cs: &str) -> drivers::process_server::ProcessServerConfig {
+fn ps_config(dir: &Path, cs: &str, o: &LabOptions) -> drivers::process_server::ProcessServerConfig {
     drivers::process_server::ProcessServerConfig {
         settings: ProcessServerSettings {
             component: id("ps1"),
@@ -128,6 +130,7 @@ fn ps_config(dir: &Path, cs: &str) -> drivers::process_server::ProcessServerConf
         data_dir: dir.join("process-server"),
         listen: "127.0.0.1:0".into(),
         compression_level: haven_core::batch::ZSTD_LEVEL_DEFAULT,
+        compression: o.compression,
     }
 }
 

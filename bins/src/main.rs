@@ -56,6 +56,10 @@ enum Command {
         /// Seconds between status lines.
         #[arg(long, default_value_t = 5)]
         status_interval: u64,
+        /// When the process server compresses: adaptive (while the link is the bottleneck),
+        /// always, or off.
+        #[arg(long, default_value = "adaptive")]
+        compression: haven_core::batch::CompressionPolicy,
     },
     /// Show components and protected disks.
     Status {
@@ -154,6 +158,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             nbd_listen,
             api_listen,
             status_interval,
+            compression,
         } => {
             let o = lab::LabOptions {
                 dir,
@@ -161,6 +166,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 nbd_listen,
                 api_listen,
                 status_interval_s: status_interval,
+                compression,
             };
             lab::run(o).await
         }

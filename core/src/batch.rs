@@ -25,6 +25,36 @@ pub const COMPRESS_WORTH_PERCENT: usize = 90;
 /// for the same ratio (0.875 vs 0.876, 0.333 vs 0.333); higher levels suit slow WAN links
 /// (see the process server's `compression_level`).
 pub const ZSTD_LEVEL_DEFAULT: i32 = -1;
+/// When a process server compresses the batches it forwards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompressionPolicy {
+    /// Only while compressing can pay: batches of the disk wait for the master-target stream's
+    /// window (the link or the master target is the bottleneck), or no master target is
+    /// connected (the cache grows). While the link keeps up, compression would only spend CPU
+    /// that the rest of the data path needs.
+    #[default]
+    Adaptive,
+    /// Every batch that compresses well enough (a WAN link that is always the bottleneck).
+    Always,
+    /// Never.
+    Off,
+}
+
+impl std::str::FromStr for CompressionPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "adaptive" => Ok(CompressionPolicy::Adaptive),
+            "always" => Ok(CompressionPolicy::Always),
+            "off" => Ok(CompressionPolicy::Off),
+            _ => Err(format!(
+                "compression must be adaptive, always or off, not {s:?}"
+            )),
+        }
+    }
+}
+
 /// The zstd levels a process server accepts.
 pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = -7..=9;
 

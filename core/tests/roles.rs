@@ -3,7 +3,7 @@
 //! The richer, seeded version of this harness lives in haven-sim.
 
 use haven_core::agent::{self, Agent, AgentSettings, IoId, SourceOp};
-use haven_core::batch::{BatchHeader, Encoding, Op, OpKind, BLOCK_BYTES};
+use haven_core::batch::{BatchHeader, CompressionPolicy, Encoding, Op, OpKind, BLOCK_BYTES};
 use haven_core::config_server::{self as cs, ConfigServer, ConfigServerSettings};
 use haven_core::master_target::{self as mt, MasterTarget, MasterTargetSettings};
 use haven_core::net::{NetCommand, NetEvent};
@@ -1575,4 +1575,74 @@ fn a_full_cache_makes_the_agent_wait_without_a_resend_storm() {
     c.persist_journal(usize::MAX);
     c.settle();
     c.assert_replica_is_source();
+}
+
+/// The encodings of the batches the master target received, in order.
+fn forwarded_encodings(c: &Cluster) -> Vec<Encoding> {
+    c.delivered
+        .iter()
+        .filter_map(|(n, m)| match (n, m) {
+            (Node::Mt, Message::Batch(h)) => Some(h.encoding),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Writes `n` compressible batches (one block each) while the master target holds its journal,
+/// so that batches queue for the process server's window; then lets everything drain.
+fn write_through_a_stalled_master_target(c: &mut Cluster, n: usize) {
+    c.hold_journal = true;
+    for i in 0..n {
+        c.write((i % DISK_BLOCKS) * B, vec![i as u8 + 1; B]);
+        c.run();
+    }
+    c.advance(50);
+    c.hold_journal = false;
+    c.persist_journal(usize::MAX);
+    c.settle();
+}
+
+#[test]
+fn adaptive_compression_compresses_only_while_batches_wait_for_the_link() {
+    let mut settings = agent_settings();
+    settings.batch_bytes_max = BLOCK_BYTES;
+    let mut c = Cluster::new(settings, true);
+    c.advance(30);
+    // The master target keeps up: compressible batches still go raw (no CPU spent for nothing).
+    for i in 0..3 {
+        c.write(i * B, vec![7u8; B]);
+        c.run();
+        c.settle();
+    }
+    let kept_up = forwarded_encodings(&c);
+    assert_eq!(kept_up.len(), 3, "{kept_up:?}");
+    assert!(kept_up.iter().all(|e| *e == Encoding::Raw), "{kept_up:?}");
+    // The master target stalls: batches wait for the window (3) and are compressed.
+    write_through_a_stalled_master_target(&mut c, 12);
+    let all = forwarded_encodings(&c);
+    let zstd = all.iter().filter(|e| **e == Encoding::Zstd).count();
+    assert!(zstd >= 6, "{all:?}");
+    c.assert_replica_is_source();
+}
+
+#[test]
+fn compression_off_and_always_do_what_they_say() {
+    for (policy, want) in [
+        (CompressionPolicy::Off, Encoding::Raw),
+        (CompressionPolicy::Always, Encoding::Zstd),
+    ] {
+        let mut settings = agent_settings();
+        settings.batch_bytes_max = BLOCK_BYTES;
+        let mut c = Cluster::new(settings, true);
+        c.ps.as_mut().unwrap().set_compression(policy, -1);
+        c.advance(30);
+        c.write(0, vec![9u8; B]);
+        c.run();
+        c.settle();
+        write_through_a_stalled_master_target(&mut c, 8);
+        let all = forwarded_encodings(&c);
+        assert!(all.len() >= 9, "{policy:?}: {all:?}");
+        assert!(all.iter().all(|e| *e == want), "{policy:?}: {all:?}");
+        c.assert_replica_is_source();
+    }
 }

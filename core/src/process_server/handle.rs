@@ -1,7 +1,7 @@
 //! The process server's input handlers.
 
 use super::*;
-use crate::batch::{compress_at, Encoding, ZSTD_LEVELS, ZSTD_LEVEL_DEFAULT};
+use crate::batch::{compress_at, CompressionPolicy, Encoding, ZSTD_LEVELS, ZSTD_LEVEL_DEFAULT};
 use crate::protocol::{Registration, Route};
 use crate::stats::{CacheDiskStats, ProcessServerStats};
 use crate::time::earliest;
@@ -26,6 +26,7 @@ impl ProcessServer {
             bytes_in: 0,
             bytes_out: 0,
             compression_level: ZSTD_LEVEL_DEFAULT,
+            compression: CompressionPolicy::default(),
             out: VecDeque::new(),
             now,
         };
@@ -100,8 +101,9 @@ impl ProcessServer {
         t
     }
 
-    /// Sets the zstd level used for batches (clamped to `ZSTD_LEVELS`).
-    pub fn set_compression_level(&mut self, level: i32) {
+    /// Sets when batches are compressed and the zstd level (clamped to `ZSTD_LEVELS`).
+    pub fn set_compression(&mut self, policy: CompressionPolicy, level: i32) {
+        self.compression = policy;
         self.compression_level = level.clamp(*ZSTD_LEVELS.start(), *ZSTD_LEVELS.end());
     }
 
@@ -393,8 +395,20 @@ impl ProcessServer {
             let first_seq = d.expect_seq;
             return self.busy(conn, header.disk, first_seq, 0);
         }
+        let compress = match self.compression {
+            CompressionPolicy::Off => false,
+            CompressionPolicy::Always => true,
+            // Batches waiting for the window, or no stream: the link is the bottleneck.
+            CompressionPolicy::Adaptive => {
+                !matches!(d.link, Link::Ready(_)) || d.entries.len() > d.sent
+            }
+        };
         let raw_bytes = data.len() as u64;
-        let (encoding, packed) = compress_at(data, self.compression_level);
+        let (encoding, packed) = if compress {
+            compress_at(data, self.compression_level)
+        } else {
+            (Encoding::Raw, data)
+        };
         let mut header = header;
         header.encoding = encoding;
         // The quota counts what the cache will hold: the whole frame. An empty cache always

@@ -102,6 +102,7 @@ pub enum Output {
     SaveDisk(CacheDiskMeta),
 }
 
+use crate::batch::CompressionPolicy;
 use crate::net::Link;
 
 #[derive(Debug)]
@@ -135,6 +136,7 @@ pub struct ProcessServer {
     bytes_in: u64,
     bytes_out: u64,
     compression_level: i32,
+    compression: CompressionPolicy,
     out: VecDeque<Output>,
     now: Timestamp,
 }

@@ -21,6 +21,8 @@ pub struct ProcessServerConfig {
     pub listen: String,
     /// zstd level for forwarded batches (`haven_core::batch::ZSTD_LEVELS`).
     pub compression_level: i32,
+    /// When forwarded batches are compressed.
+    pub compression: haven_core::batch::CompressionPolicy,
 }
 
 pub struct ProcessServerHandle {
@@ -59,7 +61,7 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     let disks = meta.ps_disks().map_err(fail)?;
     tracing::info!("process server: {} cached batches recovered", cached.len());
     let mut ps = ProcessServer::new(cfg.settings.clone(), disks, cached, clock.now());
-    ps.set_compression_level(cfg.compression_level);
+    ps.set_compression(cfg.compression, cfg.compression_level);
     let driver = Driver {
         ps,
         net,

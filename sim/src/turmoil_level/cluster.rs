@@ -177,6 +177,8 @@ fn ps_config() -> ProcessServerConfig {
         data_dir: "/ps".into(),
         listen: "0.0.0.0:7100".into(),
         compression_level: 1,
+        // Every batch, so that the compressed path is exercised whatever the timing.
+        compression: haven_core::batch::CompressionPolicy::Always,
     }
 }
 
