@@ -29,10 +29,11 @@ pub const ZSTD_LEVEL_DEFAULT: i32 = -1;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CompressionPolicy {
-    /// Only while compressing can pay: batches of the disk wait for the master-target stream's
-    /// window (the link or the master target is the bottleneck), or no master target is
-    /// connected (the cache grows). While the link keeps up, compression would only spend CPU
-    /// that the rest of the data path needs.
+    /// Only while compressing can pay: a whole window's worth of the disk's batches waits
+    /// behind the master-target stream's window in flight (the link is the bottleneck), or no
+    /// master target is connected (the cache grows). While the link keeps up, compression would
+    /// only spend CPU that the rest of the data path needs (and a short queue is a hiccup, not a
+    /// slow link).
     #[default]
     Adaptive,
     /// Every batch that compresses well enough (a WAN link that is always the bottleneck).

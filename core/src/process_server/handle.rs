@@ -398,9 +398,11 @@ impl ProcessServer {
         let compress = match self.compression {
             CompressionPolicy::Off => false,
             CompressionPolicy::Always => true,
-            // Batches waiting for the window, or no stream: the link is the bottleneck.
+            // No stream (the cache grows), or a whole window's worth of batches waiting behind
+            // the window in flight: the link is the bottleneck, not a passing hiccup.
             CompressionPolicy::Adaptive => {
-                !matches!(d.link, Link::Ready(_)) || d.entries.len() > d.sent
+                !matches!(d.link, Link::Ready(_))
+                    || d.entries.len().saturating_sub(d.sent) >= self.settings.window_batches_max
             }
         };
         let raw_bytes = data.len() as u64;
