@@ -456,3 +456,29 @@ fn redb_faults_are_errors_not_panics() {
     assert_eq!(get(&db, 3), None);
     assert!(disk.stats().faults >= 2);
 }
+
+#[test]
+fn a_log_file_may_end_in_alignment_padding_after_a_crash() {
+    let vfs = SimVfs::new();
+    vfs.create_dir_all_synced(Path::new("/host")).unwrap();
+    let f = vfs.open_log(&p("/host/log"), true).unwrap();
+    vfs.sync_dir(Path::new("/host")).unwrap();
+    f.write_at(&[7u8; 5000], 0).unwrap();
+    f.sync_data().unwrap();
+    assert_eq!(
+        f.len().unwrap(),
+        5000,
+        "no padding is visible while running"
+    );
+    vfs.crash(1, false);
+    let on_disk = vfs.contents(&p("/host/log")).unwrap();
+    assert_eq!(on_disk.len(), 8192);
+    assert!(on_disk[..5000].iter().all(|&b| b == 7));
+    assert!(on_disk[5000..].iter().all(|&b| b == 0));
+    // A cut after the last append leaves the file exact, as a truncate does on a real disk.
+    let f = vfs.open_log(&p("/host/log"), false).unwrap();
+    f.set_len(5000).unwrap();
+    f.sync_data().unwrap();
+    vfs.crash(2, false);
+    assert_eq!(vfs.contents(&p("/host/log")).unwrap().len(), 5000);
+}

@@ -222,6 +222,9 @@ pub(crate) struct Image {
     current: Vec<u8>,
     durable: Vec<u8>,
     pending: Vec<Change>,
+    /// Opened as a log (`Vfs::open_log`): a sync after appends leaves the disk holding zero
+    /// padding up to the next `DIRECT_ALIGN` boundary past the logical end, as direct I/O does.
+    pub(crate) log: bool,
 }
 
 impl Image {
@@ -270,6 +273,19 @@ impl Image {
 
     pub(crate) fn sync(&mut self) {
         self.durable.clone_from(&self.current);
+        // A direct-I/O log writes each append padded to the alignment; a cut (`set_len`) after
+        // the last append leaves the file exact.
+        let appended = self
+            .pending
+            .iter()
+            .rev()
+            .find(|c| !matches!(c, Change::Punch { .. }))
+            .is_some_and(|c| matches!(c, Change::Write { .. }));
+        if self.log && appended {
+            let align = haven_runtime::vfs::DIRECT_ALIGN;
+            self.durable
+                .resize(self.durable.len().div_ceil(align) * align, 0);
+        }
         self.pending.clear();
     }
 

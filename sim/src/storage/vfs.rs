@@ -6,6 +6,9 @@
 //!   punches are dropped. With `tear`, a seed-chosen prefix of the file's unsynced changes
 //!   survives in order, and the last surviving write may be *torn*: only its first `k` bytes
 //!   reach the disk (`k` from the seed), the rest keep their old (durable) contents.
+//! * **Log files** (opened with `open_log`) keep, after a sync that followed appends, zero
+//!   padding up to the next 4 KiB past their end on the durable image, as direct I/O leaves
+//!   them; a crash shows it (a clean run never does).
 //! * **Names** (files and directories) as of the last `sync_dir` of their parent. A file created
 //!   but not dir-synced disappears; a file removed but not dir-synced reappears with its durable
 //!   contents. A name whose parent directory itself is not durable is lost with it, so a host
@@ -284,6 +287,16 @@ impl Vfs for SimVfs {
             generation: state.generation,
             path: path.to_path_buf(),
         })
+    }
+
+    /// A log file: after a crash its contents may end in alignment padding (see `Image::log`).
+    fn open_log(&self, path: &Path, create: bool) -> io::Result<SimFile> {
+        let file = self.open(path, create)?;
+        let mut state = self.lock();
+        if let Some(image) = state.inodes.get_mut(&file.ino) {
+            image.log = true;
+        }
+        Ok(file)
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
