@@ -51,13 +51,18 @@ pub(crate) fn body_crc(first: u64, last: u64, body: &[u8]) -> u32 {
 
 /// The record checksum of a body given as consecutive parts.
 pub(crate) fn parts_crc(first: u64, last: u64, parts: &[&[u8]]) -> u32 {
+    parts_hasher(first, last, parts).finalize()
+}
+
+/// The checksum state after the keys and `parts` (more body may follow).
+fn parts_hasher(first: u64, last: u64, parts: &[&[u8]]) -> crc32fast::Hasher {
     let mut h = crc32fast::Hasher::new();
     h.update(&first.to_le_bytes());
     h.update(&last.to_le_bytes());
     for p in parts {
         h.update(p);
     }
-    h.finalize()
+    h
 }
 
 /// The header of a record whose body is `parts` concatenated (written right before them, so an
@@ -77,12 +82,7 @@ pub(crate) fn encode_header_tail_crc(
     tail_crc: &crc32fast::Hasher,
 ) -> [u8; HEADER_LEN] {
     let len: usize = parts.iter().map(|p| p.len()).sum::<usize>() + tail_len;
-    let mut h = crc32fast::Hasher::new();
-    h.update(&first.to_le_bytes());
-    h.update(&last.to_le_bytes());
-    for p in parts {
-        h.update(p);
-    }
+    let mut h = parts_hasher(first, last, parts);
     h.combine(tail_crc);
     header_bytes(first, last, len, h.finalize())
 }

@@ -203,7 +203,7 @@ impl<V: Vfs + Clone> Cache<V> {
     }
 
     /// Reads a cached frame, checksum verified.
-    pub fn read(&self, disk: &DiskId, loc: CacheLoc) -> Result<Vec<u8>, CacheError> {
+    fn read(&self, disk: &DiskId, loc: CacheLoc) -> Result<Vec<u8>, CacheError> {
         let log = self
             .logs
             .get(disk)

@@ -104,10 +104,7 @@ impl DirectAppend {
                 Err(e) => return Err(e),
             }
         }
-        for p in parts {
-            buffered.write_all_at(p, st.len)?;
-            st.len += p.len() as u64;
-        }
+        st.len = super::write_all_parts_at(buffered, parts, st.len)?;
         Ok(())
     }
 

@@ -24,7 +24,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-pub use direct::{DIRECT_ALIGN, DIRECT_CHUNK_BYTES};
+pub use direct::DIRECT_ALIGN;
 
 /// A file system: the directory and naming operations.
 pub trait Vfs: Send + Sync + 'static {
@@ -173,6 +173,17 @@ fn open_direct(_path: &Path) -> io::Result<File> {
     Err(io::Error::from_raw_os_error(libc::EINVAL))
 }
 
+/// Writes `parts` one after the other from `offset` through the page cache; returns the offset
+/// past the last byte.
+fn write_all_parts_at(file: &File, parts: &[&[u8]], offset: u64) -> io::Result<u64> {
+    let mut pos = offset;
+    for p in parts {
+        file.write_all_at(p, pos)?;
+        pos += p.len() as u64;
+    }
+    Ok(pos)
+}
+
 /// Largest zero buffer written at once by the punch-hole fallback.
 const ZERO_FILL_CHUNK_BYTES: u64 = 1 << 20;
 
@@ -226,23 +237,13 @@ impl VFile for StdFile {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        match &self.direct {
-            Some(d) => d.append(&self.file, &[buf], offset),
-            None => self.file.write_all_at(buf, offset),
-        }
+        self.write_parts_at(&[buf], offset)
     }
 
     fn write_parts_at(&self, parts: &[&[u8]], offset: u64) -> io::Result<()> {
         match &self.direct {
             Some(d) => d.append(&self.file, parts, offset),
-            None => {
-                let mut pos = offset;
-                for p in parts {
-                    self.file.write_all_at(p, pos)?;
-                    pos += p.len() as u64;
-                }
-                Ok(())
-            }
+            None => write_all_parts_at(&self.file, parts, offset).map(drop),
         }
     }
 
