@@ -132,28 +132,6 @@ impl ConfigServer {
         }
     }
 
-    pub fn handle(&mut self, now: Timestamp, input: Input) {
-        self.now = self.now.max(now);
-        match input {
-            Input::Net(NetEvent::Accepted { conn, peer }) => {
-                self.conns.insert(conn, (peer.role, peer.component));
-            }
-            Input::Net(NetEvent::Received { conn, msg, .. }) => self.on_message(conn, msg),
-            Input::Net(NetEvent::Closed { conn, .. }) => self.on_closed(conn),
-            Input::Net(_) => {}
-            Input::Tick => {}
-        }
-        self.check_liveness();
-    }
-
-    pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
-    }
-
-    pub fn poll_timeout(&self) -> Option<Timestamp> {
-        Some(self.now.plus_millis(self.settings.heartbeat_timeout_ms / 2))
-    }
-
     fn event(&mut self, level: &str, text: String) {
         if self.events.len() >= EVENTS_MAX {
             self.events.pop_front();
@@ -396,5 +374,40 @@ impl ConfigServer {
             source,
             replica,
         }
+    }
+}
+
+impl crate::machine::Machine for ConfigServer {
+    type Input = Input;
+    type Output = Output;
+
+    fn handle(&mut self, now: Timestamp, input: Input) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Net(NetEvent::Accepted { conn, peer }) => {
+                self.conns.insert(conn, (peer.role, peer.component));
+            }
+            Input::Net(NetEvent::Received { conn, msg, .. }) => self.on_message(conn, msg),
+            Input::Net(NetEvent::Closed { conn, .. }) => self.on_closed(conn),
+            Input::Net(_) => {}
+            Input::Tick => {}
+        }
+        self.check_liveness();
+    }
+
+    fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Timestamp> {
+        Some(self.now.plus_millis(self.settings.heartbeat_timeout_ms / 2))
+    }
+
+    fn tick() -> Input {
+        Input::Tick
+    }
+
+    fn net(ev: NetEvent) -> Input {
+        Input::Net(ev)
     }
 }

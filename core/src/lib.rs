@@ -25,6 +25,7 @@ pub mod batch;
 pub mod config_server;
 pub mod ids;
 pub mod index;
+pub mod machine;
 pub mod master_target;
 pub mod net;
 pub mod process_server;
@@ -33,4 +34,5 @@ pub mod stats;
 pub mod time;
 
 pub use ids::{ComponentId, ConnId, DiskId, Epoch, Seq};
+pub use machine::Machine;
 pub use time::Timestamp;

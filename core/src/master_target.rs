@@ -127,28 +127,6 @@ impl MasterTarget {
         mt
     }
 
-    pub fn handle(&mut self, now: Timestamp, input: Input) {
-        self.now = self.now.max(now);
-        match input {
-            Input::Net(ev) => self.on_net(ev),
-            Input::JournalPersisted { id, journal_bytes } => self.on_persisted(id, journal_bytes),
-            Input::Tick => {}
-        }
-        self.on_timers();
-    }
-
-    pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
-    }
-
-    pub fn poll_timeout(&self) -> Option<Timestamp> {
-        let backoff = match self.cs {
-            Link::Backoff(at) => Some(at),
-            _ => None,
-        };
-        earliest(Some(self.next_heartbeat), backoff)
-    }
-
     pub fn stats(&self) -> MasterTargetStats {
         let replicas = self
             .replicas
@@ -396,5 +374,40 @@ impl MasterTarget {
             };
             self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
         }
+    }
+}
+
+impl crate::machine::Machine for MasterTarget {
+    type Input = Input;
+    type Output = Output;
+
+    fn handle(&mut self, now: Timestamp, input: Input) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Net(ev) => self.on_net(ev),
+            Input::JournalPersisted { id, journal_bytes } => self.on_persisted(id, journal_bytes),
+            Input::Tick => {}
+        }
+        self.on_timers();
+    }
+
+    fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Timestamp> {
+        let backoff = match self.cs {
+            Link::Backoff(at) => Some(at),
+            _ => None,
+        };
+        earliest(Some(self.next_heartbeat), backoff)
+    }
+
+    fn tick() -> Input {
+        Input::Tick
+    }
+
+    fn net(ev: NetEvent) -> Input {
+        Input::Net(ev)
     }
 }

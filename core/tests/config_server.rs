@@ -8,6 +8,7 @@ use common::*;
 use haven_core::config_server::{self as cs, ConfigServer};
 use haven_core::net::{NetCommand, NetEvent};
 use haven_core::protocol::{DiskInfo, Message, Registration};
+use haven_core::Machine;
 use haven_core::{ConnId, Epoch, Timestamp};
 
 // ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ use haven_core::batch::{BatchHeader, Encoding};
 use haven_core::master_target as mt;
 use haven_core::net::NetEvent;
 use haven_core::protocol::Message;
+use haven_core::Machine;
 use haven_core::{ConnId, Timestamp};
 
 // ---------------------------------------------------------------------------------------------

@@ -14,11 +14,12 @@ use crate::workload::Workload;
 use haven_core::agent::{self, Agent, AgentSettings};
 use haven_core::batch::BLOCK_BYTES;
 use haven_core::config_server::{self as cs, ConfigServer, ConfigServerSettings};
+use haven_core::machine::tick_if_due;
 use haven_core::master_target::{self as mt, MasterTarget, MasterTargetSettings};
 use haven_core::net::NetEvent;
 use haven_core::process_server::{self as ps, ProcessServer, ProcessServerSettings};
 use haven_core::protocol::Message;
-use haven_core::{ComponentId, DiskId, Seq, Timestamp};
+use haven_core::{ComponentId, DiskId, Machine, Seq, Timestamp};
 use std::collections::VecDeque;
 
 pub type R = Result<(), String>;
@@ -449,41 +450,11 @@ impl Cluster {
             }
         }
         self.net.on_time(now);
-        if self
-            .agent
-            .as_ref()
-            .and_then(|a| a.poll_timeout())
-            .is_some_and(|t| t <= now)
-        {
-            self.agent
-                .as_mut()
-                .expect("up")
-                .handle(now, agent::Input::Tick);
-        }
-        if self
-            .ps
-            .as_ref()
-            .and_then(|a| a.poll_timeout())
-            .is_some_and(|t| t <= now)
-        {
-            self.ps.as_mut().expect("up").handle(now, ps::Input::Tick);
-        }
-        if self
-            .mt
-            .as_ref()
-            .and_then(|a| a.poll_timeout())
-            .is_some_and(|t| t <= now)
-        {
-            self.mt.as_mut().expect("up").handle(now, mt::Input::Tick);
-        }
-        if self
-            .cs
-            .as_ref()
-            .and_then(|a| a.poll_timeout())
-            .is_some_and(|t| t <= now)
-        {
-            self.cs.as_mut().expect("up").handle(now, cs::Input::Tick);
-        }
+        // Each role whose deadline is due gets its tick.
+        self.agent.as_mut().map(|m| tick_if_due(m, now));
+        self.ps.as_mut().map(|m| tick_if_due(m, now));
+        self.mt.as_mut().map(|m| tick_if_due(m, now));
+        self.cs.as_mut().map(|m| tick_if_due(m, now));
         self.drain()?;
         self.check_limits()
     }
@@ -511,15 +482,17 @@ impl Cluster {
         };
         self.note(to, what, detail);
         let now = self.now;
+        fn feed<M: Machine>(m: Option<&mut M>, now: Timestamp, ev: NetEvent) {
+            if let Some(m) = m {
+                m.handle(now, M::net(ev));
+            }
+        }
         match to {
-            Node::Cs => self.cs.as_mut().map(|r| r.handle(now, cs::Input::Net(ev))),
-            Node::Ps => self.ps.as_mut().map(|r| r.handle(now, ps::Input::Net(ev))),
-            Node::Mt => self.mt.as_mut().map(|r| r.handle(now, mt::Input::Net(ev))),
-            Node::Agent => self
-                .agent
-                .as_mut()
-                .map(|r| r.handle(now, agent::Input::Net(ev))),
-        };
+            Node::Cs => feed(self.cs.as_mut(), now, ev),
+            Node::Ps => feed(self.ps.as_mut(), now, ev),
+            Node::Mt => feed(self.mt.as_mut(), now, ev),
+            Node::Agent => feed(self.agent.as_mut(), now, ev),
+        }
         self.drain()
     }
 

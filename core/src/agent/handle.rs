@@ -33,64 +33,6 @@ impl Agent {
         agent
     }
 
-    pub fn handle(&mut self, now: Timestamp, input: Input) {
-        self.now = self.now.max(now);
-        match input {
-            Input::Net(ev) => self.on_net(ev),
-            Input::Write { .. } | Input::Flush { .. } | Input::CopyChunk { .. } => {
-                if self.held.is_empty() && self.can_start(&input) {
-                    self.start(input);
-                } else {
-                    self.held.push_back(input);
-                }
-            }
-            Input::CopyDone { disk } => {
-                self.streams[disk].copying = false;
-            }
-            Input::SourceDone { io, data } => self.on_source_done(io, data),
-            Input::SourceFailed { io, error } => self.on_source_failed(io, error),
-            Input::Synced { io } => self.out.push_back(Output::Complete { io, result: Ok(()) }),
-            Input::Reserved { disk, reserved } => {
-                let s = &mut self.streams[disk];
-                s.reserved = s.reserved.max(reserved);
-                s.reserving = false;
-            }
-            Input::Tick => {}
-        }
-        self.on_timers();
-        self.release_held();
-    }
-
-    pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
-    }
-
-    pub fn poll_timeout(&self) -> Option<Timestamp> {
-        let mut t = Some(self.next_heartbeat);
-        for d in &self.batch_deadline {
-            t = earliest(t, *d);
-        }
-        for link in self.links.iter().chain(std::iter::once(&self.cs)) {
-            if let Link::Backoff(at) = link {
-                t = earliest(t, Some(*at));
-            }
-        }
-        for (i, link) in self.links.iter().enumerate() {
-            if self.stalled_candidate(i, link) {
-                t = earliest(
-                    t,
-                    Some(self.progress_at[i].plus_millis(super::STREAM_STALL_MS)),
-                );
-            }
-        }
-        for (i, b) in self.busy_until.iter().enumerate() {
-            if *b > self.now && self.streams[i].queue.iter().any(|q| !q.sent) {
-                t = earliest(t, Some(*b));
-            }
-        }
-        t
-    }
-
     pub fn stats(&self) -> AgentStats {
         let disks = self
             .streams
@@ -317,5 +259,76 @@ impl Agent {
                 data: b.data.clone(),
             }));
         }
+    }
+}
+
+impl crate::machine::Machine for Agent {
+    type Input = Input;
+    type Output = Output;
+
+    fn handle(&mut self, now: Timestamp, input: Input) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Net(ev) => self.on_net(ev),
+            Input::Write { .. } | Input::Flush { .. } | Input::CopyChunk { .. } => {
+                if self.held.is_empty() && self.can_start(&input) {
+                    self.start(input);
+                } else {
+                    self.held.push_back(input);
+                }
+            }
+            Input::CopyDone { disk } => {
+                self.streams[disk].copying = false;
+            }
+            Input::SourceDone { io, data } => self.on_source_done(io, data),
+            Input::SourceFailed { io, error } => self.on_source_failed(io, error),
+            Input::Synced { io } => self.out.push_back(Output::Complete { io, result: Ok(()) }),
+            Input::Reserved { disk, reserved } => {
+                let s = &mut self.streams[disk];
+                s.reserved = s.reserved.max(reserved);
+                s.reserving = false;
+            }
+            Input::Tick => {}
+        }
+        self.on_timers();
+        self.release_held();
+    }
+
+    fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Timestamp> {
+        let mut t = Some(self.next_heartbeat);
+        for d in &self.batch_deadline {
+            t = earliest(t, *d);
+        }
+        for link in self.links.iter().chain(std::iter::once(&self.cs)) {
+            if let Link::Backoff(at) = link {
+                t = earliest(t, Some(*at));
+            }
+        }
+        for (i, link) in self.links.iter().enumerate() {
+            if self.stalled_candidate(i, link) {
+                t = earliest(
+                    t,
+                    Some(self.progress_at[i].plus_millis(super::STREAM_STALL_MS)),
+                );
+            }
+        }
+        for (i, b) in self.busy_until.iter().enumerate() {
+            if *b > self.now && self.streams[i].queue.iter().any(|q| !q.sent) {
+                t = earliest(t, Some(*b));
+            }
+        }
+        t
+    }
+
+    fn tick() -> Input {
+        Input::Tick
+    }
+
+    fn net(ev: NetEvent) -> Input {
+        Input::Net(ev)
     }
 }

@@ -69,38 +69,6 @@ impl ProcessServer {
             })
     }
 
-    pub fn handle(&mut self, now: Timestamp, input: Input) {
-        self.now = self.now.max(now);
-        match input {
-            Input::Net(ev) => self.on_net(ev),
-            Input::CachePersisted { id, loc, bytes } => self.on_persisted(id, loc, bytes),
-            Input::Tick => {}
-        }
-        self.on_timers();
-    }
-
-    pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
-    }
-
-    pub fn poll_timeout(&self) -> Option<Timestamp> {
-        let mut t = Some(self.next_heartbeat);
-        for link in self
-            .disks
-            .values()
-            .map(|d| &d.link)
-            .chain(std::iter::once(&self.cs))
-        {
-            if let Link::Backoff(at) = link {
-                t = earliest(t, Some(*at));
-            }
-        }
-        for d in self.disks.values().filter(|d| d.waiting()) {
-            t = earliest(t, Some(d.progress_at.plus_millis(STREAM_STALL_MS)));
-        }
-        t
-    }
-
     /// Sets when batches are compressed and the zstd level (clamped to `ZSTD_LEVELS`).
     pub fn set_compression(&mut self, policy: CompressionPolicy, level: i32) {
         self.compression = policy;
@@ -587,5 +555,50 @@ impl ProcessServer {
                 loc: e.loc,
             });
         }
+    }
+}
+
+impl crate::machine::Machine for ProcessServer {
+    type Input = Input;
+    type Output = Output;
+
+    fn handle(&mut self, now: Timestamp, input: Input) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Net(ev) => self.on_net(ev),
+            Input::CachePersisted { id, loc, bytes } => self.on_persisted(id, loc, bytes),
+            Input::Tick => {}
+        }
+        self.on_timers();
+    }
+
+    fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Timestamp> {
+        let mut t = Some(self.next_heartbeat);
+        for link in self
+            .disks
+            .values()
+            .map(|d| &d.link)
+            .chain(std::iter::once(&self.cs))
+        {
+            if let Link::Backoff(at) = link {
+                t = earliest(t, Some(*at));
+            }
+        }
+        for d in self.disks.values().filter(|d| d.waiting()) {
+            t = earliest(t, Some(d.progress_at.plus_millis(STREAM_STALL_MS)));
+        }
+        t
+    }
+
+    fn tick() -> Input {
+        Input::Tick
+    }
+
+    fn net(ev: NetEvent) -> Input {
+        Input::Net(ev)
     }
 }

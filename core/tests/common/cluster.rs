@@ -9,6 +9,7 @@ use haven_core::master_target::{self as mt, MasterTarget};
 use haven_core::net::{NetCommand, NetEvent};
 use haven_core::process_server::{self as ps, CacheDiskMeta, CacheLoc, CachedBatch, ProcessServer};
 use haven_core::protocol::{self, Message};
+use haven_core::Machine;
 use haven_core::{ConnId, DiskId, Seq, Timestamp};
 use std::collections::{BTreeMap, VecDeque};
 

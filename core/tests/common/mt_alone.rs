@@ -5,6 +5,7 @@ use haven_core::batch::{BatchHeader, Encoding, Op, OpKind};
 use haven_core::master_target::{self as mt, MasterTarget};
 use haven_core::net::{NetCommand, NetEvent};
 use haven_core::protocol::Message;
+use haven_core::Machine;
 use haven_core::{ConnId, Epoch, Seq, Timestamp};
 
 pub fn mt_alone() -> (MasterTarget, ConnId) {

@@ -14,6 +14,7 @@ use crate::vfs::{VFile, Vfs};
 use haven_core::agent::{Agent, AgentSettings, Input, IoId, Output, SourceOp};
 use haven_core::ids::{DiskId, Epoch};
 use haven_core::protocol::{Hello, Role, PROTOCOL_VERSION};
+use haven_core::Machine;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -8,6 +8,7 @@ use crate::vfs::Vfs;
 use haven_core::config_server::{ConfigServer, ConfigServerSettings, Input, Output};
 use haven_core::ids::{ComponentId, Epoch};
 use haven_core::protocol::{Hello, Role, PROTOCOL_VERSION};
+use haven_core::Machine;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 

@@ -10,6 +10,7 @@ use crate::vfs::Vfs;
 use haven_core::ids::{DiskId, Epoch};
 use haven_core::master_target::{Input, MasterTarget, MasterTargetSettings, Output};
 use haven_core::protocol::{Hello, Role, PROTOCOL_VERSION};
+use haven_core::Machine;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -9,6 +9,7 @@ use crate::vfs::Vfs;
 use haven_core::ids::Epoch;
 use haven_core::process_server::{Input, Output, ProcessServer, ProcessServerSettings};
 use haven_core::protocol::{Hello, Role, PROTOCOL_VERSION};
+use haven_core::Machine;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
