@@ -140,10 +140,19 @@ pub struct ConfigServerFile {
     pub id: ComponentId,
     pub listen: String,
     pub api_listen: String,
+    /// Where the durable state lives (config-server.redb).
+    pub data_dir: PathBuf,
     #[serde(default = "d_timeout")]
     pub heartbeat_timeout_ms: u64,
+    /// Protect every disk an agent registers for the first time.
+    #[serde(default = "d_true")]
+    pub auto_protect: bool,
     #[serde(default, rename = "protect")]
     pub rules: Vec<ProtectionRule>,
+}
+
+fn d_true() -> bool {
+    true
 }
 
 fn default_cs_id() -> ComponentId {
@@ -268,10 +277,12 @@ impl ConfigServerFile {
         let settings = ConfigServerSettings {
             rules: self.rules,
             heartbeat_timeout_ms: self.heartbeat_timeout_ms.max(500),
+            auto_protect: self.auto_protect,
         };
         ConfigServerConfig {
             component: self.id,
             settings,
+            data_dir: self.data_dir,
             listen: self.listen,
             api_listen: self.api_listen,
         }

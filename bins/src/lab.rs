@@ -38,7 +38,9 @@ pub async fn run(o: LabOptions) -> Result<(), String> {
             settings: ConfigServerSettings {
                 rules: vec![],
                 heartbeat_timeout_ms: DEFAULT_HEARTBEAT_INTERVAL_MS * 5,
+                auto_protect: true,
             },
+            data_dir: dir.join("config-server"),
             listen: "127.0.0.1:0".into(),
             api_listen: o.api_listen.clone(),
         },
@@ -76,7 +78,7 @@ pub async fn run(o: LabOptions) -> Result<(), String> {
     );
     println!("  try: qemu-io -f raw -c 'write -P 0x5a 0 1M' {nbd}");
     println!("       haven status --api {api}; haven export disk0 --api {api} --point latest --out disk0.img");
-    let core = cs.core.clone();
+    let client = cs.client.clone();
     let every = std::time::Duration::from_secs(o.status_interval_s.max(1));
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
@@ -92,7 +94,7 @@ pub async fn run(o: LabOptions) -> Result<(), String> {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let s = core.lock().expect("core lock").status();
+                let s = client.status();
                 for d in &s.disks {
                     println!("[status] {}", disk_line(d));
                 }

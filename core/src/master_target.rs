@@ -59,6 +59,8 @@ pub enum Output {
     CreateReplica(ReplicaMeta),
     /// Persist changed replica metadata (epoch, inconsistency).
     SaveReplica(ReplicaMeta),
+    /// The disk's protection ended: delete its replica (base, journal, points, metadata).
+    RemoveReplica(DiskId),
     /// Append this batch (raw data) to the replica's journal, fsync, index it and record its
     /// recovery point; then answer `JournalPersisted`.
     JournalAppend {
@@ -212,11 +214,30 @@ impl MasterTarget {
                 first_seq,
             } => self.on_open(conn, disk, epoch, size_bytes, first_seq),
             Message::Batch(header) => self.on_batch(conn, header, data),
+            Message::Retire(list) if self.cs == Link::Ready(conn) => self.on_retire(list),
             Message::Reject { .. } => {}
             other => self.refuse(
                 conn,
                 format!("unexpected {} on a master target connection", other.kind()),
             ),
+        }
+    }
+
+    /// Protections that ended: their replicas are removed (a replica of a newer epoch stays).
+    fn on_retire(&mut self, list: Vec<crate::protocol::Retired>) {
+        for r in list {
+            if self
+                .replicas
+                .get(&r.disk)
+                .is_none_or(|x| x.meta.epoch > r.epoch)
+            {
+                continue;
+            }
+            let replica = self.replicas.remove(&r.disk).expect("checked");
+            if let Some(conn) = replica.stream {
+                self.out.push_back(Output::Net(NetCommand::Close { conn }));
+            }
+            self.out.push_back(Output::RemoveReplica(r.disk));
         }
     }
 
@@ -356,10 +377,9 @@ impl MasterTarget {
             .appending
             .remove(&id)
             .expect("JournalPersisted for an unknown append");
-        let r = self
-            .replicas
-            .get_mut(&disk)
-            .expect("appending replica exists");
+        let Some(r) = self.replicas.get_mut(&disk) else {
+            return; // Removed meanwhile (its protection ended).
+        };
         r.appending -= 1;
         r.meta.applied_seq = r.meta.applied_seq.max(last_seq);
         r.meta.journal_bytes = journal_bytes;

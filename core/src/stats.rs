@@ -12,6 +12,8 @@ pub enum ReplicationMode {
     InitialCopy,
     /// Waiting for a reservation of sequence numbers to be persisted, or for the process server.
     Starting,
+    /// Not protected: the agent serves the disk without replicating it.
+    Unprotected,
 }
 
 impl ReplicationMode {
@@ -20,6 +22,7 @@ impl ReplicationMode {
             ReplicationMode::Data => "data",
             ReplicationMode::InitialCopy => "initial-copy",
             ReplicationMode::Starting => "starting",
+            ReplicationMode::Unprotected => "unprotected",
         }
     }
 }

@@ -14,10 +14,23 @@ use haven_core::{ConnId, Epoch, Timestamp};
 // ---------------------------------------------------------------------------------------------
 // (g) configuration server
 
+/// Drains the server's outputs, answering every persist at once; returns the messages sent.
+fn sends(s: &mut ConfigServer, now: Timestamp) -> Vec<(ConnId, Message)> {
+    let mut out = vec![];
+    while let Some(o) = s.poll_output() {
+        match o {
+            cs::Output::Net(NetCommand::Send { conn, msg, .. }) => out.push((conn, msg)),
+            cs::Output::Persist { id, .. } => s.handle(now, cs::Input::Persisted { id }),
+            _ => {}
+        }
+    }
+    out
+}
+
 #[test]
 fn config_server_assigns_the_disk_to_the_registered_process_server_and_master_target() {
     let now = Timestamp::from_millis(5);
-    let mut s = ConfigServer::new(cs_settings(), now);
+    let mut s = ConfigServer::new(cs_settings(), Default::default(), now);
     let (ca, cp, cm) = (ConnId(1), ConnId(2), ConnId(3));
     for (conn, node) in [(ca, Node::Agent), (cp, Node::Ps), (cm, Node::Mt)] {
         s.handle(
@@ -44,13 +57,7 @@ fn config_server_assigns_the_disk_to_the_registered_process_server_and_master_ta
                 data: vec![],
             }),
         );
-        std::iter::from_fn(|| s.poll_output())
-            .map(|cs::Output::Net(cmd)| cmd)
-            .filter_map(|cmd| match cmd {
-                NetCommand::Send { conn, msg, .. } => Some((conn, msg)),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
+        sends(s, now)
     };
     // The agent first: nothing to place it on yet.
     let out = recv(

@@ -4,7 +4,9 @@
 //! Every commit that backs a promise to a peer is `Durability::Immediate`. A failed commit is
 //! fatal for the role: the caller stops, and reopening repairs (redb recovers on open).
 
-use haven_core::ids::{DiskId, Seq};
+use haven_core::config_server::state::event_slot;
+use haven_core::config_server::{ConfigState, Record};
+use haven_core::ids::{ComponentId, DiskId, Seq};
 use haven_core::master_target::ReplicaMeta;
 use haven_core::process_server::CacheDiskMeta;
 use haven_core::time::Timestamp;
@@ -19,17 +21,33 @@ const PS_DISKS: TableDefinition<&str, &[u8]> = TableDefinition::new("ps_disks");
 const MT_REPLICAS: TableDefinition<&str, &[u8]> = TableDefinition::new("mt_replicas");
 /// (disk, seq) -> postcard `PointRecord`.
 const MT_POINTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mt_points");
+/// Configuration server: component id -> postcard `ComponentRecord`.
+const CS_COMPONENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("cs_components");
+/// Configuration server: disk id -> postcard `ProtectionRecord`.
+const CS_PROTECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("cs_protections");
+/// Configuration server: event ring slot -> postcard `Event`.
+const CS_EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("cs_events");
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
     #[error("metadata store {path}: {msg}; if the file is damaged, restore it or remove it to rebuild from the data files")]
     Open { path: String, msg: String },
+    #[error("metadata store {path} is held by another haven process (a daemon or a lab using this data directory); stop it, or give this one another data directory")]
+    Held { path: String },
     #[error("metadata store: {0}")]
     Db(String),
 }
 
 fn db_err<E: std::fmt::Display>(e: E) -> MetaError {
     MetaError::Db(e.to_string())
+}
+
+fn dec<T: serde::de::DeserializeOwned>(v: &[u8]) -> Result<T, MetaError> {
+    postcard::from_bytes(v).map_err(db_err)
+}
+
+fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, MetaError> {
+    postcard::to_allocvec(v).map_err(db_err)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,9 +69,14 @@ pub struct MetaStore {
 
 impl MetaStore {
     pub fn open(path: &Path) -> Result<MetaStore, MetaError> {
-        let db = Database::create(path).map_err(|e| MetaError::Open {
-            path: path.display().to_string(),
-            msg: e.to_string(),
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => MetaError::Held {
+                path: path.display().to_string(),
+            },
+            e => MetaError::Open {
+                path: path.display().to_string(),
+                msg: e.to_string(),
+            },
         })?;
         Self::init(db)
     }
@@ -78,6 +101,9 @@ impl MetaStore {
             tx.open_table(AGENT_COPIED).map_err(db_err)?;
             tx.open_table(MT_REPLICAS).map_err(db_err)?;
             tx.open_table(MT_POINTS).map_err(db_err)?;
+            tx.open_table(CS_COMPONENTS).map_err(db_err)?;
+            tx.open_table(CS_PROTECTIONS).map_err(db_err)?;
+            tx.open_table(CS_EVENTS).map_err(db_err)?;
             Ok(())
         })?;
         Ok(store)
@@ -136,6 +162,106 @@ impl MetaStore {
                 .map_err(db_err)?
                 .insert(disk.as_str(), true)
                 .map_err(db_err)?;
+            Ok(())
+        })
+    }
+
+    /// The disk's protection ended: a later protection copies it again.
+    pub fn clear_agent_copied(&self, disk: &DiskId) -> Result<(), MetaError> {
+        self.write(|tx| {
+            tx.open_table(AGENT_COPIED)
+                .map_err(db_err)?
+                .remove(disk.as_str())
+                .map_err(db_err)?;
+            Ok(())
+        })
+    }
+
+    pub fn forget_ps_disk(&self, disk: &DiskId) -> Result<(), MetaError> {
+        self.write(|tx| {
+            tx.open_table(PS_DISKS)
+                .map_err(db_err)?
+                .remove(disk.as_str())
+                .map_err(db_err)?;
+            Ok(())
+        })
+    }
+
+    /// Deletes a replica's metadata and points in one commit.
+    pub fn remove_replica(&self, disk: &DiskId) -> Result<(), MetaError> {
+        self.write(|tx| {
+            tx.open_table(MT_REPLICAS)
+                .map_err(db_err)?
+                .remove(disk.as_str())
+                .map_err(db_err)?;
+            tx.open_table(MT_POINTS)
+                .map_err(db_err)?
+                .retain_in((disk.as_str(), 0)..=(disk.as_str(), u64::MAX), |_, _| false)
+                .map_err(db_err)?;
+            Ok(())
+        })
+    }
+
+    /// The configuration server's whole state.
+    pub fn config_state(&self) -> Result<ConfigState, MetaError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let mut state = ConfigState::default();
+        for r in tx
+            .open_table(CS_COMPONENTS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, v) = r.map_err(db_err)?;
+            let id = ComponentId::new(k.value()).map_err(db_err)?;
+            state.components.insert(id, dec(v.value())?);
+        }
+        for r in tx
+            .open_table(CS_PROTECTIONS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, v) = r.map_err(db_err)?;
+            let disk = DiskId::new(k.value()).map_err(db_err)?;
+            state.protections.insert(disk, dec(v.value())?);
+        }
+        for r in tx
+            .open_table(CS_EVENTS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (_, v) = r.map_err(db_err)?;
+            state.events.push(dec(v.value())?);
+        }
+        Ok(state)
+    }
+
+    /// Writes configuration-server records in one durable transaction: all or none.
+    pub fn persist_config(&self, records: &[Record]) -> Result<(), MetaError> {
+        self.write(|tx| {
+            let mut comps = tx.open_table(CS_COMPONENTS).map_err(db_err)?;
+            let mut prots = tx.open_table(CS_PROTECTIONS).map_err(db_err)?;
+            let mut events = tx.open_table(CS_EVENTS).map_err(db_err)?;
+            for r in records {
+                match r {
+                    Record::Component { id, record } => {
+                        let b = enc(record)?;
+                        comps.insert(id.as_str(), b.as_slice()).map_err(db_err)?;
+                    }
+                    Record::Protection { disk, record } => {
+                        let b = enc(record)?;
+                        prots.insert(disk.as_str(), b.as_slice()).map_err(db_err)?;
+                    }
+                    Record::Event(e) => {
+                        let b = enc(e)?;
+                        events
+                            .insert(event_slot(e.id), b.as_slice())
+                            .map_err(db_err)?;
+                    }
+                }
+            }
             Ok(())
         })
     }

@@ -9,7 +9,7 @@
 use crate::net::{Net, Node, Ready};
 use crate::rng::{Fnv, Rng};
 use crate::scenario::{Action, Scenario};
-use crate::stores::{AgentAnswer, AgentStore, DiskFault, MtStore, PsStore};
+use crate::stores::{AgentAnswer, AgentStore, CsStore, DiskFault, MtStore, PsStore};
 use crate::workload::Workload;
 use haven_core::agent::{self, Agent, AgentSettings};
 use haven_core::batch::BLOCK_BYTES;
@@ -69,6 +69,7 @@ pub struct Cluster {
     pub agent_store: AgentStore,
     pub ps_store: PsStore,
     pub mt_store: MtStore,
+    pub cs_store: CsStore,
     pub(crate) trace: Fnv,
     pub tail: VecDeque<TraceLine>,
     pub counters: Counters,
@@ -149,7 +150,9 @@ impl Cluster {
             cs_settings: ConfigServerSettings {
                 rules: vec![],
                 heartbeat_timeout_ms: 5_000,
+                auto_protect: true,
             },
+            cs_store: CsStore::default(),
             net,
             wl: Workload::new(scn.workload.clone(), wl_rng, (t.disk_blocks * b) as usize),
             agent_store: AgentStore::default(),
@@ -244,7 +247,10 @@ impl Cluster {
                 let metas = self.mt_store.recover();
                 self.mt = Some(MasterTarget::new(self.mt_settings.clone(), metas, now));
             }
-            Node::Cs => self.cs = Some(ConfigServer::new(self.cs_settings.clone(), now)),
+            Node::Cs => {
+                let state = self.cs_store.durable.clone();
+                self.cs = Some(ConfigServer::new(self.cs_settings.clone(), state, now));
+            }
         }
     }
 
@@ -269,7 +275,10 @@ impl Cluster {
                 self.mt = None;
                 self.mt_store.crash();
             }
-            Node::Cs => self.cs = None,
+            Node::Cs => {
+                self.cs = None;
+                self.cs_store.crash();
+            }
         }
         self.net.crash(n, self.now);
         self.note(n, what, 0);
@@ -384,6 +393,9 @@ impl Cluster {
         if self.mt.is_some() && self.mt_store.pending.ready(now) {
             choices.push(Choice::Store(Node::Mt));
         }
+        if self.cs.is_some() && self.cs_store.pending.ready(now) {
+            choices.push(Choice::Store(Node::Cs));
+        }
         let can_submit = self.agent.is_some() && self.wl.can_submit(now);
         if choices.is_empty() && !can_submit || self.rng.chance(3) {
             return self.advance(!choices.is_empty() || can_submit);
@@ -426,6 +438,9 @@ impl Cluster {
             }
             if self.mt.is_some() {
                 min(self.mt_store.pending.next_due());
+            }
+            if self.cs.is_some() {
+                min(self.cs_store.pending.next_due());
             }
             min(self.agent.as_ref().and_then(|a| a.poll_timeout()));
             min(self.ps.as_ref().and_then(|a| a.poll_timeout()));
@@ -540,7 +555,12 @@ impl Cluster {
                 let input = mt::Input::JournalPersisted { id, journal_bytes };
                 self.mt.as_mut().expect("up").handle(now, input);
             }
-            Node::Cs => unreachable!("the configuration server has no store"),
+            Node::Cs => {
+                let id = self.cs_store.complete().expect("ready");
+                self.note(n, "Persisted", id);
+                let input = cs::Input::Persisted { id };
+                self.cs.as_mut().expect("up").handle(now, input);
+            }
         }
         self.drain()
     }
@@ -561,9 +581,9 @@ impl Cluster {
                 any = true;
                 self.mt_output(o)?;
             }
-            while let Some(cs::Output::Net(cmd)) = self.cs.as_mut().and_then(|r| r.poll_output()) {
+            while let Some(o) = self.cs.as_mut().and_then(|r| r.poll_output()) {
                 any = true;
-                self.net_cmd(Node::Cs, cmd)?;
+                self.cs_output(o)?;
             }
             if !any {
                 return Ok(());

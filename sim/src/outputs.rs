@@ -6,6 +6,7 @@ use crate::net::Node;
 use crate::stores::{AgentAnswer, DiskFault};
 use haven_core::agent;
 use haven_core::batch::BLOCK_BYTES;
+use haven_core::config_server as cs;
 use haven_core::master_target as mt;
 use haven_core::net::NetCommand;
 use haven_core::process_server as ps;
@@ -20,6 +21,22 @@ impl Cluster {
                 self.net.send(from, conn, &msg, &data, now)?;
             }
             NetCommand::Close { conn } => self.net.close(from, conn, now),
+        }
+        Ok(())
+    }
+
+    pub(crate) fn cs_output(&mut self, o: cs::Output) -> R {
+        match o {
+            cs::Output::Net(cmd) => self.net_cmd(Node::Cs, cmd)?,
+            cs::Output::Persist { id, records } => {
+                let at = self.store_latency();
+                self.cs_store.pending.push(at, (id, records));
+            }
+            cs::Output::CommandDone { id, result } => {
+                return Err(format!(
+                    "answer to command {id} that was never given: {result:?}"
+                ))
+            }
         }
         Ok(())
     }
@@ -67,6 +84,9 @@ impl Cluster {
                 let at = self.store_latency();
                 let a = AgentAnswer::Reserved { disk, reserved };
                 self.agent_store.pending.push(at, a);
+            }
+            agent::Output::StartCopy { .. } | agent::Output::Retired { .. } => {
+                return Err(format!("{o:?}: the simulation never ends a protection"));
             }
         }
         Ok(())
@@ -127,6 +147,11 @@ impl Cluster {
                 }
                 self.ps_store.metas.insert(meta.disk.clone(), meta);
             }
+            ps::Output::ForgetDisk(disk) => {
+                return Err(format!(
+                    "ForgetDisk({disk}): the simulation never ends a protection"
+                ));
+            }
         }
         Ok(())
     }
@@ -157,6 +182,11 @@ impl Cluster {
                     self.note(Node::Mt, "replica inconsistent", meta.applied_seq);
                 }
                 self.mt_store.metas.insert(meta.disk.clone(), meta);
+            }
+            mt::Output::RemoveReplica(disk) => {
+                return Err(format!(
+                    "RemoveReplica({disk}): the simulation never ends a protection"
+                ));
             }
             mt::Output::JournalAppend { id, header, data } => {
                 if self.storage_error(Node::Mt, false) {

@@ -116,6 +116,25 @@ impl AgentStore {
     }
 }
 
+/// The configuration server's redb: records become durable only when their persist is answered.
+#[derive(Default)]
+pub struct CsStore {
+    pub durable: haven_core::config_server::ConfigState,
+    pub pending: Pending<(u64, Vec<haven_core::config_server::Record>)>,
+}
+
+impl CsStore {
+    /// Answers the oldest persist: its records are now durable (one transaction).
+    pub fn complete(&mut self) -> Option<u64> {
+        let (id, records) = self.pending.pop()?;
+        self.durable.apply(&records);
+        Some(id)
+    }
+    pub fn crash(&mut self) {
+        self.pending.clear();
+    }
+}
+
 /// The process server's cache and metadata.
 #[derive(Default)]
 pub struct PsStore {

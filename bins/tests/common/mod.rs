@@ -250,7 +250,7 @@ fn write_configs(dir: &Path, p: &Ports) {
     let common =
         format!("config_server = \"{cs}\"\nheartbeat_interval_ms = {hb}\nreconnect_delay_ms = 100");
     let files = [
-        ("config-server", format!("listen = \"{cs}\"\napi_listen = \"127.0.0.1:{}\"\n", p.cs_api)),
+        ("config-server", format!("data_dir = \"{d}/cs\"\nlisten = \"{cs}\"\napi_listen = \"127.0.0.1:{}\"\n", p.cs_api)),
         ("process-server", format!("id = \"ps1\"\n{common}\ndata_dir = \"{d}/ps\"\nlisten = \"127.0.0.1:{}\"\n", p.ps)),
         ("master-target", format!("id = \"mt1\"\n{common}\ndata_dir = \"{d}/mt\"\nlisten = \"127.0.0.1:{}\"\napi_listen = \"127.0.0.1:{}\"\n", p.mt, p.mt_api)),
         (

@@ -66,8 +66,10 @@ impl Agent {
             _ => unreachable!("only writes are held"),
         };
         let s = &self.streams[disk];
-        // One seq per op; an op may not start until its seq is durably reserved.
-        s.next_seq <= s.reserved && s.buffered_bytes() < self.settings.buffer_bytes_max
+        // One seq per op; an op may not start until its seq is durably reserved. A retired
+        // disk assigns no seqs and buffers nothing.
+        s.retired
+            || (s.next_seq <= s.reserved && s.buffered_bytes() < self.settings.buffer_bytes_max)
     }
 
     fn release_held(&mut self) {
@@ -93,6 +95,15 @@ impl Agent {
                 self.batch_deadline[disk] = None;
                 self.pump(disk);
                 self.out.push_back(Output::SourceSync { io, disk });
+            }
+            Input::CopyChunk {
+                disk,
+                block,
+                data,
+                last,
+            } if self.streams[disk].retired => {
+                // A copy chunk that was read before the protection ended: nobody takes it.
+                let _ = (block, data, last);
             }
             Input::CopyChunk {
                 disk,
@@ -132,7 +143,9 @@ impl Agent {
                 "SourceDone data must cover the op's blocks"
             );
         }
-        self.record(p.disk, p.span.0, p.span.1, data);
+        if !self.streams[p.disk].retired {
+            self.record(p.disk, p.span.0, p.span.1, data);
+        }
         if p.fua {
             self.out.push_back(Output::SourceSync { io, disk: p.disk });
         } else {
@@ -159,14 +172,16 @@ impl Agent {
 
     fn record(&mut self, disk: usize, block: u64, blocks: u32, data: Option<Vec<u8>>) {
         let now = self.now;
-        let max = self.settings.batch_bytes_max;
+        let s = &self.streams[disk];
+        let max = s.batch_bytes_max.unwrap_or(self.settings.batch_bytes_max);
+        let delay = s.batch_delay_ms.unwrap_or(self.settings.batch_delay_ms);
         let full = self.streams[disk].record(now, block, blocks, data, max);
         if full {
             self.streams[disk].close_batch();
             self.batch_deadline[disk] = None;
             self.pump(disk);
         } else if self.batch_deadline[disk].is_none() {
-            self.batch_deadline[disk] = Some(now.plus_millis(self.settings.batch_delay_ms));
+            self.batch_deadline[disk] = Some(now.plus_millis(delay));
         }
         self.reserve_more(disk);
     }
@@ -277,9 +292,10 @@ impl crate::machine::Machine for Agent {
                     self.held.push_back(input);
                 }
             }
-            Input::CopyDone { disk } => {
+            Input::CopyDone { disk } if !self.streams[disk].retired => {
                 self.streams[disk].copying = false;
             }
+            Input::CopyDone { .. } => {}
             Input::SourceDone { io, data } => self.on_source_done(io, data),
             Input::SourceFailed { io, error } => self.on_source_failed(io, error),
             Input::Synced { io } => self.out.push_back(Output::Complete { io, result: Ok(()) }),

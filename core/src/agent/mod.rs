@@ -157,6 +157,16 @@ pub enum Output {
         disk: usize,
         reserved: Seq,
     },
+    /// The disk is protected again after its protection ended: copy it anew (feed
+    /// `CopyChunk`s from the start, as for a first protection).
+    StartCopy {
+        disk: usize,
+    },
+    /// The disk's protection ended: stop any copy of it and forget that it was copied, so that
+    /// a later protection copies it again.
+    Retired {
+        disk: usize,
+    },
 }
 
 use crate::net::Link;

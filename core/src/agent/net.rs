@@ -114,6 +114,9 @@ impl Agent {
             Message::Assign(list) if matches!(self.cs, Link::Ready(c) if c == conn) => {
                 self.on_assign(list)
             }
+            Message::Retire(list) if matches!(self.cs, Link::Ready(c) if c == conn) => {
+                self.on_retire(list)
+            }
             Message::StreamState {
                 disk,
                 cached_seq,
@@ -172,6 +175,18 @@ impl Agent {
                 continue;
             };
             let s = &mut self.streams[i];
+            if a.epoch < s.epoch {
+                continue; // A stale assignment.
+            }
+            s.batch_bytes_max = a.batch_bytes_max;
+            s.batch_delay_ms = a.batch_delay_ms;
+            if s.retired {
+                // Protected again: stream anew from the next seq, starting with a full copy.
+                s.retired = false;
+                s.copying = true;
+                self.out.push_back(Output::StartCopy { disk: i });
+            }
+            let s = &mut self.streams[i];
             let changed = self.ps_addrs[i].as_deref() != Some(a.process_server_addr.as_str())
                 || s.epoch != a.epoch;
             s.epoch = a.epoch;
@@ -189,6 +204,27 @@ impl Agent {
                 self.streams[i].unsend_from(0);
                 self.connect_ps(i);
             }
+        }
+    }
+
+    fn on_retire(&mut self, list: Vec<crate::protocol::Retired>) {
+        for r in list {
+            let Some(i) = self.streams.iter().position(|s| s.disk == r.disk) else {
+                continue;
+            };
+            if self.streams[i].retired || r.epoch < self.streams[i].epoch {
+                continue; // Done already, or about an older protection.
+            }
+            self.streams[i].retire();
+            self.streams[i].epoch = r.epoch;
+            if let Link::Opening(c) | Link::Ready(c) = self.links[i] {
+                self.out
+                    .push_back(Output::Net(NetCommand::Close { conn: c }));
+            }
+            self.links[i] = Link::Idle;
+            self.ps_addrs[i] = None;
+            self.batch_deadline[i] = None;
+            self.out.push_back(Output::Retired { disk: i });
         }
     }
 }

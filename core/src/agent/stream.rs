@@ -51,6 +51,11 @@ pub struct Stream {
     pub bytes_written: u64,
     /// While the initial copy runs, batches are not crash-consistent points.
     pub copying: bool,
+    /// The protection ended (`Retire`): writes reach the disk but are not streamed.
+    pub retired: bool,
+    /// Batch bounds of this disk's policy (None: the agent's settings).
+    pub batch_bytes_max: Option<u64>,
+    pub batch_delay_ms: Option<u64>,
 }
 
 impl Stream {
@@ -70,7 +75,23 @@ impl Stream {
             rpo_marks: VecDeque::new(),
             bytes_written: 0,
             copying: false,
+            retired: false,
+            batch_bytes_max: None,
+            batch_delay_ms: None,
         }
+    }
+
+    /// Stops streaming: everything buffered is dropped (the protection ended, nobody will take
+    /// it), and the stream reads as caught up.
+    pub fn retire(&mut self) {
+        self.retired = true;
+        self.copying = false;
+        self.open = None;
+        self.queue.clear();
+        self.queued_bytes = 0;
+        self.rpo_marks.clear();
+        self.cached_seq = self.seq_written();
+        self.applied_seq = self.seq_written();
     }
 
     pub fn buffered_bytes(&self) -> u64 {
@@ -223,7 +244,9 @@ impl Stream {
     }
 
     pub fn stats(&self, now: Timestamp, connected: bool) -> AgentDiskStats {
-        let mode = if self.copying {
+        let mode = if self.retired {
+            ReplicationMode::Unprotected
+        } else if self.copying {
             ReplicationMode::InitialCopy
         } else if self.next_seq > self.reserved || self.epoch == Epoch(0) {
             ReplicationMode::Starting

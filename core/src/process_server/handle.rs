@@ -249,6 +249,9 @@ impl ProcessServer {
             Message::Routes(routes) if matches!(self.cs, Link::Ready(c) if c == conn) => {
                 self.on_routes(routes)
             }
+            Message::Retire(list) if matches!(self.cs, Link::Ready(c) if c == conn) => {
+                self.on_retire(list)
+            }
             Message::Reject { .. } => {}
             other => self.refuse(
                 conn,
@@ -430,7 +433,14 @@ impl ProcessServer {
             .remove(&id)
             .expect("CachePersisted for an unknown append");
         self.appending_bytes -= pending;
-        let d = self.disks.get_mut(&disk).expect("appending disk is known");
+        let Some(d) = self.disks.get_mut(&disk) else {
+            // The disk's protection ended while this append ran: nobody takes the batch.
+            self.out.push_back(Output::CacheRelease {
+                disk,
+                through: last_seq,
+            });
+            return;
+        };
         d.cached_seq = d.cached_seq.max(last_seq);
         let applied = d.meta.applied_seq;
         if last_seq > applied {
@@ -485,6 +495,28 @@ impl ProcessServer {
                 d.sent = 0;
                 self.connect_mt(&r.disk);
             }
+        }
+    }
+
+    /// Protections that ended: drop everything cached of the disk (nobody will take it), close
+    /// its streams, and forget the disk.
+    fn on_retire(&mut self, list: Vec<crate::protocol::Retired>) {
+        for r in list {
+            let Some(d) = self.disks.get(&r.disk) else {
+                continue;
+            };
+            if d.meta.epoch > r.epoch {
+                continue; // A newer protection holds the disk.
+            }
+            let d = self.disks.remove(&r.disk).expect("checked");
+            for conn in [d.agent, d.link_conn()].into_iter().flatten() {
+                self.out.push_back(Output::Net(NetCommand::Close { conn }));
+            }
+            self.out.push_back(Output::CacheRelease {
+                disk: r.disk.clone(),
+                through: Seq::MAX,
+            });
+            self.out.push_back(Output::ForgetDisk(r.disk));
         }
     }
 

@@ -100,6 +100,8 @@ pub enum Output {
     },
     /// Persist what is known of a disk (metadata; losing it only causes resends).
     SaveDisk(CacheDiskMeta),
+    /// Delete what is persisted of a disk whose protection ended (after its `CacheRelease`).
+    ForgetDisk(DiskId),
 }
 
 use crate::batch::CompressionPolicy;
@@ -142,6 +144,14 @@ pub struct ProcessServer {
 }
 
 impl DiskCache {
+    /// The master-target connection, if one is open.
+    fn link_conn(&self) -> Option<ConnId> {
+        match self.link {
+            Link::Opening(c) | Link::Ready(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// True when the master-target stream waits for an answer (so silence means trouble).
     fn waiting(&self) -> bool {
         match self.link {

@@ -65,6 +65,18 @@ pub struct Assignment {
     pub epoch: Epoch,
     pub process_server: ComponentId,
     pub process_server_addr: String,
+    /// The disk's batch bounds, when its policy sets them (None: the agent's own settings).
+    pub batch_bytes_max: Option<u64>,
+    pub batch_delay_ms: Option<u64>,
+}
+
+/// A disk whose protection ended: its receiver drops what it holds of the disk at `epoch` or
+/// older (an agent stops streaming it, a process server drops its cache, a master target
+/// removes its replica).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retired {
+    pub disk: DiskId,
+    pub epoch: Epoch,
 }
 
 /// Which master target holds a disk's replica (sent to the process server).
@@ -129,6 +141,9 @@ pub enum Message {
     Register(Registration),
     Assign(Vec<Assignment>),
     Routes(Vec<Route>),
+    /// Configuration server -> component: protections that ended. Resent until the
+    /// component's heartbeat no longer lists the disk; receivers act on it idempotently.
+    Retire(Vec<Retired>),
     AgentHeartbeat(AgentStats),
     ProcessServerHeartbeat(ProcessServerStats),
     MasterTargetHeartbeat(MasterTargetStats),
@@ -149,6 +164,7 @@ impl Message {
             Message::Register(_) => "Register",
             Message::Assign(_) => "Assign",
             Message::Routes(_) => "Routes",
+            Message::Retire(_) => "Retire",
             Message::AgentHeartbeat(_) => "AgentHeartbeat",
             Message::ProcessServerHeartbeat(_) => "ProcessServerHeartbeat",
             Message::MasterTargetHeartbeat(_) => "MasterTargetHeartbeat",

@@ -8,8 +8,8 @@ pub use frame::{
     FrameHeader, FRAME_HEADER_BYTES,
 };
 pub use message::{
-    check_hello, Assignment, DiskInfo, HandshakeError, Hello, Message, Registration, Role, Route,
-    PROTOCOL_VERSION,
+    check_hello, Assignment, DiskInfo, HandshakeError, Hello, Message, Registration, Retired, Role,
+    Route, PROTOCOL_VERSION,
 };
 
 #[cfg(test)]

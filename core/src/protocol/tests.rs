@@ -149,6 +149,12 @@ fn every_message() -> Vec<Message> {
             epoch: Epoch(1),
             process_server: comp("ps1"),
             process_server_addr: "ps1:7001".into(),
+            batch_bytes_max: Some(1 << 20),
+            batch_delay_ms: None,
+        }]),
+        Message::Retire(vec![Retired {
+            disk: disk(),
+            epoch: Epoch(2),
         }]),
         Message::Routes(vec![Route {
             disk: disk(),
@@ -165,7 +171,7 @@ fn every_message() -> Vec<Message> {
     let mut kinds: Vec<&str> = msgs.iter().map(|m| m.kind()).collect();
     kinds.sort();
     kinds.dedup();
-    assert_eq!(kinds.len(), 14);
+    assert_eq!(kinds.len(), 15);
     msgs
 }
 

@@ -36,6 +36,8 @@ pub struct Cluster {
     pub(super) local: VecDeque<Local>,
     /// Every Received message, in delivery order: (to, message).
     pub delivered: Vec<(Node, Message)>,
+    /// Outputs about a protection's end or restart, as text (`Retired disk 0`, ...).
+    pub lifecycle: Vec<String>,
 
     // Agent storage.
     pub source: Vec<u8>,
@@ -72,7 +74,7 @@ impl Cluster {
         let now = Timestamp::from_millis(1_000_000);
         let mut c = Cluster {
             now,
-            cs: ConfigServer::new(cs_settings(), now),
+            cs: ConfigServer::new(cs_settings(), Default::default(), now),
             ps: with_ps.then(|| ProcessServer::new(ps_settings(), vec![], vec![], now)),
             mt: MasterTarget::new(mt_settings(), vec![], now),
             agent: Agent::new(agent_settings, vec![(disk_id(), DISK_BYTES as u64, 0)], now),
@@ -80,6 +82,7 @@ impl Cluster {
             conns: BTreeMap::new(),
             next_conn: 1,
             local: VecDeque::new(),
+            lifecycle: vec![],
             delivered: vec![],
             source: vec![0; DISK_BYTES],
             source_at: vec![vec![0; DISK_BYTES]],
@@ -123,10 +126,18 @@ impl Cluster {
                 any = true;
                 self.mt_output(o);
             }
+            // The configuration server's store is instant here (the simulation models it).
+            let mut persisted = vec![];
             while let Some(o) = self.cs.poll_output() {
                 any = true;
-                let cs::Output::Net(cmd) = o;
-                self.net_cmd(Node::Cs, cmd);
+                match o {
+                    cs::Output::Net(cmd) => self.net_cmd(Node::Cs, cmd),
+                    cs::Output::Persist { id, .. } => persisted.push(id),
+                    cs::Output::CommandDone { .. } => {}
+                }
+            }
+            for id in persisted {
+                self.cs.handle(self.now, cs::Input::Persisted { id });
             }
             if !any {
                 return;

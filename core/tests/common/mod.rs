@@ -103,6 +103,7 @@ pub fn mt_settings() -> MasterTargetSettings {
 pub fn cs_settings() -> ConfigServerSettings {
     ConfigServerSettings {
         rules: vec![],
+        auto_protect: true,
         heartbeat_timeout_ms: 10_000,
     }
 }

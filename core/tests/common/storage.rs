@@ -18,6 +18,8 @@ impl Cluster {
     pub(super) fn agent_output(&mut self, o: agent::Output) {
         match o {
             agent::Output::Net(cmd) => self.net_cmd(Node::Agent, cmd),
+            agent::Output::StartCopy { disk } => self.lifecycle.push(format!("StartCopy {disk}")),
+            agent::Output::Retired { disk } => self.lifecycle.push(format!("Retired {disk}")),
             agent::Output::SourceWrite { io, disk, op } => {
                 assert_eq!(disk, 0);
                 let aligned_zero = matches!(op, SourceOp::Zero { .. }) && op.aligned();
@@ -56,6 +58,10 @@ impl Cluster {
 
     pub(super) fn ps_output(&mut self, o: ps::Output) {
         match o {
+            ps::Output::ForgetDisk(disk) => {
+                self.ps_meta.remove(&disk);
+                self.lifecycle.push(format!("ForgetDisk {disk}"));
+            }
             ps::Output::Net(cmd) => self.net_cmd(Node::Ps, cmd),
             ps::Output::CacheAppend { id, header, data } => {
                 let frame = protocol::encode(&Message::Batch(header.clone()), &data).unwrap();
@@ -130,6 +136,7 @@ impl Cluster {
 
     pub(super) fn mt_output(&mut self, o: mt::Output) {
         match o {
+            mt::Output::RemoveReplica(disk) => self.lifecycle.push(format!("RemoveReplica {disk}")),
             mt::Output::Net(cmd) => self.net_cmd(Node::Mt, cmd),
             mt::Output::CreateReplica(meta) => {
                 assert_eq!(meta.size_bytes, DISK_BYTES as u64);

@@ -369,6 +369,16 @@ impl<T: Transport, F: VFile> Driver<T, F> {
         Ok(())
     }
 
+    /// A disk's protection ended: its copy stops, and a later protection copies it anew.
+    fn retired(&mut self, disk: usize) -> Result<(), RoleError> {
+        self.copies.retain(|c| c.disk != disk);
+        self.copied.retain(|c| c.1 != disk);
+        let id = self.agent.disk_id(disk).clone();
+        self.meta.clear_agent_copied(&id).map_err(fail)?;
+        tracing::info!("disk {id} is not protected: served without replication");
+        Ok(())
+    }
+
     /// Records a copy as complete once the process server holds all of it durably.
     fn check_copied(&mut self) -> Result<(), RoleError> {
         if self.copied.is_empty() {
@@ -439,6 +449,20 @@ impl<T: Transport, F: VFile> Driver<T, F> {
                             .set_agent_reserved(self.agent.disk_id(disk), reserved)
                             .map_err(fail)?;
                         self.inputs.push_back(Input::Reserved { disk, reserved });
+                    }
+                    Output::Retired { disk } => self.retired(disk)?,
+                    Output::StartCopy { disk } => {
+                        self.retired(disk)?;
+                        tracing::info!(
+                            "disk {} is protected again: copying it",
+                            self.agent.disk_id(disk)
+                        );
+                        self.copies.push(Copy {
+                            disk,
+                            id: self.agent.disk_id(disk).clone(),
+                            next: 0,
+                            pending: None,
+                        });
                     }
                 }
             }

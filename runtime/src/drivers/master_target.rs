@@ -178,7 +178,9 @@ impl<T: Transport, V: Vfs + Clone> Driver<T, V> {
                 .extend(a.point.clone());
         }
         for (disk, pts) in &points {
-            let r = replicas.get_mut(disk).expect("appended replica exists");
+            let Some(r) = replicas.get_mut(disk) else {
+                continue; // Removed after its append in this round.
+            };
             r.sync()
                 .map_err(|e| fail(format!("journal fsync failed: {e}")))?;
             self.point_commits += 1;
@@ -223,6 +225,14 @@ impl<T: Transport, V: Vfs + Clone> Driver<T, V> {
                     r.meta.epoch = m.epoch;
                     r.meta.inconsistent = m.inconsistent.clone();
                 }
+            }
+            Output::RemoveReplica(disk) => {
+                let r = self.replicas.lock().expect("replica lock").remove(&disk);
+                if let Some(r) = r {
+                    r.remove(&self.vfs, &self.root).map_err(fail)?;
+                }
+                self.meta.remove_replica(&disk).map_err(fail)?;
+                tracing::info!("replica {disk} removed: its protection ended");
             }
             Output::JournalAppend { id, header, data } => {
                 let mut replicas = self.replicas.lock().expect("replica lock");

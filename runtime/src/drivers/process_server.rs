@@ -135,6 +135,10 @@ impl<T: Transport, V: Vfs + Clone> Driver<T, V> {
                 self.cache.release_through(&disk, through).map_err(fail)?
             }
             Output::SaveDisk(m) => self.meta.save_ps_disk(&m).map_err(fail)?,
+            Output::ForgetDisk(disk) => {
+                tracing::info!("disk {disk}: protection ended, its cache is dropped");
+                self.meta.forget_ps_disk(&disk).map_err(fail)?
+            }
         }
         Ok(())
     }

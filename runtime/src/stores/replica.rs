@@ -170,6 +170,28 @@ impl<V: Vfs + Clone> Replica<V> {
         Ok(())
     }
 
+    /// Deletes the replica's files (journal segments, then the base image), durably. Its
+    /// metadata goes next (`MetaStore::remove_replica`): a crash between the two leaves an empty
+    /// replica that the configuration server has removed again.
+    pub fn remove(self, vfs: &V, root: &Path) -> Result<(), ReplicaError> {
+        let disk = self.meta.disk.to_string();
+        let io = |what: &str| {
+            let (disk, what) = (disk.clone(), what.to_string());
+            move |source| ReplicaError::Io { disk, what, source }
+        };
+        let dir = replica_dir(root, &self.meta.disk);
+        drop(self);
+        let journal = dir.join("journal");
+        for f in vfs.list_dir(&journal).map_err(io("list journal"))? {
+            vfs.remove_file(&f).map_err(io("remove journal segment"))?;
+        }
+        vfs.sync_dir(&journal)
+            .map_err(io("sync journal directory"))?;
+        vfs.remove_file(&dir.join("base.img"))
+            .map_err(io("remove base image"))?;
+        vfs.sync_dir(&dir).map_err(io("sync replica directory"))
+    }
+
     pub fn sync(&mut self) -> Result<(), ReplicaError> {
         self.journal
             .sync()

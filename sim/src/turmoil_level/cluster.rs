@@ -108,10 +108,12 @@ pub fn add_hosts(sim: &mut turmoil::Sim<'_>, disks: &ClusterDisks) {
             let settings = ConfigServerSettings {
                 rules: vec![],
                 heartbeat_timeout_ms: 5_000,
+                auto_protect: true,
             };
             let cfg = ConfigServerConfig {
                 component: id("cs"),
                 settings,
+                data_dir: "/cs".into(),
                 listen: "0.0.0.0:7000".into(),
                 api_listen: "0.0.0.0:7080".into(),
             };
