@@ -2,7 +2,7 @@
 //! the master target's data API that the configuration server names).
 
 use crate::size::{format_time, human_bytes, parse_time};
-use haven_core::config_server::{DiskView, StatusView};
+use haven_core::config_server::{DiskView, ProtectionState, StatusView};
 use haven_runtime::http::{self, HttpError};
 use haven_runtime::meta::PointRecord;
 use std::io::Write;
@@ -19,6 +19,14 @@ pub async fn fetch_status(api: &str) -> Result<StatusView, String> {
 }
 
 pub fn disk_line(d: &DiskView) -> String {
+    if d.state != ProtectionState::Protected {
+        return format!(
+            "{disk} (agent {agent}): {state}; the agent serves it without replicating it",
+            disk = d.disk,
+            agent = d.agent,
+            state = d.state.name()
+        );
+    }
     let (mode, written, cached, applied, rpo, bytes) = match &d.source {
         Some(s) => (
             s.mode.name(),
@@ -38,8 +46,10 @@ pub fn disk_line(d: &DiskView) -> String {
         .map(|w| format!("  INCONSISTENT: {w}"))
         .unwrap_or_default();
     format!(
-        "{disk}: mode {mode}, seq written {written} / cached {cached} / applied {applied}, RPO {rpo}, written {bytes}, {points} recovery points{warn}",
-        disk = d.disk
+        "{disk} (agent {agent}, epoch {epoch}): mode {mode}, seq written {written} / cached {cached} / applied {applied}, RPO {rpo}, written {bytes}, {points} recovery points{warn}",
+        disk = d.disk,
+        agent = d.agent,
+        epoch = d.epoch
     )
 }
 

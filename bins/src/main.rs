@@ -1,5 +1,6 @@
 //! `haven`: runs any Haven role, all roles at once (`haven lab`), and the console commands.
 
+mod commands;
 mod config;
 mod console;
 mod lab;
@@ -71,6 +72,44 @@ enum Command {
     /// List a disk's recovery points.
     Points {
         disk: String,
+        #[arg(long, env = "HAVEN_API")]
+        api: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start replicating a disk that an agent registered.
+    Protect {
+        /// The disk as AGENT/DISK (for example agent1/disk0).
+        target: String,
+        #[arg(long, env = "HAVEN_API")]
+        api: String,
+        /// Place it on this process server (default: the least loaded online one).
+        #[arg(long)]
+        process_server: Option<String>,
+        /// Keep its replica on this master target (default: the least loaded online one).
+        #[arg(long)]
+        master_target: Option<String>,
+    },
+    /// Stop replicating a disk; the agent keeps serving it, unreplicated.
+    Unprotect {
+        disk: String,
+        #[arg(long, env = "HAVEN_API")]
+        api: String,
+        /// Keep the replica (and its recovery points) on the master target.
+        #[arg(long)]
+        keep_replica: bool,
+    },
+    /// Change a disk's settings: rpo_threshold=DURATION, batch_bytes_max=SIZE, batch_delay=DURATION.
+    Settings {
+        disk: String,
+        /// KEY=VALUE pairs.
+        #[arg(required = true)]
+        pairs: Vec<String>,
+        #[arg(long, env = "HAVEN_API")]
+        api: String,
+    },
+    /// List the registered components (agents, process servers, master targets).
+    Components {
         #[arg(long, env = "HAVEN_API")]
         api: String,
         #[arg(long)]
@@ -172,6 +211,23 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Status { api: a, json } => console::status(&api(&a)?, json).await,
         Command::Points { disk, api: a, json } => console::points(&api(&a)?, &disk, json).await,
+        Command::Protect {
+            target,
+            api: a,
+            process_server,
+            master_target,
+        } => commands::protect(&api(&a)?, &target, process_server, master_target).await,
+        Command::Unprotect {
+            disk,
+            api: a,
+            keep_replica,
+        } => commands::unprotect(&api(&a)?, &disk, keep_replica).await,
+        Command::Settings {
+            disk,
+            pairs,
+            api: a,
+        } => commands::settings(&api(&a)?, &disk, &pairs).await,
+        Command::Components { api: a, json } => commands::components(&api(&a)?, json).await,
         Command::Export {
             disk,
             api: a,

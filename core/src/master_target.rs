@@ -85,6 +85,9 @@ struct Replica {
     expect_seq: Seq,
     stream: Option<ConnId>,
     appending: usize,
+    /// A full copy of the source began after the gap that made the replica inconsistent:
+    /// once it ends (a consistent batch is durable), the replica equals the source again.
+    copy_after_gap: bool,
 }
 
 pub struct MasterTarget {
@@ -111,6 +114,7 @@ impl MasterTarget {
                         meta: m,
                         stream: None,
                         appending: 0,
+                        copy_after_gap: false,
                     },
                 )
             })
@@ -271,6 +275,7 @@ impl MasterTarget {
                 expect_seq: 1,
                 stream: None,
                 appending: 0,
+                copy_after_gap: false,
             }
         });
         if epoch < r.meta.epoch {
@@ -357,6 +362,11 @@ impl MasterTarget {
         };
         r.expect_seq = header.last_seq + 1;
         r.appending += 1;
+        if !header.consistent && r.meta.inconsistent.is_some() {
+            // Copy batches after a gap come from a copy that started after it: an agent
+            // restarts its copy from the start, and a new protection copies anew.
+            r.copy_after_gap = true;
+        }
         let id = self.next_append;
         self.next_append += 1;
         self.appending.insert(
@@ -385,6 +395,9 @@ impl MasterTarget {
         r.meta.journal_bytes = journal_bytes;
         if consistent {
             r.meta.points += 1;
+            if std::mem::take(&mut r.copy_after_gap) && r.meta.inconsistent.take().is_some() {
+                self.out.push_back(Output::SaveReplica(r.meta.clone()));
+            }
         }
         if let Some(conn) = r.stream {
             let msg = Message::Applied {

@@ -452,7 +452,8 @@ impl<T: Transport, F: VFile> Driver<T, F> {
                     }
                     Output::Retired { disk } => self.retired(disk)?,
                     Output::StartCopy { disk } => {
-                        self.retired(disk)?;
+                        self.copies.retain(|c| c.disk != disk);
+                        self.copied.retain(|c| c.1 != disk);
                         tracing::info!(
                             "disk {} is protected again: copying it",
                             self.agent.disk_id(disk)
