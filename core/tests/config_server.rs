@@ -5,11 +5,14 @@ mod common;
 
 use common::mt_alone::open;
 use common::*;
-use haven_core::config_server::{self as cs, ConfigServer};
+use haven_core::config_server::{
+    self as cs, Command, CommandErrorKind, CommandResult, ConfigServer, ConfigState, PolicyChange,
+    ProtectionState, Record,
+};
 use haven_core::net::{NetCommand, NetEvent};
-use haven_core::protocol::{DiskInfo, Message, Registration};
+use haven_core::protocol::{DiskInfo, Hello, Message, Registration, Role, PROTOCOL_VERSION};
 use haven_core::Machine;
-use haven_core::{ConnId, Epoch, Timestamp};
+use haven_core::{ComponentId, ConnId, DiskId, Epoch, Timestamp};
 
 // ---------------------------------------------------------------------------------------------
 // (g) configuration server
@@ -154,4 +157,272 @@ fn the_cluster_is_wired_by_the_config_server() {
     );
     assert!(c.agent.stats().disks[0].connected);
     assert!(c.ps.as_ref().unwrap().stats().disks[0].master_target_connected);
+}
+
+/// A server with an agent (disk0), two process servers and two master targets registered.
+fn registered(auto_protect: bool) -> (ConfigServer, Timestamp) {
+    let now = Timestamp::from_millis(5);
+    let mut settings = cs_settings();
+    settings.auto_protect = auto_protect;
+    let mut s = ConfigServer::new(settings, Default::default(), now);
+    let peers = [
+        (1, Role::Agent, "agent1", ""),
+        (2, Role::ProcessServer, "ps1", "ps1:7001"),
+        (3, Role::ProcessServer, "ps2", "ps2:7001"),
+        (4, Role::MasterTarget, "mt1", "mt1:7002"),
+        (5, Role::MasterTarget, "mt2", "mt2:7002"),
+    ];
+    for (conn, role, id, addr) in peers {
+        let peer = Hello {
+            version: PROTOCOL_VERSION,
+            role,
+            component: ComponentId::new(id).unwrap(),
+            epoch: Epoch(0),
+        };
+        s.handle(
+            now,
+            cs::Input::Net(NetEvent::Accepted {
+                conn: ConnId(conn),
+                peer,
+            }),
+        );
+        let disks = match role {
+            Role::Agent => ["disk0", "disk1"]
+                .iter()
+                .map(|d| DiskInfo {
+                    disk: DiskId::new(*d).unwrap(),
+                    size_bytes: DISK_BYTES as u64,
+                })
+                .collect(),
+            _ => vec![],
+        };
+        let reg = Registration {
+            data_addr: addr.into(),
+            api_addr: String::new(),
+            disks,
+        };
+        let msg = Message::Register(reg);
+        s.handle(
+            now,
+            cs::Input::Net(NetEvent::Received {
+                conn: ConnId(conn),
+                msg,
+                data: vec![],
+            }),
+        );
+        sends(&mut s, now);
+    }
+    (s, now)
+}
+
+/// Runs a command; returns its answer and the records it persisted (answered at once).
+fn run(s: &mut ConfigServer, now: Timestamp, command: Command) -> (CommandResult, Vec<Record>) {
+    s.handle(now, cs::Input::Command { id: 7, command });
+    let mut records = vec![];
+    let mut answer = None;
+    let mut persists = vec![];
+    while let Some(o) = s.poll_output() {
+        match o {
+            cs::Output::Persist { id, records: r } => {
+                records.extend(r);
+                persists.push(id);
+            }
+            cs::Output::CommandDone { id: 7, result } => answer = Some(result),
+            _ => {}
+        }
+    }
+    assert!(
+        answer.is_none() || persists.is_empty(),
+        "a command that changed state answered before its persist"
+    );
+    for id in persists {
+        s.handle(now, cs::Input::Persisted { id });
+        while let Some(o) = s.poll_output() {
+            if let cs::Output::CommandDone { id: 7, result } = o {
+                answer = Some(result);
+            }
+        }
+    }
+    (answer.expect("every command is answered"), records)
+}
+
+fn protect(agent: &str, disk: &str) -> Command {
+    Command::Protect {
+        agent: ComponentId::new(agent).unwrap(),
+        disk: DiskId::new(disk).unwrap(),
+        process_server: None,
+        master_target: None,
+    }
+}
+
+#[test]
+fn protect_places_on_the_least_loaded_and_survives_a_restart() {
+    let (mut s, now) = registered(false);
+    let st = s.status();
+    assert!(st
+        .disks
+        .iter()
+        .all(|d| d.state == ProtectionState::Unprotected));
+    let mut state = ConfigState::default();
+    let (r, recs) = run(&mut s, now, protect("agent1", "disk0"));
+    assert!(r.unwrap().contains("protected"));
+    state.apply(&recs);
+    let (r, recs) = run(&mut s, now, protect("agent1", "disk1"));
+    r.unwrap();
+    state.apply(&recs);
+    let st = s.status();
+    let placed: Vec<_> = st
+        .disks
+        .iter()
+        .map(|d| {
+            (
+                d.process_server.clone().unwrap(),
+                d.master_target.clone().unwrap(),
+            )
+        })
+        .collect();
+    assert_ne!(
+        placed[0].0, placed[1].0,
+        "the two disks spread over both process servers"
+    );
+    assert_ne!(placed[0].1, placed[1].1, "and over both master targets");
+    assert!(st.disks.iter().all(|d| d.epoch == Epoch(1)));
+
+    // The durable records alone rebuild the same protections.
+    let s2 = ConfigServer::new(cs_settings(), state, now);
+    let st2 = s2.status();
+    for (a, b) in st.disks.iter().zip(&st2.disks) {
+        assert_eq!((&a.disk, a.state, a.epoch), (&b.disk, b.state, b.epoch));
+        assert_eq!(
+            (&a.process_server, &a.master_target),
+            (&b.process_server, &b.master_target)
+        );
+    }
+    assert!(
+        st2.components.iter().all(|c| !c.online),
+        "offline until they reconnect"
+    );
+}
+
+#[test]
+fn commands_refuse_with_reasons_and_change_nothing() {
+    let (mut s, now) = registered(true);
+    let cases = [
+        (
+            protect("agent9", "disk0"),
+            CommandErrorKind::Unknown,
+            "no agent agent9",
+        ),
+        (
+            protect("agent1", "disk7"),
+            CommandErrorKind::Unknown,
+            "its disks: disk0, disk1",
+        ),
+        (
+            protect("ps1", "disk0"),
+            CommandErrorKind::Invalid,
+            "is a process-server",
+        ),
+        (
+            Command::Unprotect {
+                disk: DiskId::new("disk7").unwrap(),
+                keep_replica: false,
+            },
+            CommandErrorKind::Unknown,
+            "no disk disk7",
+        ),
+        (
+            Command::Settings {
+                disk: DiskId::new("disk0").unwrap(),
+                change: PolicyChange {
+                    batch_delay_ms: Some(0),
+                    ..Default::default()
+                },
+            },
+            CommandErrorKind::Invalid,
+            "out of range",
+        ),
+        (
+            Command::Settings {
+                disk: DiskId::new("disk0").unwrap(),
+                change: PolicyChange::default(),
+            },
+            CommandErrorKind::Invalid,
+            "no setting given",
+        ),
+    ];
+    for (cmd, kind, text) in cases {
+        let (r, recs) = run(&mut s, now, cmd.clone());
+        let e = r.expect_err(&format!("{cmd:?} must be refused"));
+        assert_eq!(e.kind, kind, "{cmd:?}: {e}");
+        assert!(e.message.contains(text), "{cmd:?}: {e}");
+        assert!(recs.is_empty(), "{cmd:?} changed state: {recs:?}");
+    }
+}
+
+#[test]
+fn unprotect_retires_the_disk_everywhere_and_a_new_protection_bumps_the_epoch() {
+    let (mut s, now) = registered(true);
+    let disk = DiskId::new("disk0").unwrap();
+    let mt = s.status().disks[0].master_target.clone().unwrap();
+    s.handle(
+        now,
+        cs::Input::Command {
+            id: 1,
+            command: Command::Unprotect {
+                disk: disk.clone(),
+                keep_replica: false,
+            },
+        },
+    );
+    let mut retires = vec![];
+    let mut persisted = vec![];
+    while let Some(o) = s.poll_output() {
+        match o {
+            cs::Output::Net(NetCommand::Send {
+                msg: Message::Retire(_),
+                ..
+            }) => {
+                panic!("Retire sent before the unprotect is durable")
+            }
+            cs::Output::Persist { id, .. } => persisted.push(id),
+            _ => {}
+        }
+    }
+    for id in persisted {
+        s.handle(now, cs::Input::Persisted { id });
+    }
+    retires.extend(
+        sends(&mut s, now)
+            .into_iter()
+            .filter(|(_, m)| matches!(m, Message::Retire(_))),
+    );
+    let to: Vec<ConnId> = retires.iter().map(|(c, _)| *c).collect();
+    assert!(to.contains(&ConnId(1)), "the agent hears of it: {to:?}");
+    let mt_conn = if mt.as_str() == "mt1" {
+        ConnId(4)
+    } else {
+        ConnId(5)
+    };
+    assert!(
+        to.contains(&mt_conn),
+        "its master target removes the replica: {to:?}"
+    );
+    assert_eq!(s.status().disks[0].state, ProtectionState::Unprotected);
+    // Protecting again waits for the replica's removal, then bumps the epoch.
+    let (r, _) = run(&mut s, now, protect("agent1", "disk0"));
+    assert_eq!(r.unwrap_err().kind, CommandErrorKind::Refused);
+    let hb = Message::MasterTargetHeartbeat(Default::default());
+    s.handle(
+        now,
+        cs::Input::Net(NetEvent::Received {
+            conn: mt_conn,
+            msg: hb,
+            data: vec![],
+        }),
+    );
+    sends(&mut s, now);
+    let (r, _) = run(&mut s, now, protect("agent1", "disk0"));
+    r.unwrap();
+    assert_eq!(s.status().disks[0].epoch, Epoch(2));
 }
