@@ -49,7 +49,7 @@ pub fn disk_line(d: &DiskView) -> String {
         "{disk} (agent {agent}, epoch {epoch}): mode {mode}, seq written {written} / cached {cached} / applied {applied}, RPO {rpo}, written {bytes}, {points} recovery points{warn}",
         disk = d.disk,
         agent = d.agent,
-        epoch = d.epoch
+        epoch = d.epoch.0
     )
 }
 

@@ -324,7 +324,7 @@ pub struct Api {
 }
 
 impl Api {
-    fn haven(&self, args: &[&str]) -> Result<Output, String> {
+    pub fn haven(&self, args: &[&str]) -> Result<Output, String> {
         let out = Command::new(env!("CARGO_BIN_EXE_haven"))
             .args(args)
             .args(["--api", &self.api])

@@ -136,7 +136,7 @@ impl ConfigServer {
         p.state = ProtectionState::Protected;
         p.process_server = None;
         p.master_target = None;
-        let text = format!("disk {disk} is protected (epoch {})", p.epoch);
+        let text = format!("disk {disk} is protected (epoch {})", p.epoch.0);
         self.place(disk);
         self.event("info", text);
         self.save_protection(disk);
@@ -150,7 +150,7 @@ impl ConfigServer {
         };
         format!(
             " (epoch {}, process server {}, master target {})",
-            p.epoch,
+            p.epoch.0,
             name(&p.process_server),
             name(&p.master_target)
         )
