@@ -32,7 +32,7 @@ fn config_server_killed_mid_protect_keeps_a_whole_state_and_replication_goes_on(
             .tempdir()
             .expect("temp dir"),
     );
-    let (mut model, mut rng) = (Model::new(), Rng(0x5eed_0c5));
+    let (mut model, mut rng) = (Model::new(), Rng(0x5eed_00c5));
     c.api.run_round(&mut model, &gen_round(&mut rng, 0));
     c.api.wait_applied();
 
