@@ -109,7 +109,7 @@ pub async fn run(o: LabOptions) -> Result<(), String> {
                     Err(e) => Err(format!("a role panicked: {e}")),
                 };
             }
-            _ = tokio::signal::ctrl_c() => {
+            _ = crate::shutdown_signal() => {
                 println!("stopping the lab");
                 return Ok(());
             }

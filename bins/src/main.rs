@@ -129,13 +129,38 @@ enum Command {
     },
 }
 
-fn init_tracing() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("HAVEN_LOG").unwrap_or_else(|_| "info".into());
+/// Logs to stderr, coloured only on a terminal; `HAVEN_LOG` (tracing's `EnvFilter` syntax)
+/// sets the levels, and a value it cannot parse is an error rather than silence.
+fn init_tracing() -> Result<(), String> {
+    use std::io::IsTerminal;
+    let filter = match std::env::var("HAVEN_LOG") {
+        Ok(v) => tracing_subscriber::EnvFilter::try_new(&v).map_err(|e| {
+            format!("HAVEN_LOG={v:?} is not a log filter ({e}); try HAVEN_LOG=info or HAVEN_LOG=haven_runtime=debug")
+        })?,
+        Err(_) => tracing_subscriber::EnvFilter::new("info"),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd, kill): either stops a daemon cleanly.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 async fn wait(
@@ -148,7 +173,7 @@ async fn wait(
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(format!("{name} panicked: {e}")),
         },
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = shutdown_signal() => Ok(()),
     }
 }
 
@@ -240,7 +265,10 @@ async fn run(cli: Cli) -> Result<(), String> {
 fn main() {
     haven_runtime::alloc::tune_allocator();
     let cli = Cli::parse();
-    init_tracing();
+    if let Err(e) = init_tracing() {
+        eprintln!("haven: {e}");
+        std::process::exit(2);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

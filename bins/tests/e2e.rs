@@ -2,7 +2,7 @@
 //! workload on the agent's NBD export, and every check a byte-for-byte comparison of exported
 //! recovery points with a model of the disk and with the agent's backing file.
 //!
-//! They need qemu-io; without it they skip (and fail when CI is set).
+//! They need qemu-io (Debian's qemu-utils); without it they fail with a message saying so.
 
 mod common;
 
