@@ -33,12 +33,16 @@ pub fn disk_line(d: &DiskView) -> String {
             s.seq_written,
             s.seq_cached,
             s.seq_applied,
-            format!("{} ms", s.rpo_ms),
+            human_ms(s.rpo_ms),
             human_bytes(s.bytes_written),
         ),
         None => ("unknown", 0, 0, 0, "-".into(), "-".into()),
     };
     let points = d.replica.as_ref().map_or(0, |r| r.points);
+    let journal = d
+        .replica
+        .as_ref()
+        .map_or("-".into(), |r| human_bytes(r.journal_bytes));
     let warn = d
         .replica
         .as_ref()
@@ -46,28 +50,85 @@ pub fn disk_line(d: &DiskView) -> String {
         .map(|w| format!("  INCONSISTENT: {w}"))
         .unwrap_or_default();
     format!(
-        "{disk} (agent {agent}, epoch {epoch}): mode {mode}, seq written {written} / cached {cached} / applied {applied}, RPO {rpo}, written {bytes}, {points} recovery points{warn}",
+        "{disk} (agent {agent}, epoch {epoch}): mode {mode}, seq written {written} / cached {cached} / applied {applied}, RPO {rpo}, written {bytes}, {points} recovery points, journal {journal}{warn}",
         disk = d.disk,
         agent = d.agent,
         epoch = d.epoch.0
     )
 }
 
+/// Exit codes of `haven status` (documented in docs/operations.md): 0 when every component is
+/// online, every protected replica consistent and every RPO within its threshold.
+pub const STATUS_OFFLINE: i32 = 3;
+pub const STATUS_INCONSISTENT: i32 = 4;
+pub const STATUS_RPO_OVER: i32 = 5;
+
+/// "350 ms", "1.2 s", "3 min", "2.0 h": durations for people.
+pub fn human_ms(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1_000..=59_999 => format!("{:.1} s", ms as f64 / 1e3),
+        60_000..=3_599_999 => format!("{} min", ms / 60_000),
+        _ => format!("{:.1} h", ms as f64 / 3.6e6),
+    }
+}
+
+/// The worst health problem in a status, as an exit code (0: healthy).
+pub fn health_code(s: &StatusView) -> i32 {
+    let protected = || {
+        s.disks
+            .iter()
+            .filter(|d| d.state == ProtectionState::Protected)
+    };
+    if s.components.iter().any(|c| !c.online) {
+        STATUS_OFFLINE
+    } else if protected().any(|d| d.replica.as_ref().is_some_and(|r| r.inconsistent.is_some())) {
+        STATUS_INCONSISTENT
+    } else if protected().any(|d| {
+        d.source
+            .as_ref()
+            .is_some_and(|x| x.rpo_ms > d.policy.rpo_threshold_ms)
+    }) {
+        STATUS_RPO_OVER
+    } else {
+        0
+    }
+}
+
 pub async fn status(api: &str, json: bool) -> Result<(), String> {
     let s = fetch_status(api).await?;
+    let code = health_code(&s);
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&s).expect("status serializes")
         );
-        return Ok(());
+    } else {
+        print_status(&s);
     }
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
+fn print_status(s: &StatusView) {
     println!("components:");
     for c in &s.components {
         let state = if c.online { "online" } else { "OFFLINE" };
         println!(
-            "  {:<16} {:<15} {state:<8} last seen {} ms ago  {}",
-            c.id, c.role, c.last_seen_ms, c.data_addr
+            "  {:<16} {:<15} {state:<8} last seen {} ago  {}",
+            c.id,
+            c.role,
+            human_ms(c.last_seen_ms),
+            c.data_addr
+        );
+    }
+    for (id, p) in &s.process_servers {
+        println!(
+            "  {id}: cache {} of {}",
+            human_bytes(p.cache_bytes),
+            human_bytes(p.cache_bytes_max)
         );
     }
     println!("disks:");
@@ -75,9 +136,21 @@ pub async fn status(api: &str, json: bool) -> Result<(), String> {
         println!("  {}", disk_line(d));
     }
     if s.disks.is_empty() {
-        println!("  (none protected yet)");
+        println!("  (no disks registered yet)");
     }
-    Ok(())
+    let warnings: Vec<_> = s
+        .events
+        .iter()
+        .rev()
+        .filter(|e| e.level != "info")
+        .take(5)
+        .collect();
+    if !warnings.is_empty() {
+        println!("last warnings:");
+        for e in warnings.iter().rev() {
+            println!("  {}  {}", format_time(e.time_ms * 1000), e.text);
+        }
+    }
 }
 
 async fn fetch_points(api: &str, disk: &str) -> Result<Vec<PointRecord>, String> {
@@ -128,10 +201,31 @@ pub fn resolve_point(points: &[PointRecord], spec: &str) -> Result<PointRecord, 
         .rev()
         .find(|p| p.time.0 <= t)
         .cloned()
-        .ok_or_else(|| format!("no recovery point at or before {spec}"))
+        .ok_or_else(|| match (points.first(), points.last()) {
+            (Some(a), Some(b)) => format!(
+                "no recovery point at or before {spec}: the oldest is {} (seq {}), the newest {} (seq {})",
+                format_time(a.time.0),
+                a.seq,
+                format_time(b.time.0),
+                b.seq
+            ),
+            _ => none(),
+        })
 }
 
-pub async fn export(api: &str, disk: &str, spec: &str, out: &Path) -> Result<(), String> {
+pub async fn export(
+    api: &str,
+    disk: &str,
+    spec: &str,
+    out: &Path,
+    force: bool,
+) -> Result<(), String> {
+    if !force && out.exists() {
+        return Err(format!(
+            "{} exists; pass --force to overwrite it",
+            out.display()
+        ));
+    }
     let status = fetch_status(api).await?;
     let d = status
         .disks

@@ -124,8 +124,12 @@ enum Command {
         /// point at or before it.
         #[arg(long, default_value = "latest")]
         point: String,
+        /// The image file to write (raw, sparse).
         #[arg(long)]
         out: PathBuf,
+        /// Overwrite `--out` if it exists.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -258,7 +262,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             api: a,
             point,
             out,
-        } => console::export(&api(&a)?, &disk, &point, &out).await,
+            force,
+        } => console::export(&api(&a)?, &disk, &point, &out, force).await,
     }
 }
 

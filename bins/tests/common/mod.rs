@@ -337,8 +337,19 @@ impl Api {
         Ok(out)
     }
 
+    /// `haven status --json`; its exit codes 3-5 (offline, inconsistent, RPO over) still
+    /// print the status.
     pub fn status(&self) -> Result<Value, String> {
-        let out = self.haven(&["status", "--json"])?;
+        let out = Command::new(env!("CARGO_BIN_EXE_haven"))
+            .args(["status", "--json", "--api", &self.api])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !matches!(out.status.code(), Some(0 | 3..=5)) {
+            return Err(format!(
+                "haven status: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
         serde_json::from_slice(&out.stdout).map_err(|e| format!("status JSON: {e}"))
     }
 
