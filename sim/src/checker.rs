@@ -22,7 +22,40 @@ impl Cluster {
     }
 
     /// The durability chain: no acknowledgement runs ahead of what storage has synced.
+    /// What the configuration server announces must be durable: every epoch and placement in
+    /// an `Assign` or `Routes` is in its store's durable state.
+    fn check_announcement(&self, msg: &Message) -> R {
+        let durable = &self.cs_store.durable.protections;
+        let placed = |disk: &haven_core::DiskId, epoch, ps: Option<&str>, mt: Option<&str>| {
+            let p = durable.get(disk).filter(|p| p.epoch == epoch);
+            let ok = p.is_some_and(|p| {
+                ps.is_none_or(|x| p.process_server.as_ref().is_some_and(|c| c.as_str() == x))
+                    && mt.is_none_or(|x| p.master_target.as_ref().is_some_and(|c| c.as_str() == x))
+            });
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the configuration server announced {msg:?} but its durable state has {:?}",
+                    durable.get(disk)
+                ))
+            }
+        };
+        match msg {
+            Message::Assign(list) => list.iter().try_for_each(|a| {
+                placed(&a.disk, a.epoch, Some(a.process_server.as_str()), None)
+            }),
+            Message::Routes(list) => list.iter().try_for_each(|r| {
+                placed(&r.disk, r.epoch, None, Some(r.master_target.as_str()))
+            }),
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn check_promise(&mut self, from: Node, msg: &Message) -> R {
+        if from == Node::Cs {
+            return self.check_announcement(msg);
+        }
         let (cached, applied) = match (from, msg) {
             (
                 Node::Ps,
