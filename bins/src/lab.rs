@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 pub struct LabOptions {
     pub dir: PathBuf,
     pub disk_size: u64,
+    /// Protected disks of the lab's agent: disk0..disk{N-1}, each `disk_size`.
+    pub disks: u32,
     pub nbd_listen: String,
     pub api_listen: String,
     pub status_interval_s: u64,
@@ -26,7 +28,16 @@ fn id(s: &str) -> ComponentId {
     ComponentId::new(s).expect("valid built-in id")
 }
 
+/// Most disks `haven lab --disks` makes.
+pub const LAB_DISKS_MAX: u32 = 64;
+
 pub async fn run(o: LabOptions) -> Result<(), String> {
+    if !(1..=LAB_DISKS_MAX).contains(&o.disks) {
+        return Err(format!(
+            "--disks {} is out of range: 1 to {LAB_DISKS_MAX}",
+            o.disks
+        ));
+    }
     std::fs::create_dir_all(&o.dir)
         .map_err(|e| format!("cannot create {}: {e}", o.dir.display()))?;
     let dir = o.dir.canonicalize().map_err(|e| e.to_string())?;
@@ -58,19 +69,28 @@ pub async fn run(o: LabOptions) -> Result<(), String> {
         .map_err(e)?;
     let api = format!("http://{}", cs.api_addr);
     let nbd = format!("nbd://{}/disk0", agent.nbd_addr);
-    let env = format!(
+    let mut env = format!(
         "HAVEN_API={api}\nHAVEN_NBD_URI={nbd}\nHAVEN_LAB_DIR={}\n",
         dir.display()
     );
+    for i in 0..o.disks {
+        env.push_str(&format!(
+            "HAVEN_NBD_URI_DISK{i}=nbd://{}/disk{i}\n",
+            agent.nbd_addr
+        ));
+    }
     std::fs::write(dir.join("lab.env"), env).map_err(|e| format!("cannot write lab.env: {e}"))?;
     println!(
         "Haven lab is running (all four roles on loopback), data in {}",
         dir.display()
     );
-    println!(
-        "  protected disk disk0 ({}): {nbd}",
-        crate::size::human_bytes(o.disk_size)
-    );
+    for i in 0..o.disks {
+        println!(
+            "  protected disk disk{i} ({}): nbd://{}/disk{i}",
+            crate::size::human_bytes(o.disk_size),
+            agent.nbd_addr
+        );
+    }
     println!("  configuration server API: {api}");
     println!(
         "  environment for scripts: source {}/lab.env",
@@ -164,11 +184,13 @@ fn agent_config(dir: &Path, cs: &str, o: &LabOptions) -> drivers::agent::AgentCo
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
             reconnect_delay_ms: DEFAULT_RECONNECT_DELAY_MS,
         },
-        disks: vec![drivers::agent::AgentDiskConfig {
-            disk: DiskId::new("disk0").expect("valid"),
-            path: dir.join("disk0.img"),
-            create_size: Some(o.disk_size),
-        }],
+        disks: (0..o.disks)
+            .map(|i| drivers::agent::AgentDiskConfig {
+                disk: DiskId::new(format!("disk{i}")).expect("valid"),
+                path: dir.join(format!("disk{i}.img")),
+                create_size: Some(o.disk_size),
+            })
+            .collect(),
         data_dir: dir.join("agent"),
         nbd_listen: o.nbd_listen.clone(),
     }

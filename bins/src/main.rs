@@ -48,8 +48,12 @@ enum Command {
     Lab {
         #[arg(long, default_value = "haven-lab")]
         dir: PathBuf,
+        /// Size of each disk (sparse files under DIR).
         #[arg(long, default_value = "1G", value_parser = size::parse_size)]
         disk_size: u64,
+        /// Number of protected disks: disk0..disk{N-1} (lab.env gets HAVEN_NBD_URI_DISK<i>).
+        #[arg(long, default_value_t = 1)]
+        disks: u32,
         #[arg(long, default_value = "127.0.0.1:0")]
         nbd_listen: String,
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -223,6 +227,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Lab {
             dir,
             disk_size,
+            disks,
             nbd_listen,
             api_listen,
             status_interval,
@@ -231,6 +236,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let o = lab::LabOptions {
                 dir,
                 disk_size,
+                disks,
                 nbd_listen,
                 api_listen,
                 status_interval_s: status_interval,

@@ -42,12 +42,12 @@ impl Cluster {
             }
         };
         match msg {
-            Message::Assign(list) => list.iter().try_for_each(|a| {
-                placed(&a.disk, a.epoch, Some(a.process_server.as_str()), None)
-            }),
-            Message::Routes(list) => list.iter().try_for_each(|r| {
-                placed(&r.disk, r.epoch, None, Some(r.master_target.as_str()))
-            }),
+            Message::Assign(list) => list
+                .iter()
+                .try_for_each(|a| placed(&a.disk, a.epoch, Some(a.process_server.as_str()), None)),
+            Message::Routes(list) => list
+                .iter()
+                .try_for_each(|r| placed(&r.disk, r.epoch, None, Some(r.master_target.as_str()))),
             _ => Ok(()),
         }
     }
