@@ -5,15 +5,23 @@ use super::*;
 use crate::protocol::{Assignment, Retired, Route};
 
 impl ConfigServer {
-    /// Protected disks served by a component.
-    fn load(&self, id: &ComponentId) -> usize {
-        self.protections
+    /// Protected disks per component that serves them (agent, process server, master target),
+    /// in one pass over the protections.
+    pub(super) fn loads(&self) -> BTreeMap<&ComponentId, u64> {
+        let mut loads = BTreeMap::new();
+        for p in self
+            .protections
             .values()
             .filter(|p| p.state == ProtectionState::Protected)
-            .filter(|p| {
-                p.process_server.as_ref() == Some(id) || p.master_target.as_ref() == Some(id)
-            })
-            .count()
+        {
+            for id in std::iter::once(&p.agent)
+                .chain(p.process_server.as_ref())
+                .chain(p.master_target.as_ref())
+            {
+                *loads.entry(id).or_insert(0) += 1;
+            }
+        }
+        loads
     }
 
     /// The pinned component if it is known, else the least loaded online one (ties by id).
@@ -25,10 +33,11 @@ impl ConfigServer {
                 .is_some_and(|c| c.record.role == role);
             return ok.then(|| id.clone());
         }
+        let loads = self.loads();
         self.components
             .iter()
             .filter(|(_, c)| c.record.role == role && c.online)
-            .min_by_key(|(id, _)| (self.load(id), (*id).clone()))
+            .min_by_key(|(id, _)| (loads.get(id).copied().unwrap_or(0), *id))
             .map(|(id, _)| id.clone())
     }
 

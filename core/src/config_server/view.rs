@@ -48,6 +48,7 @@ impl ConfigServer {
     /// The whole picture, for the REST API and the console.
     pub fn status(&self) -> StatusView {
         let now = self.now;
+        let loads = self.loads();
         let components = self
             .components
             .iter()
@@ -58,16 +59,7 @@ impl ConfigServer {
                 last_seen_ms: now.millis_since(c.last_seen),
                 data_addr: c.record.reg.data_addr.clone(),
                 api_addr: c.record.reg.api_addr.clone(),
-                disks: self
-                    .protections
-                    .values()
-                    .filter(|p| p.state == ProtectionState::Protected)
-                    .filter(|p| {
-                        &p.agent == id
-                            || p.process_server.as_ref() == Some(id)
-                            || p.master_target.as_ref() == Some(id)
-                    })
-                    .count() as u64,
+                disks: loads.get(id).copied().unwrap_or(0),
             })
             .collect();
         let disks = self

@@ -369,10 +369,15 @@ impl<T: Transport, F: VFile> Driver<T, F> {
         Ok(())
     }
 
-    /// A disk's protection ended: its copy stops, and a later protection copies it anew.
-    fn retired(&mut self, disk: usize) -> Result<(), RoleError> {
+    /// Forgets any copy of `disk` in progress or waiting to be cached.
+    fn cancel_copy(&mut self, disk: usize) {
         self.copies.retain(|c| c.disk != disk);
         self.copied.retain(|c| c.1 != disk);
+    }
+
+    /// A disk's protection ended: its copy stops, and a later protection copies it anew.
+    fn retired(&mut self, disk: usize) -> Result<(), RoleError> {
+        self.cancel_copy(disk);
         let id = self.agent.disk_id(disk).clone();
         self.meta.clear_agent_copied(&id).map_err(fail)?;
         tracing::info!("disk {id} is not protected: served without replication");
@@ -452,8 +457,7 @@ impl<T: Transport, F: VFile> Driver<T, F> {
                     }
                     Output::Retired { disk } => self.retired(disk)?,
                     Output::StartCopy { disk } => {
-                        self.copies.retain(|c| c.disk != disk);
-                        self.copied.retain(|c| c.1 != disk);
+                        self.cancel_copy(disk);
                         tracing::info!(
                             "disk {} is protected again: copying it",
                             self.agent.disk_id(disk)
