@@ -3,8 +3,9 @@
 
 use crate::size::{format_time, human_bytes, parse_time};
 use haven_core::config_server::{DiskView, ProtectionState, StatusView};
-use haven_runtime::http::{self, HttpError};
+use haven_runtime::http;
 use haven_runtime::meta::PointRecord;
+use haven_runtime::transport::Tcp;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -245,26 +246,20 @@ pub async fn export(
         format_time(point.time.0),
         out.display()
     );
-    let stream = tokio::net::TcpStream::connect(&mt)
-        .await
-        .map_err(|e| format!("cannot reach the master target at {mt}: {e}"))?;
     let path = format!("/replicas/{disk}/image?seq={}", point.seq);
-    let mut resp = http::request(stream, "GET", &mt, &path, None)
+    let resp = http::Client::new(Tcp, mt.as_str())
+        .send(http::Method::GET, &path, &[], None)
         .await
         .map_err(|e| e.to_string())?;
-    if resp.status != 200 {
-        let status = resp.status;
-        let body = resp.body_bytes(64 << 10).await.unwrap_or_default();
-        return Err(format!(
-            "master target answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        ));
-    }
-    let len = resp.content_length.ok_or("master target sent no length")?;
+    let resp = http::ok_or_status(resp)
+        .await
+        .map_err(|e| format!("master target at {mt}: {e}"))?;
+    let len = http::content_length(&resp).ok_or("the master target sent no length")?;
+    let mut body = resp.into_body();
     let file =
         std::fs::File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     file.set_len(len).map_err(|e| e.to_string())?;
-    write_sparse(&mut resp, &file, len).await?;
+    write_sparse(&mut body, &file, len).await?;
     file.sync_all().map_err(|e| e.to_string())?;
     eprintln!(
         "\rwrote {} ({})            ",
@@ -275,27 +270,40 @@ pub async fn export(
     Ok(())
 }
 
-async fn write_sparse<S: tokio::io::AsyncRead + Unpin>(
-    resp: &mut http::ClientResponse<S>,
+async fn write_sparse(
+    body: &mut http::Incoming,
     file: &std::fs::File,
     len: u64,
 ) -> Result<(), String> {
+    use http::BodyExt;
     let mut buf = vec![0u8; EXPORT_CHUNK_BYTES];
     let mut off = 0u64;
     let mut last_report = 0u64;
+    // Bytes of the last frame not yet copied into `buf`.
+    let mut pending = http::Bytes::new();
     while off < len {
         let mut filled = 0;
         while filled < buf.len() && off + (filled as u64) < len {
-            let n = resp
-                .read_chunk(&mut buf[filled..])
-                .await
-                .map_err(|e: HttpError| e.to_string())?;
-            if n == 0 {
-                return Err(format!(
-                    "export ended early at {} of {len} bytes",
-                    off + filled as u64
-                ));
+            if pending.is_empty() {
+                let frame = body.frame().await.ok_or_else(|| {
+                    format!(
+                        "export ended early at {} of {len} bytes",
+                        off + filled as u64
+                    )
+                });
+                let frame = frame?.map_err(|e| {
+                    format!(
+                        "export cut short at {} of {len} bytes: {e}; run it again",
+                        off + filled as u64
+                    )
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    pending = data;
+                }
+                continue;
             }
+            let n = pending.len().min(buf.len() - filled);
+            buf[filled..filled + n].copy_from_slice(&pending.split_to(n));
             filled += n;
         }
         let chunk = &buf[..filled];

@@ -11,15 +11,39 @@
 //! driver and are answered once their changes are durable: 200 `{"result": text}`, or 400
 //! (invalid), 404 (unknown) or 409 (refused) with `{"error": text}`.
 
-use super::segments;
 use crate::drivers::config_server::CsClient;
-use crate::http::{self, Handler, Request, Response};
+use crate::http::{error, json, Client};
+use crate::transport::Transport;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use haven_core::config_server::{Command, CommandErrorKind, CommandResult, PolicyChange};
 use haven_core::ids::{ComponentId, DiskId};
 use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
-pub struct CsApi {
+/// Master targets whose API clients are kept (one keep-alive connection each).
+const MT_CLIENTS_MAX: usize = 256;
+
+pub struct CsApi<T: Transport> {
     pub cs: CsClient,
+    transport: T,
+    /// Clients of the master targets' APIs, by address.
+    master_targets: Mutex<BTreeMap<String, Arc<Client<T>>>>,
+}
+
+impl<T: Transport> CsApi<T> {
+    pub fn new(cs: CsClient, transport: T) -> Self {
+        CsApi {
+            cs,
+            transport,
+            master_targets: Mutex::new(BTreeMap::new()),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -41,107 +65,147 @@ struct UnprotectBody {
     keep_replica: bool,
 }
 
-impl Handler for CsApi {
-    async fn handle(&self, req: Request) -> Response {
-        let segs = segments(&req.path);
-        match (req.method.as_str(), segs.as_slice()) {
-            ("GET", ["api", "status"]) => Response::json(200, &*self.cs.status()),
-            ("GET", ["api", "components"]) => Response::json(200, &self.cs.status().components),
-            ("GET", ["api", "disks", disk, "points"]) => self.points(disk).await,
-            ("POST", ["api", "protect"]) => match body::<ProtectBody>(&req) {
-                Ok(b) => {
-                    let cmd = Command::Protect {
-                        agent: b.agent,
-                        disk: b.disk,
-                        process_server: b.process_server,
-                        master_target: b.master_target,
-                    };
-                    answer(self.cs.command(cmd).await)
-                }
-                Err(r) => r,
-            },
-            ("POST", ["api", "unprotect"]) => match body::<UnprotectBody>(&req) {
-                Ok(b) => {
-                    let cmd = Command::Unprotect {
-                        disk: b.disk,
-                        keep_replica: b.keep_replica,
-                    };
-                    answer(self.cs.command(cmd).await)
-                }
-                Err(r) => r,
-            },
-            ("POST", ["api", "disks", disk, "settings"]) => {
-                let disk = match DiskId::new(*disk) {
-                    Ok(d) => d,
-                    Err(e) => return Response::error(400, &e.to_string()),
-                };
-                match body::<PolicyChange>(&req) {
-                    Ok(change) => answer(self.cs.command(Command::Settings { disk, change }).await),
-                    Err(r) => r,
-                }
-            }
-            (_, ["api", "status" | "components"]) | (_, ["api", "disks", _, "points"]) => {
-                Response::error(405, "use GET for this resource; see docs/api.md")
-            }
-            (_, ["api", "protect" | "unprotect"]) | (_, ["api", "disks", _, "settings"]) => {
-                Response::error(405, "use POST for this resource; see docs/api.md")
-            }
-            _ => Response::error(404, "no such resource; see docs/api.md"),
-        }
+type St<T> = State<Arc<CsApi<T>>>;
+
+/// The configuration server's routes.
+pub fn router<T: Transport>(api: CsApi<T>) -> Router {
+    Router::new()
+        .route("/api/status", get(status::<T>))
+        .route("/api/components", get(components::<T>))
+        .route("/api/disks/{disk}/points", get(points::<T>))
+        .route("/api/protect", post(protect::<T>))
+        .route("/api/unprotect", post(unprotect::<T>))
+        .route("/api/disks/{disk}/settings", post(settings::<T>))
+        .with_state(Arc::new(api))
+}
+
+async fn status<T: Transport>(State(api): St<T>) -> Response {
+    json(StatusCode::OK, &*api.cs.status())
+}
+
+async fn components<T: Transport>(State(api): St<T>) -> Response {
+    json(StatusCode::OK, &api.cs.status().components)
+}
+
+async fn protect<T: Transport>(
+    State(api): St<T>,
+    body: Result<Json<ProtectBody>, JsonRejection>,
+) -> Response {
+    let b = match body {
+        Ok(Json(b)) => b,
+        Err(r) => return bad_body(r),
+    };
+    let cmd = Command::Protect {
+        agent: b.agent,
+        disk: b.disk,
+        process_server: b.process_server,
+        master_target: b.master_target,
+    };
+    answer(api.cs.command(cmd).await)
+}
+
+async fn unprotect<T: Transport>(
+    State(api): St<T>,
+    body: Result<Json<UnprotectBody>, JsonRejection>,
+) -> Response {
+    let b = match body {
+        Ok(Json(b)) => b,
+        Err(r) => return bad_body(r),
+    };
+    let cmd = Command::Unprotect {
+        disk: b.disk,
+        keep_replica: b.keep_replica,
+    };
+    answer(api.cs.command(cmd).await)
+}
+
+async fn settings<T: Transport>(
+    State(api): St<T>,
+    Path(disk): Path<String>,
+    body: Result<Json<PolicyChange>, JsonRejection>,
+) -> Response {
+    let disk = match DiskId::new(disk) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    match body {
+        Ok(Json(change)) => answer(api.cs.command(Command::Settings { disk, change }).await),
+        Err(r) => bad_body(r),
     }
 }
 
-/// Decodes a JSON body; the error response names what is wrong with it.
-fn body<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, Response> {
-    serde_json::from_slice(&req.body).map_err(|e| {
-        Response::error(
-            400,
-            &format!("request body is not the expected JSON: {e}; see docs/api.md"),
-        )
-    })
+/// A body that is not the expected JSON: the answer names what is wrong with it (413 when it
+/// is too large, 415 without a JSON content type, 400 otherwise).
+fn bad_body(r: JsonRejection) -> Response {
+    error(
+        r.status(),
+        &format!(
+            "request body is not the expected JSON: {}; see docs/api.md",
+            r.body_text()
+        ),
+    )
 }
 
 fn answer(result: CommandResult) -> Response {
     match result {
-        Ok(text) => Response::json(200, &serde_json::json!({ "result": text })),
+        Ok(text) => json(StatusCode::OK, &serde_json::json!({ "result": text })),
         Err(e) => {
             let status = match e.kind {
-                CommandErrorKind::Invalid => 400,
-                CommandErrorKind::Unknown => 404,
-                CommandErrorKind::Refused => 409,
+                CommandErrorKind::Invalid => StatusCode::BAD_REQUEST,
+                CommandErrorKind::Unknown => StatusCode::NOT_FOUND,
+                CommandErrorKind::Refused => StatusCode::CONFLICT,
             };
-            Response::error(status, &e.message)
+            error(status, &e.message)
         }
     }
 }
 
-impl CsApi {
-    async fn points(&self, disk: &str) -> Response {
-        let disk = match DiskId::new(disk) {
-            Ok(d) => d,
-            Err(e) => return Response::error(400, &e.to_string()),
-        };
-        let api = {
-            let status = self.cs.status();
-            match status.disks.iter().find(|d| d.disk == disk) {
-                Some(d) => d.master_target_api.clone(),
-                None => {
-                    return Response::error(
-                        404,
-                        &format!("no disk {disk} is known; see `haven status`"),
-                    )
-                }
+/// The disk's recovery points, asked of its master target through the transport.
+async fn points<T: Transport>(State(api): St<T>, Path(disk): Path<String>) -> Response {
+    let disk = match DiskId::new(disk) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let addr = {
+        let status = api.cs.status();
+        match status.disks.iter().find(|d| d.disk == disk) {
+            Some(d) => d.master_target_api.clone(),
+            None => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no disk {disk} is known; see `haven status`"),
+                )
             }
-        };
-        let Some(api) = api.filter(|a| !a.is_empty()) else {
-            return Response::error(
-                503,
-                &format!("disk {disk} has no master target with an API yet"),
-            );
-        };
-        match http::get_json::<serde_json::Value>(&api, &format!("/replicas/{disk}/points")).await {
-            Ok(v) => Response::json(200, &v),
-            Err(e) => Response::error(502, &format!("master target at {api}: {e}")),
         }
+    };
+    let Some(addr) = addr.filter(|a| !a.is_empty()) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("disk {disk} has no master target with an API yet"),
+        );
+    };
+    let client = api.master_target(&addr);
+    match client
+        .get_json::<serde_json::Value>(&format!("/replicas/{disk}/points"))
+        .await
+    {
+        Ok(v) => json(StatusCode::OK, &v),
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            &format!("master target at {addr}: {e}"),
+        ),
+    }
+}
+
+impl<T: Transport> CsApi<T> {
+    fn master_target(&self, addr: &str) -> Arc<Client<T>> {
+        let mut clients = self.master_targets.lock().expect("client table");
+        if !clients.contains_key(addr) && clients.len() >= MT_CLIENTS_MAX {
+            clients.clear();
+        }
+        clients
+            .entry(addr.to_string())
+            .or_insert_with(|| Arc::new(Client::new(self.transport.clone(), addr)))
+            .clone()
     }
 }

@@ -2,14 +2,22 @@
 //!
 //! - `GET /replicas` — every replica's metadata
 //! - `GET /replicas/{disk}/points` — its recovery points, oldest first
-//! - `GET /replicas/{disk}/image?seq=N` — the raw disk image at point N, streamed
+//! - `GET|HEAD /replicas/{disk}/image?seq=N` — the raw disk image at point N, streamed; a
+//!   `Range: bytes=...` header asks for part of it (206), so `curl -C -` resumes a download
 
-use super::segments;
 use crate::drivers::master_target::Replicas;
-use crate::http::{Handler, Request, Response};
+use crate::http::range::{self, Wanted};
+use crate::http::{error, json};
 use crate::meta::MetaStore;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use haven_core::ids::DiskId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -34,91 +42,158 @@ struct ReplicaView {
     inconsistent: Option<String>,
 }
 
-impl<V: crate::vfs::Vfs + Clone> Handler for MtApi<V> {
-    async fn handle(&self, req: Request) -> Response {
-        if req.method != "GET" {
-            return Response::error(405, "only GET is supported here");
-        }
-        let segs = segments(&req.path);
-        match segs.as_slice() {
-            ["replicas"] => self.list(),
-            ["replicas", disk, "points"] => match DiskId::new(*disk) {
-                Ok(d) => match self.meta.points(&d) {
-                    Ok(p) => Response::json(200, &p),
-                    Err(e) => Response::error(500, &e.to_string()),
-                },
-                Err(e) => Response::error(400, &e.to_string()),
-            },
-            ["replicas", disk, "image"] => self.image(disk, &req),
-            _ => Response::error(404, "no such resource; see docs/api.md"),
-        }
+#[derive(Deserialize)]
+struct ImageQuery {
+    seq: u64,
+}
+
+/// The master target's routes.
+pub fn router<V: crate::vfs::Vfs + Clone + Send + 'static>(api: MtApi<V>) -> Router {
+    Router::new()
+        .route("/replicas", get(list::<V>))
+        .route("/replicas/{disk}/points", get(points::<V>))
+        .route("/replicas/{disk}/image", get(image::<V>))
+        .with_state(Arc::new(api))
+}
+
+type St<V> = State<Arc<MtApi<V>>>;
+
+async fn list<V: crate::vfs::Vfs + Clone>(State(api): St<V>) -> Response {
+    let replicas = api.replicas.lock().expect("replica lock");
+    let v: Vec<ReplicaView> = replicas
+        .values()
+        .map(|r| ReplicaView {
+            disk: r.meta.disk.clone(),
+            size_bytes: r.meta.size_bytes,
+            epoch: r.meta.epoch.0,
+            applied_seq: r.meta.applied_seq,
+            points: r.meta.points,
+            journal_bytes: r.meta.journal_bytes,
+            inconsistent: r.meta.inconsistent.clone(),
+        })
+        .collect();
+    json(StatusCode::OK, &v)
+}
+
+fn disk_id(disk: &str) -> Result<DiskId, Box<Response>> {
+    DiskId::new(disk).map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, &e.to_string())))
+}
+
+async fn points<V: crate::vfs::Vfs + Clone>(
+    State(api): St<V>,
+    Path(disk): Path<String>,
+) -> Response {
+    let disk = match disk_id(&disk) {
+        Ok(d) => d,
+        Err(r) => return *r,
+    };
+    match api.meta.points(&disk) {
+        Ok(p) => json(StatusCode::OK, &p),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 
-impl<V: crate::vfs::Vfs + Clone> MtApi<V> {
-    fn list(&self) -> Response {
-        let replicas = self.replicas.lock().expect("replica lock");
-        let v: Vec<ReplicaView> = replicas
-            .values()
-            .map(|r| ReplicaView {
-                disk: r.meta.disk.clone(),
-                size_bytes: r.meta.size_bytes,
-                epoch: r.meta.epoch.0,
-                applied_seq: r.meta.applied_seq,
-                points: r.meta.points,
-                journal_bytes: r.meta.journal_bytes,
-                inconsistent: r.meta.inconsistent.clone(),
-            })
-            .collect();
-        Response::json(200, &v)
-    }
-
-    fn image(&self, disk: &str, req: &Request) -> Response {
-        let disk = match DiskId::new(disk) {
-            Ok(d) => d,
-            Err(e) => return Response::error(400, &e.to_string()),
-        };
-        let Some(seq) = req.query.get("seq").and_then(|s| s.parse::<u64>().ok()) else {
-            return Response::error(
-                400,
-                "give the recovery point as ?seq=N (see GET /replicas/{disk}/points)",
-            );
-        };
-        match self.meta.has_point(&disk, seq) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Response::error(
-                    404,
-                    &format!("seq {seq} is not a recovery point of {disk}"),
-                )
-            }
-            Err(e) => return Response::error(500, &e.to_string()),
+async fn image<V: crate::vfs::Vfs + Clone + Send + 'static>(
+    State(api): St<V>,
+    method: Method,
+    Path(disk): Path<String>,
+    query: Result<Query<ImageQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let disk = match disk_id(&disk) {
+        Ok(d) => d,
+        Err(r) => return *r,
+    };
+    let Ok(Query(ImageQuery { seq })) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "give the recovery point as ?seq=N (see GET /replicas/{disk}/points)",
+        );
+    };
+    match api.meta.has_point(&disk, seq) {
+        Ok(true) => {}
+        Ok(false) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("seq {seq} is not a recovery point of {disk}"),
+            )
         }
-        let size = match self.replicas.lock().expect("replica lock").get(&disk) {
-            Some(r) => r.meta.size_bytes,
-            None => return Response::error(404, &format!("no replica of {disk} here")),
-        };
-        let (tx, rx) = mpsc::channel(IMAGE_CHUNKS_AHEAD);
-        let replicas = self.replicas.clone();
-        tokio::spawn(async move {
-            let mut off = 0;
-            while off < size {
-                let n = IMAGE_CHUNK_BYTES.min(size - off);
-                let mut buf = vec![0u8; n as usize];
-                let r = {
-                    let replicas = replicas.lock().expect("replica lock");
-                    match replicas.get(&disk) {
-                        Some(r) => r.read_at(seq, off, &mut buf).map_err(|e| e.to_string()),
-                        None => Err("replica went away".to_string()),
-                    }
-                };
-                let failed = r.is_err();
-                if tx.send(r.map(|_| buf)).await.is_err() || failed {
-                    return;
-                }
-                off += n;
-            }
-        });
-        Response::stream(size, rx)
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
+    let size = match api.replicas.lock().expect("replica lock").get(&disk) {
+        Some(r) => r.meta.size_bytes,
+        None => return error(StatusCode::NOT_FOUND, &format!("no replica of {disk} here")),
+    };
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (status, bytes) = match range::wanted(range_header, size) {
+        Wanted::Whole => (StatusCode::OK, 0..size),
+        Wanted::Part(r) => (StatusCode::PARTIAL_CONTENT, r),
+        Wanted::Unsatisfiable => {
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+            )
+                .into_response()
+        }
+    };
+    let mut resp = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LENGTH, bytes.end - bytes.start);
+    if status == StatusCode::PARTIAL_CONTENT {
+        resp = resp.header(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{size}", bytes.start, bytes.end - 1),
+        );
+    }
+    let body = if method == Method::HEAD || bytes.is_empty() {
+        Body::empty()
+    } else {
+        stream_image(api.replicas.clone(), disk, seq, bytes)
+    };
+    resp.body(body)
+        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))
+}
+
+/// The bytes `range` of the image at `seq`, read on a blocking thread a chunk at a time and
+/// at most [`IMAGE_CHUNKS_AHEAD`] chunks ahead of the client. A read error ends the body
+/// short, so that the client sees a truncated transfer rather than wrong bytes.
+fn stream_image<V: crate::vfs::Vfs + Clone + Send + 'static>(
+    replicas: Replicas<V>,
+    disk: DiskId,
+    seq: u64,
+    range: std::ops::Range<u64>,
+) -> Body {
+    let (tx, rx) = mpsc::channel::<Result<Vec<u8>, String>>(IMAGE_CHUNKS_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let mut off = range.start;
+        while off < range.end {
+            let n = IMAGE_CHUNK_BYTES.min(range.end - off);
+            let mut buf = vec![0u8; n as usize];
+            let r = {
+                let replicas = replicas.lock().expect("replica lock");
+                match replicas.get(&disk) {
+                    Some(r) => r.read_at(seq, off, &mut buf).map_err(|e| e.to_string()),
+                    None => Err("the replica went away".to_string()),
+                }
+            };
+            let failed = r.is_err();
+            if let Err(e) = &r {
+                tracing::warn!("image of {disk} at seq {seq}: read at {off} failed: {e}");
+            }
+            if tx.blocking_send(r.map(|_| buf)).is_err() || failed {
+                return;
+            }
+            off += n;
+        }
+    });
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+        let item = rx.recv().await?;
+        Some((
+            item.map(bytes::Bytes::from).map_err(std::io::Error::other),
+            rx,
+        ))
+    });
+    Body::from_stream(chunks)
 }

@@ -3,8 +3,3 @@
 
 pub mod config_server;
 pub mod master_target;
-
-/// Splits `/a/b/c` into its non-empty segments.
-pub fn segments(path: &str) -> Vec<&str> {
-    path.split('/').filter(|s| !s.is_empty()).collect()
-}

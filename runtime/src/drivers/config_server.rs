@@ -104,8 +104,11 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
         status: status_rx,
         commands: cmd_tx,
     };
-    let handler = Arc::new(crate::api::config_server::CsApi { cs: client.clone() });
-    super::spawn_http_api::<T, _>(api, "configuration server API", handler);
+    let router = crate::api::config_server::router(crate::api::config_server::CsApi::new(
+        client.clone(),
+        host.transport.clone(),
+    ));
+    super::spawn_http_api::<T>(api, "configuration server API", router);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_DEPTH);
     let hello = Hello {
         version: PROTOCOL_VERSION,

@@ -72,11 +72,11 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     if cfg.settings.api_addr.is_empty() {
         cfg.settings.api_addr = api_addr.clone();
     }
-    let handler = Arc::new(crate::api::master_target::MtApi {
+    let router = crate::api::master_target::router(crate::api::master_target::MtApi {
         replicas: replicas.clone(),
         meta: meta.clone(),
     });
-    super::spawn_http_api::<T, _>(api, "master target API", handler);
+    super::spawn_http_api::<T>(api, "master target API", router);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_DEPTH);
     let hello = Hello {
         version: PROTOCOL_VERSION,

@@ -16,6 +16,7 @@ use crate::meta::{MetaError, MetaStore};
 use crate::net::{Net, NetInbound};
 use crate::transport::{Tcp, Transport};
 use crate::vfs::{StdVfs, Vfs};
+use axum::Router;
 use haven_core::net::NetEvent;
 use haven_core::time::Timestamp;
 use std::path::Path;
@@ -207,15 +208,11 @@ pub async fn bind<T: Transport>(
 }
 
 /// Serves an HTTP API on `listener`, one task per connection.
-pub fn spawn_http_api<T: Transport, H: crate::http::Handler>(
-    listener: T::Listener,
-    what: &'static str,
-    handler: Arc<H>,
-) {
+pub fn spawn_http_api<T: Transport>(listener: T::Listener, what: &'static str, router: Router) {
     spawn_accept_loop::<T, _, _>(listener, what, move |stream| {
-        let handler = handler.clone();
+        let router = router.clone();
         async move {
-            if let Err(e) = crate::http::serve_connection(stream, handler).await {
+            if let Err(e) = crate::http::serve_connection(stream, router).await {
                 tracing::debug!("{what} connection: {e}");
             }
         }

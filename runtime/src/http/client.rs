@@ -1,286 +1,187 @@
-//! The client half: one request per connection, incremental body reads,
-//! JSON convenience calls for the CLI, API base-URL parsing.
+//! The client side: hyper's HTTP/1.1 connection API over the project's `Transport`, one
+//! keep-alive connection per [`Client`], reopened when it breaks.
 
-use super::wire::{clip, content_length, header, parse_headers, read_head, reason_phrase};
 use super::{
     HttpError, HTTP_CLIENT_TIMEOUT, HTTP_CONNECT_TIMEOUT, HTTP_ERROR_BODY_BYTES_MAX,
-    HTTP_HEAD_BYTES_MAX, HTTP_JSON_RESPONSE_BYTES_MAX,
+    HTTP_JSON_RESPONSE_BYTES_MAX,
 };
+use crate::transport::{Tcp, Transport};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::fmt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::sync::Mutex;
 
-/// Buffer size [`ClientResponse::body_bytes`] reads with.
-const BODY_READ_CHUNK: usize = 64 * 1024;
-
-/// A response whose head has been read; the body is read on demand.
-pub struct ClientResponse<S> {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    /// `None` means the body runs until the server closes the connection.
-    pub content_length: Option<u64>,
-    stream: S,
-    /// Body bytes that arrived together with the head.
-    pending: Vec<u8>,
-    pending_pos: usize,
-    received: u64,
+/// A client of one HTTP server (`host:port`) reached through a transport.
+pub struct Client<T: Transport> {
+    transport: T,
+    addr: String,
+    conn: Mutex<Option<SendRequest<Full<Bytes>>>>,
 }
 
-impl<S> fmt::Debug for ClientResponse<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientResponse")
-            .field("status", &self.status)
-            .field("headers", &self.headers)
-            .field("content_length", &self.content_length)
-            .field("received", &self.received)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S: AsyncRead + Unpin> ClientResponse<S> {
-    /// Case-insensitive header lookup.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header(&self.headers, name)
-    }
-
-    /// Read the whole body, refusing more than `max` bytes.
-    pub async fn body_bytes(mut self, max: usize) -> Result<Vec<u8>, HttpError> {
-        if let Some(len) = self.content_length.filter(|&len| len > max as u64) {
-            return Err(HttpError::BodyTooLarge { len, max });
-        }
-        let capacity = self.content_length.unwrap_or(0) as usize;
-        let mut out = Vec::with_capacity(capacity);
-        let mut buf = vec![0u8; BODY_READ_CHUNK];
-        loop {
-            let n = self.read_chunk(&mut buf).await?;
-            if n == 0 {
-                return Ok(out);
-            }
-            if out.len() + n > max {
-                return Err(HttpError::BodyTooLarge {
-                    len: (out.len() + n) as u64,
-                    max,
-                });
-            }
-            out.extend_from_slice(&buf[..n]);
+impl<T: Transport> Client<T> {
+    pub fn new(transport: T, addr: impl Into<String>) -> Self {
+        Client {
+            transport,
+            addr: addr.into(),
+            conn: Mutex::new(None),
         }
     }
 
-    /// Read up to `buf.len()` body bytes; `Ok(0)` at the end of the body.
-    /// With a known Content-Length, a connection that ends early is an
-    /// error ([`HttpError::Truncated`]) — this is how an aborted image
-    /// stream is detected.
-    pub async fn read_chunk(&mut self, buf: &mut [u8]) -> Result<usize, HttpError> {
-        let want = match self.content_length {
-            Some(len) => buf
-                .len()
-                .min(usize::try_from(len - self.received).unwrap_or(usize::MAX)),
-            None => buf.len(),
-        };
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = if self.pending_pos < self.pending.len() {
-            let n = want.min(self.pending.len() - self.pending_pos);
-            buf[..n].copy_from_slice(&self.pending[self.pending_pos..self.pending_pos + n]);
-            self.pending_pos += n;
-            n
-        } else {
-            match self.stream.read(&mut buf[..want]).await {
-                Ok(n) => n,
-                Err(e) => return Err(self.cut_short(e.to_string()).unwrap_or(HttpError::Io(e))),
-            }
-        };
-        if n == 0 {
-            return match self.cut_short("closed by the server".into()) {
-                Some(e) => Err(e),
-                None => Ok(0),
-            };
-        }
-        self.received += n as u64;
-        Ok(n)
+    pub fn addr(&self) -> &str {
+        &self.addr
     }
 
-    /// The truncation error, if the body has a known length.
-    fn cut_short(&self, reason: String) -> Option<HttpError> {
-        self.content_length.map(|expected| HttpError::Truncated {
-            expected,
-            received: self.received,
-            reason,
-        })
-    }
-}
-
-/// Send one request over `stream` and read the response head. `host` goes
-/// into the `Host` header. The request asks the server to close afterwards.
-pub async fn request<S>(
-    mut stream: S,
-    method: &str,
-    host: &str,
-    path_and_query: &str,
-    body: Option<&[u8]>,
-) -> Result<ClientResponse<S>, HttpError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    validate_request_parts(method, host, path_and_query)?;
-    let mut head = format!(
-        "{method} {path_and_query} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: haven\r\nAccept: */*\r\nConnection: close\r\n"
-    );
-    // Some servers insist on a length for POST/PUT even when it is zero.
-    let len = body.map(<[u8]>::len);
-    if let Some(len) = len.or(matches!(method, "POST" | "PUT" | "PATCH").then_some(0)) {
-        head.push_str(&format!("Content-Length: {len}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut out = head.into_bytes();
-    out.extend_from_slice(body.unwrap_or_default());
-    stream.write_all(&out).await?;
-    stream.flush().await?;
-
-    let head = read_head(&mut stream, HTTP_HEAD_BYTES_MAX)
-        .await
-        .map_err(|e| match e {
-            HttpError::Closed => HttpError::NoResponse {
-                addr: host.to_string(),
-            },
-            e => e,
-        })?;
-    let mut lines = head.text.split("\r\n");
-    let status = parse_status_line(lines.next().unwrap_or(""))?;
-    let headers = parse_headers(lines)?;
-    if header(&headers, "transfer-encoding").is_some() {
-        return Err(HttpError::Malformed(
-            "chunked responses are not supported".into(),
-        ));
-    }
-    // Bodiless statuses carry no body whatever the headers say.
-    let bodiless = method == "HEAD" || status == 204 || status == 304;
-    let content_length = if bodiless {
-        Some(0)
-    } else {
-        content_length(&headers)?
-    };
-    Ok(ClientResponse {
-        status,
-        headers,
-        content_length,
-        stream,
-        pending: head.rest,
-        pending_pos: 0,
-        received: 0,
-    })
-}
-
-/// Refuse anything that could inject extra header lines into the request.
-fn validate_request_parts(method: &str, host: &str, path: &str) -> Result<(), HttpError> {
-    let clean = |s: &str| {
-        !s.is_empty()
-            && !s
-                .bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-    };
-    if !clean(method) || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(HttpError::Malformed(format!(
-            "invalid method {:?}",
-            clip(method)
-        )));
-    }
-    if !clean(host) {
-        return Err(HttpError::Malformed(format!(
-            "invalid host {:?}",
-            clip(host)
-        )));
-    }
-    if !clean(path) || !path.starts_with('/') {
-        return Err(HttpError::Malformed(format!(
-            "invalid request path {:?}: must start with '/' and be percent-encoded",
-            clip(path)
-        )));
-    }
-    Ok(())
-}
-
-/// `HTTP/1.1 200 OK` → 200.
-fn parse_status_line(line: &str) -> Result<u16, HttpError> {
-    let bad = || HttpError::Malformed(format!("invalid status line {:?}", clip(line)));
-    let mut parts = line.splitn(3, ' ');
-    let version = parts.next().unwrap_or("");
-    let code = parts.next().unwrap_or("");
-    if !version.starts_with("HTTP/1.") || code.len() != 3 {
-        return Err(bad());
-    }
-    match code.parse::<u16>() {
-        Ok(status) if (100..=599).contains(&status) => Ok(status),
-        _ => Err(bad()),
-    }
-}
-
-/// GET `path` from the server at `addr` ("host:port") and decode JSON.
-pub async fn get_json<T: DeserializeOwned>(addr: &str, path: &str) -> Result<T, HttpError> {
-    call_json(addr, "GET", path, None).await
-}
-
-/// POST `body` as JSON to `path` on the server at `addr` and decode JSON.
-pub async fn post_json<B: Serialize, T: DeserializeOwned>(
-    addr: &str,
-    path: &str,
-    body: &B,
-) -> Result<T, HttpError> {
-    let bytes = serde_json::to_vec(body).map_err(|e| HttpError::Encode(e.to_string()))?;
-    call_json(addr, "POST", path, Some(&bytes)).await
-}
-
-async fn call_json<T: DeserializeOwned>(
-    addr: &str,
-    method: &str,
-    path: &str,
-    body: Option<&[u8]>,
-) -> Result<T, HttpError> {
-    let exchange = async {
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, HttpError> {
         let connect_err = |err| HttpError::Connect {
-            addr: addr.to_string(),
+            addr: self.addr.clone(),
             err,
         };
-        let stream = tokio::time::timeout(HTTP_CONNECT_TIMEOUT, TcpStream::connect(addr))
+        let stream = tokio::time::timeout(HTTP_CONNECT_TIMEOUT, self.transport.connect(&self.addr))
             .await
             .map_err(|_| connect_err(std::io::ErrorKind::TimedOut.into()))?
             .map_err(connect_err)?;
-        let _ = stream.set_nodelay(true);
-        let response = request(stream, method, addr, path, body).await?;
-        decode_json(response).await
-    };
-    tokio::time::timeout(HTTP_CLIENT_TIMEOUT, exchange)
-        .await
-        .map_err(|_| HttpError::ResponseTimeout {
-            addr: addr.to_string(),
-            secs: HTTP_CLIENT_TIMEOUT.as_secs(),
-        })?
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.conn_err(e))?;
+        let addr = self.addr.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("HTTP connection to {addr}: {e}");
+            }
+        });
+        Ok(send)
+    }
+
+    fn conn_err(&self, e: impl std::fmt::Display) -> HttpError {
+        HttpError::Connection {
+            addr: self.addr.clone(),
+            err: e.to_string(),
+        }
+    }
+
+    /// Sends one request and returns the response head with its body still to read. The
+    /// connection is reused while it stays up; a request that fails on a reused connection
+    /// before any answer is retried once on a fresh one (the server may have closed it idle).
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Incoming>, HttpError> {
+        let build = || {
+            let mut b = Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .header(hyper::header::HOST, &self.addr);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            if body.is_some() {
+                b = b.header(hyper::header::CONTENT_TYPE, "application/json");
+            }
+            b.body(Full::new(Bytes::from(body.clone().unwrap_or_default())))
+                .map_err(|e| HttpError::BadRequest {
+                    what: path.to_string(),
+                    reason: e.to_string(),
+                })
+        };
+        let mut guard = self.conn.lock().await;
+        for attempt in 0..2 {
+            let reused = guard.is_some();
+            let mut send = match guard.take() {
+                Some(s) if !s.is_closed() => s,
+                _ => self.connect().await?,
+            };
+            if send.ready().await.is_err() {
+                if reused && attempt == 0 {
+                    continue;
+                }
+                return Err(self.conn_err("the connection closed"));
+            }
+            match send.send_request(build()?).await {
+                Ok(resp) => {
+                    *guard = Some(send);
+                    return Ok(resp);
+                }
+                // Canceled: never sent, so a retry cannot apply a command twice.
+                Err(e) if reused && attempt == 0 && e.is_canceled() => continue,
+                Err(e) => return Err(self.conn_err(e)),
+            }
+        }
+        Err(self.conn_err("the connection closed twice"))
+    }
+
+    /// GET `path` and decode its JSON.
+    pub async fn get_json<R: DeserializeOwned>(&self, path: &str) -> Result<R, HttpError> {
+        self.call_json(Method::GET, path, None).await
+    }
+
+    /// POST `body` as JSON to `path` and decode the JSON answer.
+    pub async fn post_json<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<R, HttpError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| HttpError::Encode(e.to_string()))?;
+        self.call_json(Method::POST, path, Some(bytes)).await
+    }
+
+    async fn call_json<R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<R, HttpError> {
+        let exchange = async {
+            let resp = self.send(method, path, &[], body).await?;
+            let resp = ok_or_status(resp).await?;
+            let body = read_body(resp.into_body(), HTTP_JSON_RESPONSE_BYTES_MAX).await?;
+            serde_json::from_slice(&body).map_err(|e| HttpError::Decode(e.to_string()))
+        };
+        tokio::time::timeout(HTTP_CLIENT_TIMEOUT, exchange)
+            .await
+            .map_err(|_| HttpError::ResponseTimeout {
+                addr: self.addr.clone(),
+                secs: HTTP_CLIENT_TIMEOUT.as_secs(),
+            })?
+    }
 }
 
-/// 2xx → decoded body; anything else → [`HttpError::Status`] carrying the
-/// server's `{"error": ...}` message, or its body text.
-async fn decode_json<T, S>(response: ClientResponse<S>) -> Result<T, HttpError>
-where
-    T: DeserializeOwned,
-    S: AsyncRead + Unpin,
-{
-    let status = response.status;
-    if !(200..300).contains(&status) {
-        // The status is the real error; a broken error body must not mask it.
-        let body = response
-            .body_bytes(HTTP_ERROR_BODY_BYTES_MAX)
-            .await
-            .unwrap_or_default();
-        return Err(HttpError::Status {
-            status,
-            message: error_message(status, &body),
-        });
+/// A 2xx response as it is; any other becomes [`HttpError::Status`] with the server's
+/// `{"error": ...}` message, or its body text.
+pub async fn ok_or_status(resp: Response<Incoming>) -> Result<Response<Incoming>, HttpError> {
+    let status = resp.status().as_u16();
+    if (200..300).contains(&status) {
+        return Ok(resp);
     }
-    let body = response.body_bytes(HTTP_JSON_RESPONSE_BYTES_MAX).await?;
-    serde_json::from_slice(&body).map_err(|e| HttpError::Decode(e.to_string()))
+    // The status is the real error: a broken error body must not mask it.
+    let body = read_body(resp.into_body(), HTTP_ERROR_BODY_BYTES_MAX)
+        .await
+        .unwrap_or_default();
+    Err(HttpError::Status {
+        status,
+        message: error_message(status, &body),
+    })
+}
+
+/// Reads a whole body of at most `max` bytes.
+pub async fn read_body(body: Incoming, max: usize) -> Result<Bytes, HttpError> {
+    match Limited::new(body, max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(HttpError::BodyTooLarge { max })
+        }
+        Err(e) => Err(HttpError::Connection {
+            addr: "the server".into(),
+            err: e.to_string(),
+        }),
+    }
 }
 
 fn error_message(status: u16, body: &[u8]) -> String {
@@ -294,14 +195,32 @@ fn error_message(status: u16, body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
     if text.is_empty() {
-        reason_phrase(status).to_string()
+        hyper::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("no reason given")
+            .to_string()
     } else {
-        clip(text).to_string()
+        text.chars().take(500).collect()
     }
 }
 
-/// Normalize an API base URL to `host:port`. Accepts `http://host:port` or
-/// `host:port`, with an optional trailing slash.
+/// GET `path` from the server at `addr` (`host:port`) over TCP and decode its JSON.
+pub async fn get_json<R: DeserializeOwned>(addr: &str, path: &str) -> Result<R, HttpError> {
+    Client::new(Tcp, addr).get_json(path).await
+}
+
+/// POST `body` as JSON to `path` on the server at `addr` over TCP and decode the answer.
+pub async fn post_json<B: Serialize, R: DeserializeOwned>(
+    addr: &str,
+    path: &str,
+    body: &B,
+) -> Result<R, HttpError> {
+    Client::new(Tcp, addr).post_json(path, body).await
+}
+
+/// Normalizes an API base URL to `host:port`. Accepts `http://host:port` or `host:port`, with
+/// an optional trailing slash.
 pub fn parse_base_url(url: &str) -> Result<String, HttpError> {
     let bad = |reason: &str| HttpError::BadUrl {
         url: url.to_string(),
@@ -311,7 +230,7 @@ pub fn parse_base_url(url: &str) -> Result<String, HttpError> {
     let lower = trimmed.to_ascii_lowercase();
     let rest = if lower.starts_with("https://") {
         return Err(bad(
-            "https is not supported; use http:// (put a TLS proxy in front if needed)",
+            "https is not supported yet; use http:// (put a TLS proxy in front if needed)",
         ));
     } else if lower.starts_with("http://") {
         &trimmed["http://".len()..]
@@ -332,7 +251,7 @@ pub fn parse_base_url(url: &str) -> Result<String, HttpError> {
     {
         return Err(bad("missing or invalid host"));
     }
-    // Bare IPv6 needs brackets, otherwise the port is ambiguous.
+    // A bare IPv6 address needs brackets, or the port is ambiguous.
     if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
         return Err(bad(
             "write IPv6 addresses in brackets, e.g. http://[::1]:8080",

@@ -356,16 +356,16 @@ pub async fn workload(seed: u64, ops: u64, result: Arc<Mutex<Option<Outcome>>>) 
 }
 
 async fn http_get(addr: &str, path: &str) -> Option<Vec<u8>> {
-    let stream = turmoil::net::TcpStream::connect(addr.to_string())
+    let client = haven_runtime::http::Client::new(super::transport::TurmoilTcp, addr);
+    let resp = client
+        .send(haven_runtime::http::Method::GET, path, &[], None)
         .await
         .ok()?;
-    let resp = haven_runtime::http::request(stream, "GET", addr, path, None)
-        .await
-        .ok()?;
-    if resp.status != 200 {
+    if resp.status() != 200 {
         return None;
     }
-    resp.body_bytes(64 << 20).await.ok()
+    let body = haven_runtime::http::read_body(resp.into_body(), 64 << 20).await;
+    body.ok().map(|b| b.to_vec())
 }
 
 /// The newest recovery point and its image, read from the master target's API.
