@@ -62,6 +62,9 @@ pub struct AgentFile {
     pub config_server: String,
     pub data_dir: PathBuf,
     pub nbd_listen: String,
+    /// Where `/metrics` and `/stats` are served (none when absent).
+    #[serde(default)]
+    pub api_listen: Option<String>,
     #[serde(default = "d_batch_bytes", deserialize_with = "de_size")]
     pub batch_bytes_max: u64,
     #[serde(default = "d_batch_delay")]
@@ -97,6 +100,9 @@ pub struct ProcessServerFile {
     /// Address agents should use, if not `listen` (e.g. behind NAT or when listening on 0.0.0.0).
     #[serde(default)]
     pub advertise: Option<String>,
+    /// Where `/metrics` and `/stats` are served (none when absent).
+    #[serde(default)]
+    pub api_listen: Option<String>,
     #[serde(default = "d_cache", deserialize_with = "de_size")]
     pub cache_bytes_max: u64,
     #[serde(default = "d_window")]
@@ -215,6 +221,7 @@ impl AgentFile {
             disks,
             data_dir: self.data_dir,
             nbd_listen: self.nbd_listen,
+            api_listen: self.api_listen,
         })
     }
 }
@@ -249,6 +256,7 @@ impl ProcessServerFile {
             listen: self.listen,
             compression_level: self.compression_level,
             compression: self.compression,
+            api_listen: self.api_listen,
         })
     }
 }

@@ -153,6 +153,7 @@ fn ps_config(dir: &Path, cs: &str, o: &LabOptions) -> drivers::process_server::P
         listen: "127.0.0.1:0".into(),
         compression_level: haven_core::batch::ZSTD_LEVEL_DEFAULT,
         compression: o.compression,
+        api_listen: Some("127.0.0.1:0".into()),
     }
 }
 
@@ -193,5 +194,6 @@ fn agent_config(dir: &Path, cs: &str, o: &LabOptions) -> drivers::agent::AgentCo
             .collect(),
         data_dir: dir.join("agent"),
         nbd_listen: o.nbd_listen.clone(),
+        api_listen: Some("127.0.0.1:0".into()),
     }
 }

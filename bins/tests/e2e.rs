@@ -5,6 +5,10 @@
 //! They need qemu-io (Debian's qemu-utils); without it they fail with a message saying so.
 
 mod common;
+#[path = "common/http_checks.rs"]
+mod http_checks;
+
+use http_checks::{check_image_ranges, check_metrics};
 
 use common::*;
 use haven_core::ids::{ComponentId, Epoch};
@@ -94,71 +98,8 @@ fn four_daemons_end_to_end() {
     check_round(&c.api, &model, 1);
     check_round(&c.api, &model, 3);
     check_image_ranges(&c, &model);
+    check_metrics(&c, &model);
     eprintln!("four_daemons_end_to_end: {:?}", started.elapsed());
-}
-
-/// The master target's image endpoint answers `HEAD` with the size and `Range` with exactly
-/// those bytes (what `curl -C -` sends to resume a download).
-fn check_image_ranges(c: &Cluster, model: &Model) {
-    use haven_runtime::http::{self, Client, Method};
-    let seq = model.rounds.last().expect("a round").seq;
-    let path = format!("/replicas/{}/image?seq={seq}", common::DISK);
-    let size = model.bytes.len() as u64;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let mt = Client::new(
-            haven_runtime::transport::Tcp,
-            format!("127.0.0.1:{}", c.ports.mt_api),
-        );
-        let head = mt.send(Method::HEAD, &path, &[], None).await.expect("HEAD");
-        assert_eq!(head.status(), 200);
-        assert_eq!(
-            http::content_length(&head),
-            Some(size),
-            "HEAD names the size"
-        );
-        assert_eq!(head.headers()["accept-ranges"], "bytes");
-        let body = http::read_body(head.into_body(), 1)
-            .await
-            .expect("HEAD body");
-        assert!(body.is_empty(), "HEAD has no body");
-        let cases = [
-            ("bytes=4096-8191".to_string(), 4096..8192),
-            (format!("bytes={}-", size - 12_345), size - 12_345..size),
-            ("bytes=-1000".to_string(), size - 1000..size),
-            ("bytes=1000-1000".to_string(), 1000..1001),
-        ];
-        for (range, want) in cases {
-            let resp = mt
-                .send(Method::GET, &path, &[("range", &range)], None)
-                .await
-                .expect("ranged GET");
-            assert_eq!(resp.status(), 206, "{range}");
-            assert_eq!(
-                resp.headers()["content-range"],
-                format!("bytes {}-{}/{size}", want.start, want.end - 1).as_str(),
-                "{range}"
-            );
-            let got = http::read_body(resp.into_body(), 64 << 20)
-                .await
-                .expect("body");
-            let (a, b) = (want.start as usize, want.end as usize);
-            assert_same(&format!("image {range}"), &got, &model.bytes[a..b]);
-        }
-        let past = format!("bytes={size}-");
-        let resp = mt
-            .send(Method::GET, &path, &[("range", &past)], None)
-            .await
-            .expect("GET past the end");
-        assert_eq!(resp.status(), 416);
-        assert_eq!(
-            resp.headers()["content-range"],
-            format!("bytes */{size}").as_str()
-        );
-    });
 }
 
 /// What the background writer and the test share.

@@ -4,6 +4,7 @@ pub mod api;
 pub mod drivers;
 pub mod http;
 pub mod meta;
+pub mod metrics;
 pub mod nbd;
 pub mod net;
 pub mod segment;

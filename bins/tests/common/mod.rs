@@ -117,11 +117,14 @@ pub struct Ports {
     pub mt: u16,
     pub mt_api: u16,
     pub nbd: u16,
+    pub ps_api: u16,
+    pub agent_api: u16,
 }
 
 fn free_ports() -> Ports {
-    let ls = [(); 6].map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"));
-    let [cs, cs_api, ps, mt, mt_api, nbd] = ls.map(|l| l.local_addr().expect("local addr").port());
+    let ls = [(); 8].map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"));
+    let [cs, cs_api, ps, mt, mt_api, nbd, ps_api, agent_api] =
+        ls.map(|l| l.local_addr().expect("local addr").port());
     Ports {
         cs,
         cs_api,
@@ -129,6 +132,8 @@ fn free_ports() -> Ports {
         mt,
         mt_api,
         nbd,
+        ps_api,
+        agent_api,
     }
 }
 
@@ -249,7 +254,7 @@ fn write_configs(dir: &Path, p: &Ports) {
         format!("config_server = \"{cs}\"\nheartbeat_interval_ms = {hb}\nreconnect_delay_ms = 100");
     let files = [
         ("config-server", format!("data_dir = \"{d}/cs\"\nlisten = \"{cs}\"\napi_listen = \"127.0.0.1:{}\"\n", p.cs_api)),
-        ("process-server", format!("id = \"ps1\"\n{common}\ndata_dir = \"{d}/ps\"\nlisten = \"127.0.0.1:{}\"\n", p.ps)),
+        ("process-server", format!("id = \"ps1\"\n{common}\ndata_dir = \"{d}/ps\"\nlisten = \"127.0.0.1:{}\"\napi_listen = \"127.0.0.1:{}\"\n", p.ps, p.ps_api)),
         ("master-target", format!("id = \"mt1\"\n{common}\ndata_dir = \"{d}/mt\"\nlisten = \"127.0.0.1:{}\"\napi_listen = \"127.0.0.1:{}\"\n", p.mt, p.mt_api)),
         (
             "agent",
@@ -258,13 +263,14 @@ fn write_configs(dir: &Path, p: &Ports) {
 {common}
 data_dir = "{d}/agent"
 nbd_listen = "127.0.0.1:{}"
+api_listen = "127.0.0.1:{}"
 
 [[disk]]
 id = "{DISK}"
 path = "{d}/disk0.img"
 create_size = "64M"
 "#,
-                p.nbd
+                p.nbd, p.agent_api
             ),
         ),
     ];

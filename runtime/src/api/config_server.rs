@@ -1,6 +1,7 @@
 //! The configuration server's REST API (see docs/api.md).
 //!
 //! - `GET /api/status` — components, disks (state, placement, policy, progress, RPO), events
+//! - `GET /metrics` — OpenMetrics: every disk and component the server knows
 //! - `GET /api/components` — the registered components
 //! - `GET /api/disks/{disk}/points` — the disk's recovery points, from its master target
 //! - `POST /api/protect` `{"agent", "disk", "process_server"?, "master_target"?}`
@@ -71,6 +72,7 @@ type St<T> = State<Arc<CsApi<T>>>;
 pub fn router<T: Transport>(api: CsApi<T>) -> Router {
     Router::new()
         .route("/api/status", get(status::<T>))
+        .route("/metrics", get(metrics::<T>))
         .route("/api/components", get(components::<T>))
         .route("/api/disks/{disk}/points", get(points::<T>))
         .route("/api/protect", post(protect::<T>))
@@ -81,6 +83,13 @@ pub fn router<T: Transport>(api: CsApi<T>) -> Router {
 
 async fn status<T: Transport>(State(api): St<T>) -> Response {
     json(StatusCode::OK, &*api.cs.status())
+}
+
+async fn metrics<T: Transport>(State(api): St<T>) -> Response {
+    let status = api.cs.status();
+    crate::metrics::Metrics::default()
+        .status(&status)
+        .response_owned()
 }
 
 async fn components<T: Transport>(State(api): St<T>) -> Response {

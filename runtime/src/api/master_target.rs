@@ -1,6 +1,7 @@
 //! The master target's HTTP API.
 //!
 //! - `GET /replicas` — every replica's metadata
+//! - `GET /metrics` — OpenMetrics of the replicas
 //! - `GET /replicas/{disk}/points` — its recovery points, oldest first
 //! - `GET|HEAD /replicas/{disk}/image?seq=N` — the raw disk image at point N, streamed; a
 //!   `Range: bytes=...` header asks for part of it (206), so `curl -C -` resumes a download
@@ -17,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use haven_core::ids::DiskId;
+use haven_core::stats::ReplicaStats;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -51,6 +53,7 @@ struct ImageQuery {
 pub fn router<V: crate::vfs::Vfs + Clone + Send + 'static>(api: MtApi<V>) -> Router {
     Router::new()
         .route("/replicas", get(list::<V>))
+        .route("/metrics", get(metrics::<V>))
         .route("/replicas/{disk}/points", get(points::<V>))
         .route("/replicas/{disk}/image", get(image::<V>))
         .with_state(Arc::new(api))
@@ -73,6 +76,26 @@ async fn list<V: crate::vfs::Vfs + Clone>(State(api): St<V>) -> Response {
         })
         .collect();
     json(StatusCode::OK, &v)
+}
+
+async fn metrics<V: crate::vfs::Vfs + Clone>(State(api): St<V>) -> Response {
+    let stats: Vec<ReplicaStats> = {
+        let replicas = api.replicas.lock().expect("replica lock");
+        replicas
+            .values()
+            .map(|r| ReplicaStats {
+                disk: r.meta.disk.clone(),
+                size_bytes: r.meta.size_bytes,
+                applied_seq: r.meta.applied_seq,
+                points: r.meta.points,
+                journal_bytes: r.meta.journal_bytes,
+                inconsistent: r.meta.inconsistent.clone(),
+            })
+            .collect()
+    };
+    crate::metrics::Metrics::default()
+        .replicas(&stats)
+        .response_owned()
 }
 
 fn disk_id(disk: &str) -> Result<DiskId, Box<Response>> {

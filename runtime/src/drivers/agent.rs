@@ -18,7 +18,7 @@ use haven_core::Machine;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 #[derive(Clone, Debug)]
 pub struct AgentDiskConfig {
@@ -36,6 +36,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Where the NBD server listens (for example 127.0.0.1:10809).
     pub nbd_listen: String,
+    /// Where `/metrics` and `/stats` are served, if anywhere.
+    pub api_listen: Option<String>,
 }
 
 /// A write request from the NBD server to the driver.
@@ -144,6 +146,8 @@ impl<F: VFile> NbdExport for AgentExport<F> {
 
 pub struct AgentHandle {
     pub nbd_addr: String,
+    /// Where the API listens, when it was asked for.
+    pub api_addr: Option<String>,
     pub task: tokio::task::JoinHandle<Result<(), RoleError>>,
 }
 
@@ -204,6 +208,18 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     let net = Net::new(host.transport.clone(), hello, vec![], ev_tx);
     let clock = host.clock();
     let agent = Agent::new(cfg.settings.clone(), disks, clock.now());
+    let (stats, stats_rx) = watch::channel(agent.stats());
+    let api_addr = match &cfg.api_listen {
+        Some(listen) => {
+            let (api, addr) = super::bind(&host.transport, listen, "API")
+                .await
+                .map_err(fail)?;
+            let router = crate::api::stats::agent_router(stats_rx);
+            super::spawn_http_api::<T>(api, "agent API", router);
+            Some(addr)
+        }
+        None => None,
+    };
     let mut copies = vec![];
     for (i, d) in cfg.disks.iter().enumerate() {
         if !meta.agent_copied(&d.disk).map_err(fail)? {
@@ -226,9 +242,15 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
         inputs: VecDeque::new(),
         copies,
         copied: vec![],
+        stats,
+        stats_at: None,
     };
     let task = tokio::spawn(driver.run(ev_rx, nbd_rx));
-    Ok(AgentHandle { nbd_addr, task })
+    Ok(AgentHandle {
+        nbd_addr,
+        api_addr,
+        task,
+    })
 }
 
 struct Driver<T: Transport, F: VFile> {
@@ -245,6 +267,9 @@ struct Driver<T: Transport, F: VFile> {
     copies: Vec<Copy>,
     /// Copies sent, waiting to be cached: (disk id, index, last seq of the copy).
     copied: Vec<(DiskId, usize, haven_core::ids::Seq)>,
+    /// The stats snapshot the API reads, and when it was last refreshed.
+    stats: watch::Sender<haven_core::stats::AgentStats>,
+    stats_at: Option<haven_core::time::Timestamp>,
 }
 
 /// Bytes read per initial-copy chunk.
@@ -271,6 +296,9 @@ impl<T: Transport, F: VFile> Driver<T, F> {
             self.copy_step()?;
             self.check_copied()?;
             let now = self.clock.now();
+            if super::stats_due(&mut self.stats_at, now) {
+                self.stats.send_replace(self.agent.stats());
+            }
             let deadline = if self.copies.iter().any(|c| self.agent.has_room(c.disk)) {
                 Some(now)
             } else if !self.copies.is_empty() || !self.copied.is_empty() {

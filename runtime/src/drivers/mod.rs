@@ -193,6 +193,18 @@ pub async fn next_round<T: Transport>(
     Some(batch.into_iter().map(|ev| net.inbound(ev)).collect())
 }
 
+/// Whether a stats snapshot last refreshed at `at` is due again at `now` (and marks it done).
+pub fn stats_due(
+    at: &mut Option<haven_core::time::Timestamp>,
+    now: haven_core::time::Timestamp,
+) -> bool {
+    let due = at.is_none_or(|t| now.millis_since(t) >= crate::api::stats::STATS_PUBLISH_MS);
+    if due {
+        *at = Some(now);
+    }
+    due
+}
+
 /// Binds `addr` on the host's transport; the error names what the address was for.
 pub async fn bind<T: Transport>(
     transport: &T,

@@ -12,7 +12,7 @@ use haven_core::protocol::{Hello, Role, PROTOCOL_VERSION};
 use haven_core::Machine;
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 #[derive(Clone, Debug)]
 pub struct ProcessServerConfig {
@@ -24,10 +24,14 @@ pub struct ProcessServerConfig {
     pub compression_level: i32,
     /// When forwarded batches are compressed.
     pub compression: haven_core::batch::CompressionPolicy,
+    /// Where `/metrics` and `/stats` are served, if anywhere.
+    pub api_listen: Option<String>,
 }
 
 pub struct ProcessServerHandle {
     pub addr: String,
+    /// Where the API listens, when it was asked for.
+    pub api_addr: Option<String>,
     pub task: tokio::task::JoinHandle<Result<(), RoleError>>,
 }
 
@@ -63,6 +67,19 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     tracing::info!("process server: {} cached batches recovered", cached.len());
     let mut ps = ProcessServer::new(cfg.settings.clone(), disks, cached, clock.now());
     ps.set_compression(cfg.compression, cfg.compression_level);
+    let (stats, stats_rx) = watch::channel(ps.stats());
+    let api_addr = match &cfg.api_listen {
+        Some(listen) => {
+            let (api, addr) = super::bind(&host.transport, listen, "API")
+                .await
+                .map_err(fail)?;
+            let router =
+                crate::api::stats::process_server_router(cfg.settings.component.clone(), stats_rx);
+            super::spawn_http_api::<T>(api, "process server API", router);
+            Some(addr)
+        }
+        None => None,
+    };
     let driver = Driver {
         ps,
         net,
@@ -70,9 +87,15 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
         meta,
         clock,
         inputs: VecDeque::new(),
+        stats,
+        stats_at: None,
     };
     let task = tokio::spawn(driver.run(ev_rx));
-    Ok(ProcessServerHandle { addr, task })
+    Ok(ProcessServerHandle {
+        addr,
+        api_addr,
+        task,
+    })
 }
 
 struct Driver<T: Transport, V: Vfs> {
@@ -82,6 +105,9 @@ struct Driver<T: Transport, V: Vfs> {
     meta: MetaStore,
     clock: Clock,
     inputs: VecDeque<Input>,
+    /// The stats snapshot the API reads, and when it was last refreshed.
+    stats: watch::Sender<haven_core::stats::ProcessServerStats>,
+    stats_at: Option<haven_core::time::Timestamp>,
 }
 
 impl<T: Transport, V: Vfs + Clone> Driver<T, V> {
@@ -97,6 +123,9 @@ impl<T: Transport, V: Vfs + Clone> Driver<T, V> {
             }
             self.inputs.extend(round.into_iter().map(Input::Net));
             super::blocking(|| self.run_inputs())?;
+            if super::stats_due(&mut self.stats_at, self.clock.now()) {
+                self.stats.send_replace(self.ps.stats());
+            }
         }
     }
 

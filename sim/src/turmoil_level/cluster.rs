@@ -181,6 +181,7 @@ fn ps_config() -> ProcessServerConfig {
         compression_level: 1,
         // Every batch, so that the compressed path is exercised whatever the timing.
         compression: haven_core::batch::CompressionPolicy::Always,
+        api_listen: Some("0.0.0.0:7180".into()),
     }
 }
 
@@ -222,6 +223,7 @@ fn agent_config() -> AgentConfig {
         disks: vec![disk],
         data_dir: "/agent".into(),
         nbd_listen: "0.0.0.0:10809".into(),
+        api_listen: Some("0.0.0.0:7380".into()),
     }
 }
 
