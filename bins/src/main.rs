@@ -4,6 +4,7 @@ mod commands;
 mod config;
 mod console;
 mod lab;
+mod lab_processes;
 mod size;
 
 use clap::{Parser, Subcommand};
@@ -65,6 +66,11 @@ enum Command {
         /// always, or off.
         #[arg(long, default_value = "adaptive")]
         compression: haven_core::batch::CompressionPolicy,
+        /// Run each role as a child process of the lab (DIR/<role>.toml, logs in DIR/logs/),
+        /// restarted a second after it dies; lab.env gains HAVEN_PID_<ROLE> lines, for trying
+        /// faults such as `kill -9 "$HAVEN_PID_PROCESS_SERVER"`.
+        #[arg(long)]
+        processes: bool,
     },
     /// Show components and protected disks.
     Status {
@@ -232,6 +238,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             api_listen,
             status_interval,
             compression,
+            processes,
         } => {
             let o = lab::LabOptions {
                 dir,
@@ -241,6 +248,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 api_listen,
                 status_interval_s: status_interval,
                 compression,
+                processes,
             };
             lab::run(o).await
         }

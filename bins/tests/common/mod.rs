@@ -328,6 +328,17 @@ pub struct Api {
 }
 
 impl Api {
+    /// The console of a cluster this file did not start (`haven lab`): its API URL, the NBD URI
+    /// of disk0, and the directory holding disk0.img.
+    pub fn new(api: &str, nbd: &str, dir: &Path) -> Api {
+        Api {
+            api: api.to_string(),
+            nbd: nbd.to_string(),
+            dir: dir.to_path_buf(),
+            qemu_running: Arc::default(),
+        }
+    }
+
     pub fn haven(&self, args: &[&str]) -> Result<Output, String> {
         let out = Command::new(env!("CARGO_BIN_EXE_haven"))
             .args(args)
