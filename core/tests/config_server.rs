@@ -426,3 +426,44 @@ fn unprotect_retires_the_disk_everywhere_and_a_new_protection_bumps_the_epoch() 
     r.unwrap();
     assert_eq!(s.status().disks[0].epoch, Epoch(2));
 }
+
+fn online(s: &ConfigServer) -> Vec<String> {
+    s.status()
+        .components
+        .iter()
+        .filter(|c| c.online)
+        .map(|c| c.id.to_string())
+        .collect()
+}
+
+#[test]
+fn a_paused_server_does_not_call_everyone_offline_but_silence_after_it_does() {
+    let (mut s, now) = registered(false);
+    assert_eq!(online(&s).len(), 5);
+    let timeout = cs_settings().heartbeat_timeout_ms;
+    // Woken at its half-timeout deadlines, without heartbeats: still online until the timeout.
+    let t1 = now.plus_millis(timeout / 2);
+    s.handle(t1, cs::Input::Tick);
+    assert_eq!(online(&s).len(), 5);
+    // Stopped for three timeouts (the heartbeats of that time still unread): nobody is lost.
+    let t2 = t1.plus_millis(3 * timeout);
+    s.handle(t2, cs::Input::Tick);
+    assert_eq!(
+        online(&s).len(),
+        5,
+        "a pause of the server itself proves nothing"
+    );
+    let warned = s
+        .status()
+        .events
+        .iter()
+        .any(|e| e.text.contains("did not run for"));
+    assert!(warned, "the pause is an event");
+    // Real silence after it, checked at the usual deadlines: all offline.
+    let mut t = t2;
+    for _ in 0..3 {
+        t = t.plus_millis(timeout / 2);
+        s.handle(t, cs::Input::Tick);
+    }
+    assert!(online(&s).is_empty(), "{:?}", online(&s));
+}

@@ -124,6 +124,9 @@ pub struct ConfigServer {
     announce_wanted: bool,
     out: VecDeque<Output>,
     now: Timestamp,
+    /// When liveness was last checked: the server checks at every input and wakes at least
+    /// every half timeout, so a longer gap means the server itself did not run.
+    liveness_at: Timestamp,
 }
 
 impl ConfigServer {
@@ -163,6 +166,7 @@ impl ConfigServer {
             announce_wanted: false,
             out: VecDeque::new(),
             now,
+            liveness_at: now,
         }
     }
 
@@ -241,6 +245,21 @@ impl ConfigServer {
     fn check_liveness(&mut self) {
         let timeout = self.settings.heartbeat_timeout_ms;
         let now = self.now;
+        let asleep = now.millis_since(self.liveness_at);
+        self.liveness_at = now;
+        if asleep > timeout {
+            // The server was stopped (SIGSTOP, a VM pause): the heartbeats that arrived meanwhile
+            // wait unread, so silence proves nothing. Every online component gets a full timeout
+            // from now.
+            for c in self.components.values_mut().filter(|c| c.online) {
+                c.last_seen = c.last_seen.max(now);
+            }
+            self.event(
+                "warning",
+                format!("the configuration server did not run for {asleep} ms (was it paused?); liveness is measured again from now"),
+            );
+            return;
+        }
         let mut lost = vec![];
         for (id, c) in self.components.iter_mut() {
             if c.online && now.millis_since(c.last_seen) > timeout {
