@@ -260,7 +260,7 @@ fn two_agents_two_disks_each_two_process_servers_two_master_targets() {
         }
     }
     // Writes to all four disks at once, three rounds.
-    let mut rng = Rng(0x5eed_0f_4a11);
+    let mut rng = Rng(0x5eed_0f4a_1100);
     for round in 0..3u8 {
         let jobs: Vec<_> = site
             .nbd
