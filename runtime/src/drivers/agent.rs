@@ -1,20 +1,18 @@
 //! The agent's driver: serves each protected disk over NBD, carries out the agent's source
 //! writes in the order the core emits them, and runs the agent's connections.
 
-use super::{
-    sleep_until, spawn_accept_loop, Clock, Host, RoleError, EVENTS_PER_TURN_MAX,
-    EVENT_CHANNEL_DEPTH,
-};
+use super::round::{Driver, Effects};
+use super::{spawn_accept_loop, Host, RoleError, EVENT_CHANNEL_DEPTH};
 use crate::meta::MetaStore;
 use crate::nbd::{self, ExportError, Exports, NbdExport};
-use crate::net::{Net, NetInbound};
+use crate::net::Net;
 use crate::stores::source::SourceDisk;
 use crate::transport::Transport;
 use crate::vfs::{VFile, Vfs};
 use haven_core::agent::{Agent, AgentSettings, Input, IoId, Output, SourceOp};
 use haven_core::ids::{DiskId, Epoch};
 use haven_core::protocol::{Hello, Role, PROTOCOL_VERSION};
-use haven_core::Machine;
+use haven_core::time::Timestamp;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -231,21 +229,20 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
             });
         }
     }
-    let driver = Driver {
-        agent,
+    let effects = AgentEffects {
         net,
         sources,
         meta,
-        clock,
         replies: BTreeMap::new(),
         next_io: 1,
-        inputs: VecDeque::new(),
         copies,
         copied: vec![],
+        disk_ids: cfg.disks.iter().map(|d| d.disk.clone()).collect(),
+        syncs: vec![],
         stats,
         stats_at: None,
     };
-    let task = tokio::spawn(driver.run(ev_rx, nbd_rx));
+    let task = tokio::spawn(Driver::new(agent, effects, clock).run(ev_rx, nbd_rx));
     Ok(AgentHandle {
         nbd_addr,
         api_addr,
@@ -253,27 +250,31 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     })
 }
 
-struct Driver<T: Transport, F: VFile> {
-    agent: Agent,
+/// The agent's effects: the source disks, NBD replies, initial copies, its metadata.
+struct AgentEffects<T: Transport, F: VFile> {
     net: Net<T>,
     sources: Vec<SourceDisk<F>>,
     meta: MetaStore,
-    clock: Clock,
     replies: BTreeMap<IoId, oneshot::Sender<Result<(), String>>>,
     next_io: IoId,
-    /// Completions to feed back, in emission order.
-    inputs: VecDeque<Input>,
     /// Initial copies in progress.
     copies: Vec<Copy>,
-    /// Copies sent, waiting to be cached: (disk id, index, last seq of the copy).
-    copied: Vec<(DiskId, usize, haven_core::ids::Seq)>,
+    /// Copies sent, waiting to be cached: (disk id, index, last seq of the copy once the core
+    /// has taken its last chunk).
+    copied: Vec<(DiskId, usize, Option<haven_core::ids::Seq>)>,
+    /// The disks' ids, by index.
+    disk_ids: Vec<DiskId>,
+    /// FUA writes and flushes of this round, waiting for the round's fsync of their disk.
+    syncs: Vec<(IoId, usize)>,
     /// The stats snapshot the API reads, and when it was last refreshed.
     stats: watch::Sender<haven_core::stats::AgentStats>,
-    stats_at: Option<haven_core::time::Timestamp>,
+    stats_at: Option<Timestamp>,
 }
 
 /// Bytes read per initial-copy chunk.
 pub const COPY_CHUNK_BYTES: u64 = 1 << 20;
+/// Chunks an initial copy may read (holes included) before the loop runs a round.
+const COPY_READS_PER_ROUND: u32 = 16;
 
 /// The initial copy of a disk: every non-zero chunk of the source is sent through the change
 /// stream (interleaved with the workload's writes, which get later seqs, so the replica ends
@@ -286,71 +287,138 @@ struct Copy {
     pending: Option<(u64, Vec<u8>)>,
 }
 
-impl<T: Transport, F: VFile> Driver<T, F> {
-    async fn run(
-        mut self,
-        mut events: mpsc::Receiver<NetInbound>,
-        mut nbd: mpsc::UnboundedReceiver<NbdRequest>,
-    ) -> Result<(), RoleError> {
-        loop {
-            self.copy_step()?;
-            self.check_copied()?;
-            let now = self.clock.now();
-            if super::stats_due(&mut self.stats_at, now) {
-                self.stats.send_replace(self.agent.stats());
-            }
-            let deadline = if self.copies.iter().any(|c| self.agent.has_room(c.disk)) {
-                Some(now)
-            } else if !self.copies.is_empty() || !self.copied.is_empty() {
-                haven_core::time::earliest(self.agent.poll_timeout(), Some(now.plus_millis(10)))
-            } else {
-                self.agent.poll_timeout()
-            };
-            tokio::select! {
-                biased;
-                ev = events.recv() => match ev {
-                    Some(ev) => self.on_net(ev)?,
-                    None => return Ok(()),
-                },
-                req = nbd.recv() => match req {
-                    Some(req) => self.on_nbd(req)?,
-                    None => return Ok(()),
-                },
-                _ = sleep_until(&self.clock, deadline) => self.feed(Input::Tick)?,
-            }
-            // Take what else is ready so that one turn carries many writes (group work).
-            for _ in 0..EVENTS_PER_TURN_MAX {
-                if let Ok(req) = nbd.try_recv() {
-                    self.on_nbd(req)?;
-                } else if let Ok(ev) = events.try_recv() {
-                    self.on_net(ev)?;
-                } else {
-                    break;
-                }
-            }
+impl<T: Transport, F: VFile + Send + 'static> Effects for AgentEffects<T, F> {
+    type M = Agent;
+    type T = T;
+    type Extra = NbdRequest;
+
+    fn net(&mut self) -> &mut Net<T> {
+        &mut self.net
+    }
+
+    fn extra(&mut self, req: NbdRequest) -> Input {
+        let io = self.next_io;
+        self.next_io += 1;
+        self.replies.insert(io, req.reply);
+        match req.op {
+            Some((op, fua)) => Input::Write {
+                io,
+                disk: req.disk,
+                op,
+                fua,
+            },
+            None => Input::Flush { io, disk: req.disk },
         }
     }
 
-    /// Feeds the next chunks of each initial copy while the agent has room for them.
-    fn copy_step(&mut self) -> Result<(), RoleError> {
+    /// Feeds the initial copies (a chunk per disk per round while the agent has room) and
+    /// records the copies the process server holds.
+    fn before_wait(
+        &mut self,
+        agent: &mut Agent,
+        inputs: &mut VecDeque<Input>,
+        now: Timestamp,
+    ) -> Result<Option<Timestamp>, RoleError> {
+        // Copies whose last chunk went in before the previous round now know their last seq.
+        self.check_copied(agent)?;
+        super::blocking(|| self.copy_step(agent, inputs))?;
+        Ok(if self.copies.iter().any(|c| agent.has_room(c.disk)) {
+            Some(now)
+        } else if !self.copies.is_empty() || !self.copied.is_empty() {
+            Some(now.plus_millis(10))
+        } else {
+            None
+        })
+    }
+
+    fn execute(&mut self, out: Output, inputs: &mut VecDeque<Input>) -> Result<(), RoleError> {
+        match out {
+            Output::Net(cmd) => self.net.execute(cmd),
+            Output::SourceWrite { io, disk, op } => {
+                let done = match self.sources[disk].apply(op) {
+                    Ok(data) => Input::SourceDone { io, data },
+                    Err(e) => Input::SourceFailed {
+                        io,
+                        error: e.to_string(),
+                    },
+                };
+                inputs.push_back(done);
+            }
+            Output::SourceSync { io, disk } => self.syncs.push((io, disk)),
+            Output::Complete { io, result } => {
+                if let Some(tx) = self.replies.remove(&io) {
+                    let _ = tx.send(result);
+                }
+            }
+            Output::Reserve { disk, reserved } => {
+                self.meta
+                    .set_agent_reserved(&self.sources_id(disk), reserved)
+                    .map_err(fail)?;
+                inputs.push_back(Input::Reserved { disk, reserved });
+            }
+            Output::Retired { disk } => self.retired(disk)?,
+            Output::StartCopy { disk } => {
+                self.cancel_copy(disk);
+                let id = self.sources_id(disk);
+                tracing::info!("disk {id} is protected again: copying it");
+                self.copies.push(Copy {
+                    disk,
+                    id,
+                    next: 0,
+                    pending: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// One fsync per disk covers every FUA write and flush of the round.
+    fn commit(&mut self, inputs: &mut VecDeque<Input>) -> Result<(), RoleError> {
+        if self.syncs.is_empty() {
+            return Ok(());
+        }
+        let disks: BTreeSet<usize> = self.syncs.iter().map(|s| s.1).collect();
+        for d in disks {
+            if let Err(e) = self.sources[d].sync() {
+                return Err(fail(format!(
+                    "fsync of source disk failed: {e}; the disk's durability is unknown"
+                )));
+            }
+        }
+        inputs.extend(self.syncs.drain(..).map(|(io, _)| Input::Synced { io }));
+        Ok(())
+    }
+
+    fn after_round(&mut self, agent: &Agent, now: Timestamp) {
+        if super::stats_due(&mut self.stats_at, now) {
+            self.stats.send_replace(agent.stats());
+        }
+    }
+}
+
+impl<T: Transport, F: VFile> AgentEffects<T, F> {
+    fn sources_id(&self, disk: usize) -> DiskId {
+        self.disk_ids[disk].clone()
+    }
+
+    /// Reads each copying disk on until one non-zero chunk is queued for the core (or
+    /// `COPY_READS_PER_ROUND` chunks were holes), while the agent has room for it.
+    fn copy_step(&mut self, agent: &Agent, inputs: &mut VecDeque<Input>) -> Result<(), RoleError> {
         let mut i = 0;
         while i < self.copies.len() {
-            let (disk, size) = (
-                self.copies[i].disk,
-                self.sources[self.copies[i].disk].size_bytes(),
-            );
-            let mut fed = 0;
-            while self.copies[i].next < size && self.agent.has_room(disk) && fed < 16 {
+            let c = &mut self.copies[i];
+            let (disk, size) = (c.disk, self.sources[c.disk].size_bytes());
+            let mut reads = 0;
+            let mut fed = false;
+            while c.next < size && agent.has_room(disk) && !fed && reads < COPY_READS_PER_ROUND {
                 let data = self.sources[disk]
-                    .next_data(self.copies[i].next)
+                    .next_data(c.next)
                     .map_err(|e| fail(format!("initial copy: finding data: {e}")))?;
                 // Skip holes, a chunk at a time (chunks stay aligned to COPY_CHUNK_BYTES).
                 let off = data.map_or(size, |d| {
-                    self.copies[i]
-                        .next
-                        .max(d / COPY_CHUNK_BYTES * COPY_CHUNK_BYTES)
+                    c.next.max(d / COPY_CHUNK_BYTES * COPY_CHUNK_BYTES)
                 });
-                self.copies[i].next = off.min(size);
+                c.next = off.min(size);
                 if off >= size {
                     break;
                 }
@@ -359,37 +427,34 @@ impl<T: Transport, F: VFile> Driver<T, F> {
                 self.sources[disk]
                     .read_at(&mut buf, off)
                     .map_err(|e| fail(format!("initial copy read: {e}")))?;
-                self.copies[i].next += n;
-                fed += 1;
+                c.next += n;
+                reads += 1;
                 if !crate::vfs::is_zero(&buf) {
                     let block = off / haven_core::batch::BLOCK_BYTES;
-                    if let Some((block, data)) = self.copies[i].pending.replace((block, buf)) {
-                        self.feed(Input::CopyChunk {
+                    if let Some((block, data)) = c.pending.replace((block, buf)) {
+                        inputs.push_back(Input::CopyChunk {
                             disk,
                             block,
                             data,
                             last: false,
-                        })?;
+                        });
+                        fed = true;
                     }
                 }
             }
-            if self.copies[i].next >= size {
-                match self.copies[i].pending.take() {
-                    Some((block, data)) => self.feed(Input::CopyChunk {
+            if c.next >= size {
+                inputs.push_back(match c.pending.take() {
+                    Some((block, data)) => Input::CopyChunk {
                         disk,
                         block,
                         data,
                         last: true,
-                    })?,
-                    None => self.feed(Input::CopyDone { disk })?,
-                }
-                let seq = self.agent.seqs(disk).0;
-                tracing::info!(
-                    "initial copy of {} sent through seq {seq}",
-                    self.copies[i].id
-                );
+                    },
+                    None => Input::CopyDone { disk },
+                });
+                tracing::info!("initial copy of {} read to its end", c.id);
                 let c = self.copies.remove(i);
-                self.copied.push((c.id, disk, seq));
+                self.copied.push((c.id, disk, None));
             } else {
                 i += 1;
             }
@@ -406,110 +471,27 @@ impl<T: Transport, F: VFile> Driver<T, F> {
     /// A disk's protection ended: its copy stops, and a later protection copies it anew.
     fn retired(&mut self, disk: usize) -> Result<(), RoleError> {
         self.cancel_copy(disk);
-        let id = self.agent.disk_id(disk).clone();
+        let id = self.sources_id(disk);
         self.meta.clear_agent_copied(&id).map_err(fail)?;
         tracing::info!("disk {id} is not protected: served without replication");
         Ok(())
     }
 
     /// Records a copy as complete once the process server holds all of it durably.
-    fn check_copied(&mut self) -> Result<(), RoleError> {
-        if self.copied.is_empty() {
-            return Ok(());
-        }
+    fn check_copied(&mut self, agent: &Agent) -> Result<(), RoleError> {
         let mut i = 0;
         while i < self.copied.len() {
-            let (id, disk, seq) = &self.copied[i];
-            if self.agent.seqs(*disk).1 >= *seq {
+            let (id, disk, seq) = &mut self.copied[i];
+            // Entries come from the previous `copy_step`, whose last chunk the round since has
+            // handled: the disk's newest seq now covers the whole copy.
+            let last = *seq.get_or_insert(agent.seqs(*disk).0);
+            if agent.seqs(*disk).1 >= last {
                 self.meta.set_agent_copied(id).map_err(fail)?;
                 tracing::info!("initial copy of {id} is cached at the process server");
                 self.copied.remove(i);
             } else {
                 i += 1;
             }
-        }
-        Ok(())
-    }
-
-    fn on_net(&mut self, ev: NetInbound) -> Result<(), RoleError> {
-        let event = self.net.inbound(ev);
-        self.feed(Input::Net(event))
-    }
-
-    fn on_nbd(&mut self, req: NbdRequest) -> Result<(), RoleError> {
-        let io = self.next_io;
-        self.next_io += 1;
-        self.replies.insert(io, req.reply);
-        let input = match req.op {
-            Some((op, fua)) => Input::Write {
-                io,
-                disk: req.disk,
-                op,
-                fua,
-            },
-            None => Input::Flush { io, disk: req.disk },
-        };
-        self.feed(input)
-    }
-
-    /// Feeds one input and everything it causes, carrying out outputs in order.
-    fn feed(&mut self, input: Input) -> Result<(), RoleError> {
-        self.inputs.push_back(input);
-        while let Some(input) = self.inputs.pop_front() {
-            self.agent.handle(self.clock.now(), input);
-            let mut syncs: Vec<(IoId, usize)> = vec![];
-            while let Some(out) = self.agent.poll_output() {
-                match out {
-                    Output::Net(cmd) => self.net.execute(cmd),
-                    Output::SourceWrite { io, disk, op } => {
-                        let done = match self.sources[disk].apply(op) {
-                            Ok(data) => Input::SourceDone { io, data },
-                            Err(e) => Input::SourceFailed {
-                                io,
-                                error: e.to_string(),
-                            },
-                        };
-                        self.inputs.push_back(done);
-                    }
-                    Output::SourceSync { io, disk } => syncs.push((io, disk)),
-                    Output::Complete { io, result } => {
-                        if let Some(tx) = self.replies.remove(&io) {
-                            let _ = tx.send(result);
-                        }
-                    }
-                    Output::Reserve { disk, reserved } => {
-                        self.meta
-                            .set_agent_reserved(self.agent.disk_id(disk), reserved)
-                            .map_err(fail)?;
-                        self.inputs.push_back(Input::Reserved { disk, reserved });
-                    }
-                    Output::Retired { disk } => self.retired(disk)?,
-                    Output::StartCopy { disk } => {
-                        self.cancel_copy(disk);
-                        tracing::info!(
-                            "disk {} is protected again: copying it",
-                            self.agent.disk_id(disk)
-                        );
-                        self.copies.push(Copy {
-                            disk,
-                            id: self.agent.disk_id(disk).clone(),
-                            next: 0,
-                            pending: None,
-                        });
-                    }
-                }
-            }
-            // One fsync per disk covers every FUA write and flush of this round.
-            let disks: BTreeSet<usize> = syncs.iter().map(|s| s.1).collect();
-            for d in disks {
-                if let Err(e) = self.sources[d].sync() {
-                    return Err(fail(format!(
-                        "fsync of source disk failed: {e}; the disk's durability is unknown"
-                    )));
-                }
-            }
-            self.inputs
-                .extend(syncs.into_iter().map(|(io, _)| Input::Synced { io }));
         }
         Ok(())
     }

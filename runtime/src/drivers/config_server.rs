@@ -6,9 +6,10 @@
 //! `Persist` of the round in one redb transaction (`Durability::Immediate`), feeds the
 //! `Persisted` answers back, and finally publishes a fresh status snapshot that the API reads.
 
-use super::{next_round, Clock, Host, RoleError, EVENTS_PER_TURN_MAX, EVENT_CHANNEL_DEPTH};
+use super::round::{Driver, Effects};
+use super::{Host, RoleError, EVENT_CHANNEL_DEPTH};
 use crate::meta::MetaStore;
-use crate::net::{Net, NetInbound};
+use crate::net::Net;
 use crate::transport::Transport;
 use crate::vfs::Vfs;
 use haven_core::config_server::{
@@ -17,7 +18,6 @@ use haven_core::config_server::{
 };
 use haven_core::ids::{ComponentId, Epoch};
 use haven_core::protocol::{Hello, Role, PROTOCOL_VERSION};
-use haven_core::Machine;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -119,17 +119,16 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     let all = vec![Role::Agent, Role::ProcessServer, Role::MasterTarget];
     let net = Net::new(host.transport.clone(), hello, all, ev_tx);
     net.listen(listener);
-    let driver = Driver {
-        core,
+    let effects = CsEffects {
         net,
         meta,
-        clock,
         status: status_tx,
         replies: BTreeMap::new(),
         next_command: 1,
-        inputs: VecDeque::new(),
+        records: vec![],
+        persisted: vec![],
     };
-    let task = tokio::spawn(driver.run(ev_rx, cmd_rx));
+    let task = tokio::spawn(Driver::new(core, effects, clock).run(ev_rx, cmd_rx));
     Ok(ConfigServerHandle {
         addr,
         api_addr,
@@ -138,94 +137,74 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     })
 }
 
-struct Driver<T: Transport> {
-    core: ConfigServer,
+/// The configuration server's effects: its redb state, command answers, the status snapshot.
+struct CsEffects<T: Transport> {
     net: Net<T>,
     meta: MetaStore,
-    clock: Clock,
     status: watch::Sender<Arc<StatusView>>,
     replies: BTreeMap<CommandId, oneshot::Sender<CommandResult>>,
     next_command: CommandId,
-    inputs: VecDeque<Input>,
+    /// The records of this round's persists, written in one transaction.
+    records: Vec<haven_core::config_server::Record>,
+    persisted: Vec<Input>,
 }
 
-impl<T: Transport> Driver<T> {
-    async fn run(
-        mut self,
-        mut events: mpsc::Receiver<NetInbound>,
-        mut commands: mpsc::Receiver<CommandMsg>,
-    ) -> Result<(), RoleError> {
-        loop {
-            let room = self.core.commands_pending() < COMMANDS_PENDING_MAX;
-            tokio::select! {
-                biased;
-                cmd = commands.recv(), if room => match cmd {
-                    Some(cmd) => self.command(cmd),
-                    None => return Ok(()),
-                },
-                round = next_round(&mut self.net, &mut events, &self.clock, self.core.poll_timeout()) => {
-                    let Some(round) = round else { return Ok(()) };
-                    if round.is_empty() {
-                        self.inputs.push_back(Input::Tick);
-                    }
-                    self.inputs.extend(round.into_iter().map(Input::Net));
-                }
-            }
-            for _ in 0..EVENTS_PER_TURN_MAX {
-                if self.core.commands_pending() + self.inputs.len() >= COMMANDS_PENDING_MAX {
-                    break;
-                }
-                match commands.try_recv() {
-                    Ok(cmd) => self.command(cmd),
-                    Err(_) => break,
-                }
-            }
-            super::blocking(|| self.run_inputs())?;
-            self.status.send_replace(Arc::new(self.core.status()));
-        }
+impl<T: Transport> Effects for CsEffects<T> {
+    type M = ConfigServer;
+    type T = T;
+    type Extra = CommandMsg;
+
+    fn net(&mut self) -> &mut Net<T> {
+        &mut self.net
     }
 
-    fn command(&mut self, (command, reply): CommandMsg) {
+    fn extra(&mut self, (command, reply): CommandMsg) -> Input {
         let id = self.next_command;
         self.next_command += 1;
         tracing::info!("command {id}: {command:?}");
         self.replies.insert(id, reply);
-        self.inputs.push_back(Input::Command { id, command });
+        Input::Command { id, command }
     }
 
-    /// Handles every queued input; each round's persists are one transaction.
-    fn run_inputs(&mut self) -> Result<(), RoleError> {
-        while !self.inputs.is_empty() {
-            let mut records = vec![];
-            let mut persisted = vec![];
-            while let Some(input) = self.inputs.pop_front() {
-                self.core.handle(self.clock.now(), input);
-                while let Some(out) = self.core.poll_output() {
-                    match out {
-                        Output::Net(cmd) => self.net.execute(cmd),
-                        Output::Persist { id, records: r } => {
-                            records.extend(r);
-                            persisted.push(Input::Persisted { id });
-                        }
-                        Output::CommandDone { id, result } => {
-                            match &result {
-                                Ok(text) => tracing::info!("command {id} done: {text}"),
-                                Err(e) => tracing::warn!("command {id} refused: {e}"),
-                            }
-                            if let Some(tx) = self.replies.remove(&id) {
-                                let _ = tx.send(result);
-                            }
-                        }
-                    }
+    /// Commands wait in their channel (the API's backpressure) while the core holds
+    /// `COMMANDS_PENDING_MAX` unanswered.
+    fn extra_room(&self, core: &ConfigServer, queued: usize) -> bool {
+        core.commands_pending() + queued < COMMANDS_PENDING_MAX
+    }
+
+    fn execute(&mut self, out: Output, _inputs: &mut VecDeque<Input>) -> Result<(), RoleError> {
+        match out {
+            Output::Net(cmd) => self.net.execute(cmd),
+            Output::Persist { id, records } => {
+                self.records.extend(records);
+                self.persisted.push(Input::Persisted { id });
+            }
+            Output::CommandDone { id, result } => {
+                match &result {
+                    Ok(text) => tracing::info!("command {id} done: {text}"),
+                    Err(e) => tracing::warn!("command {id} refused: {e}"),
+                }
+                if let Some(tx) = self.replies.remove(&id) {
+                    let _ = tx.send(result);
                 }
             }
-            if !records.is_empty() {
-                self.meta
-                    .persist_config(&records)
-                    .map_err(|e| fail(format!("saving the configuration state failed: {e}")))?;
-            }
-            self.inputs.extend(persisted);
         }
         Ok(())
+    }
+
+    /// Every persist of the round in one redb transaction.
+    fn commit(&mut self, inputs: &mut VecDeque<Input>) -> Result<(), RoleError> {
+        if !self.records.is_empty() {
+            self.meta
+                .persist_config(&self.records)
+                .map_err(|e| fail(format!("saving the configuration state failed: {e}")))?;
+            self.records.clear();
+        }
+        inputs.extend(self.persisted.drain(..));
+        Ok(())
+    }
+
+    fn after_round(&mut self, core: &ConfigServer, _now: haven_core::time::Timestamp) {
+        self.status.send_replace(Arc::new(core.status()));
     }
 }

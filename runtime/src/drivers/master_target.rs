@@ -1,16 +1,16 @@
 //! The master target's driver: replicas (journal, index, base), recovery points, and the HTTP
 //! API that lists points and serves images.
 
-use super::{next_round, Clock, Host, RoleError, EVENT_CHANNEL_DEPTH};
+use super::round::{Driver, Effects, NoInbox};
+use super::{Host, RoleError, EVENT_CHANNEL_DEPTH};
 use crate::meta::{MetaStore, PointKind, PointRecord};
-use crate::net::{Net, NetInbound};
+use crate::net::Net;
 use crate::stores::replica::Replica;
 use crate::transport::Transport;
 use crate::vfs::Vfs;
 use haven_core::ids::{DiskId, Epoch};
 use haven_core::master_target::{Input, MasterTarget, MasterTargetSettings, Output};
 use haven_core::protocol::{Hello, Role, PROTOCOL_VERSION};
-use haven_core::Machine;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -93,18 +93,16 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     net.listen(listener);
     let clock = host.clock();
     let mt = MasterTarget::new(cfg.settings.clone(), metas, clock.now());
-    let driver = Driver {
-        mt,
+    let effects = MtEffects {
         net,
         replicas,
         meta,
         vfs,
         root: cfg.data_dir.clone(),
-        clock,
-        inputs: VecDeque::new(),
         point_commits: 0,
+        appended: vec![],
     };
-    let task = tokio::spawn(driver.run(ev_rx));
+    let task = tokio::spawn(Driver::new(mt, effects, clock).run(ev_rx, NoInbox));
     Ok(MasterTargetHandle {
         addr,
         api_addr,
@@ -112,16 +110,16 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     })
 }
 
-struct Driver<T: Transport, V: Vfs + Clone> {
-    mt: MasterTarget,
+/// The master target's effects: replicas (journal, index, base) and recovery points.
+struct MtEffects<T: Transport, V: Vfs + Clone> {
     net: Net<T>,
     replicas: Replicas<V>,
     meta: Arc<MetaStore>,
     vfs: V,
     root: PathBuf,
-    clock: Clock,
-    inputs: VecDeque<Input>,
     point_commits: u64,
+    /// Appends of this round, waiting for the round's fsync.
+    appended: Vec<Appended>,
 }
 
 /// Point commits between two that wait for the disk (the others are rebuilt from the journal
@@ -135,40 +133,25 @@ struct Appended {
     point: Option<PointRecord>,
 }
 
-impl<T: Transport, V: Vfs + Clone> Driver<T, V> {
-    async fn run(mut self, mut events: mpsc::Receiver<NetInbound>) -> Result<(), RoleError> {
-        loop {
-            let deadline = self.mt.poll_timeout();
-            let Some(round) = next_round(&mut self.net, &mut events, &self.clock, deadline).await
-            else {
-                return Ok(());
-            };
-            if round.is_empty() {
-                self.inputs.push_back(Input::Tick);
-            }
-            self.inputs.extend(round.into_iter().map(Input::Net));
-            super::blocking(|| self.run_inputs())?;
-        }
+impl<T: Transport, V: Vfs + Clone + Send + 'static> Effects for MtEffects<T, V> {
+    type M = MasterTarget;
+    type T = T;
+    type Extra = std::convert::Infallible;
+
+    fn net(&mut self) -> &mut Net<T> {
+        &mut self.net
     }
 
-    fn run_inputs(&mut self) -> Result<(), RoleError> {
-        while !self.inputs.is_empty() {
-            let mut appended = vec![];
-            while let Some(input) = self.inputs.pop_front() {
-                self.mt.handle(self.clock.now(), input);
-                while let Some(out) = self.mt.poll_output() {
-                    self.execute(out, &mut appended)?;
-                }
-            }
-            if !appended.is_empty() {
-                self.commit(appended)?;
-            }
-        }
-        Ok(())
+    fn extra(&mut self, x: Self::Extra) -> Input {
+        match x {}
     }
 
     /// Syncs the journals appended to, records their points, then reports them persisted.
-    fn commit(&mut self, appended: Vec<Appended>) -> Result<(), RoleError> {
+    fn commit(&mut self, inputs: &mut VecDeque<Input>) -> Result<(), RoleError> {
+        if self.appended.is_empty() {
+            return Ok(());
+        }
+        let appended = std::mem::take(&mut self.appended);
         let mut replicas = self.replicas.lock().expect("replica lock");
         let mut points: BTreeMap<DiskId, Vec<PointRecord>> = BTreeMap::new();
         for a in &appended {
@@ -192,7 +175,7 @@ impl<T: Transport, V: Vfs + Clone> Driver<T, V> {
         }
         for a in appended {
             let journal_bytes = replicas.get(&a.disk).map_or(0, |r| r.meta.journal_bytes);
-            self.inputs.push_back(Input::JournalPersisted {
+            inputs.push_back(Input::JournalPersisted {
                 id: a.id,
                 journal_bytes,
             });
@@ -200,7 +183,7 @@ impl<T: Transport, V: Vfs + Clone> Driver<T, V> {
         Ok(())
     }
 
-    fn execute(&mut self, out: Output, appended: &mut Vec<Appended>) -> Result<(), RoleError> {
+    fn execute(&mut self, out: Output, _inputs: &mut VecDeque<Input>) -> Result<(), RoleError> {
         match out {
             Output::Net(cmd) => self.net.execute(cmd),
             Output::CreateReplica(m) => {
@@ -245,7 +228,7 @@ impl<T: Transport, V: Vfs + Clone> Driver<T, V> {
                     time: header.last_time,
                     kind: PointKind::Crash,
                 });
-                appended.push(Appended {
+                self.appended.push(Appended {
                     id,
                     disk: header.disk.clone(),
                     point,

@@ -1,8 +1,8 @@
-//! The tokio drivers of the four roles. Each owns one core state machine and follows the same
-//! loop (quinn's `ConnectionDriver` shape): wait for an event or the core's timeout, feed it to
-//! `handle`, drain `poll_output` and carry every output out, in order; storage completions are
-//! queued and fed back as inputs after the drain, in the order the outputs were emitted. Group
-//! commit falls out of this: all appends of one drain share one fsync.
+//! The tokio drivers of the four roles. All four run the one loop of [`round`] (quinn's
+//! `ConnectionDriver` shape): wait for an event or the core's timeout, take every ready input,
+//! feed each to `handle`, drain `poll_output` and carry every output out, in order, then one
+//! group commit per round whose completions are fed back. Each role supplies only its
+//! [`round::Effects`]: how its outputs are carried out and what its commit is.
 //!
 //! Time is read only through `tokio::time` (plus one wall-clock reading at start, to stamp
 //! recovery points), so that the simulation's clock applies.
@@ -11,17 +11,15 @@ pub mod agent;
 pub mod config_server;
 pub mod master_target;
 pub mod process_server;
+pub mod round;
 
 use crate::meta::{MetaError, MetaStore};
-use crate::net::{Net, NetInbound};
 use crate::transport::{Tcp, Transport};
 use crate::vfs::{StdVfs, Vfs};
 use axum::Router;
-use haven_core::net::NetEvent;
 use haven_core::time::Timestamp;
 use std::path::Path;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Most events taken from a channel in one loop turn before outputs are carried out; keeps
@@ -166,31 +164,6 @@ impl RoleError {
             message: message.to_string(),
         }
     }
-}
-
-/// One turn of a driver's wait: the network events that are ready (at least one, at most
-/// `EVENTS_PER_TURN_MAX`), or none when the core's deadline passed first. `None` when the
-/// network layer is gone (the role shuts down). Connections that came up or went away are
-/// registered with `net` on the way, so the caller only feeds the events to its core.
-pub async fn next_round<T: Transport>(
-    net: &mut Net<T>,
-    events: &mut mpsc::Receiver<NetInbound>,
-    clock: &Clock,
-    deadline: Option<Timestamp>,
-) -> Option<Vec<NetEvent>> {
-    let mut batch = vec![];
-    tokio::select! {
-        biased;
-        ev = events.recv() => batch.push(ev?),
-        _ = sleep_until(clock, deadline) => return Some(vec![]),
-    }
-    while batch.len() < EVENTS_PER_TURN_MAX {
-        match events.try_recv() {
-            Ok(ev) => batch.push(ev),
-            Err(_) => break,
-        }
-    }
-    Some(batch.into_iter().map(|ev| net.inbound(ev)).collect())
 }
 
 /// Whether a stats snapshot last refreshed at `at` is due again at `now` (and marks it done).

@@ -1,15 +1,15 @@
 //! The process server's driver: the durable cache, forwarding of cached frames, connections.
 
-use super::{next_round, Clock, Host, RoleError, EVENT_CHANNEL_DEPTH};
+use super::round::{Driver, Effects, NoInbox};
+use super::{Host, RoleError, EVENT_CHANNEL_DEPTH};
 use crate::meta::MetaStore;
-use crate::net::{Net, NetInbound};
+use crate::net::Net;
 use crate::stores::cache::Cache;
 use crate::transport::Transport;
 use crate::vfs::Vfs;
 use haven_core::ids::Epoch;
 use haven_core::process_server::{Input, Output, ProcessServer, ProcessServerSettings};
 use haven_core::protocol::{Hello, Role, PROTOCOL_VERSION};
-use haven_core::Machine;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use tokio::sync::{mpsc, watch};
@@ -80,17 +80,16 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
         }
         None => None,
     };
-    let driver = Driver {
-        ps,
+    let effects = PsEffects {
         net,
         cache,
         meta,
-        clock,
-        inputs: VecDeque::new(),
+        persisted: vec![],
         stats,
         stats_at: None,
     };
-    let task = tokio::spawn(driver.run(ev_rx));
+    let driver = Driver::new(ps, effects, clock);
+    let task = tokio::spawn(driver.run(ev_rx, NoInbox));
     Ok(ProcessServerHandle {
         addr,
         api_addr,
@@ -98,63 +97,34 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     })
 }
 
-struct Driver<T: Transport, V: Vfs> {
-    ps: ProcessServer,
+/// The process server's effects: the durable cache, forwarding, its metadata.
+struct PsEffects<T: Transport, V: Vfs> {
     net: Net<T>,
     cache: Cache<V>,
     meta: MetaStore,
-    clock: Clock,
-    inputs: VecDeque<Input>,
+    /// Appends of this round, reported persisted after the round's fsync.
+    persisted: Vec<Input>,
     /// The stats snapshot the API reads, and when it was last refreshed.
     stats: watch::Sender<haven_core::stats::ProcessServerStats>,
     stats_at: Option<haven_core::time::Timestamp>,
 }
 
-impl<T: Transport, V: Vfs + Clone> Driver<T, V> {
-    async fn run(mut self, mut events: mpsc::Receiver<NetInbound>) -> Result<(), RoleError> {
-        loop {
-            let deadline = self.ps.poll_timeout();
-            let Some(round) = next_round(&mut self.net, &mut events, &self.clock, deadline).await
-            else {
-                return Ok(());
-            };
-            if round.is_empty() {
-                self.inputs.push_back(Input::Tick);
-            }
-            self.inputs.extend(round.into_iter().map(Input::Net));
-            super::blocking(|| self.run_inputs())?;
-            if super::stats_due(&mut self.stats_at, self.clock.now()) {
-                self.stats.send_replace(self.ps.stats());
-            }
-        }
+impl<T: Transport, V: Vfs + Clone + Send + 'static> Effects for PsEffects<T, V> {
+    type M = ProcessServer;
+    type T = T;
+    type Extra = std::convert::Infallible;
+
+    fn net(&mut self) -> &mut Net<T> {
+        &mut self.net
     }
 
-    /// Feeds queued inputs; appends made while handling a whole round of inputs share one fsync.
-    fn run_inputs(&mut self) -> Result<(), RoleError> {
-        while !self.inputs.is_empty() {
-            let mut persisted = vec![];
-            while let Some(input) = self.inputs.pop_front() {
-                self.ps.handle(self.clock.now(), input);
-                while let Some(out) = self.ps.poll_output() {
-                    self.execute(out, &mut persisted)?;
-                }
-            }
-            if !persisted.is_empty() {
-                self.cache
-                    .sync()
-                    .map_err(|e| fail(format!("cache fsync failed: {e}")))?;
-                self.inputs.extend(persisted);
-            }
-        }
-        Ok(())
-    }
-
-    fn execute(&mut self, out: Output, persisted: &mut Vec<Input>) -> Result<(), RoleError> {
+    fn execute(&mut self, out: Output, _inputs: &mut VecDeque<Input>) -> Result<(), RoleError> {
         match out {
             Output::Net(cmd) => self.net.execute(cmd),
             Output::CacheAppend { id, header, data } => {
                 let (loc, bytes) = self.cache.append(header, data).map_err(fail)?;
-                persisted.push(Input::CachePersisted { id, loc, bytes });
+                self.persisted
+                    .push(Input::CachePersisted { id, loc, bytes });
             }
             Output::Forward { conn, disk, loc } => {
                 let (head, data) = self.cache.take_frame(&disk, loc).map_err(fail)?;
@@ -170,5 +140,26 @@ impl<T: Transport, V: Vfs + Clone> Driver<T, V> {
             }
         }
         Ok(())
+    }
+
+    /// One fsync covers every cache append of the round.
+    fn commit(&mut self, inputs: &mut VecDeque<Input>) -> Result<(), RoleError> {
+        if !self.persisted.is_empty() {
+            self.cache
+                .sync()
+                .map_err(|e| fail(format!("cache fsync failed: {e}")))?;
+            inputs.extend(self.persisted.drain(..));
+        }
+        Ok(())
+    }
+
+    fn extra(&mut self, x: Self::Extra) -> Input {
+        match x {}
+    }
+
+    fn after_round(&mut self, ps: &ProcessServer, now: haven_core::time::Timestamp) {
+        if super::stats_due(&mut self.stats_at, now) {
+            self.stats.send_replace(ps.stats());
+        }
     }
 }
