@@ -18,7 +18,11 @@
 #   BENCH_TMP   directory for the temporary files (default: $TMPDIR or /tmp); it must be on the
 #               filesystem under test: qemu-nbd's file and each lab's disk live there
 #   KEEP        1: keep the temporary directory
-#   STEPS       which measurements to run (default "qemu haven e2e keepup rpo")
+#   STEPS       which measurements to run (default "qemu nbdkit haven multi e2e keepup rpo")
+#
+# Jobs A (4k random writes), B (1M sequential writes) and C (A with a flush every 32 writes,
+# fio --fsync=32) run against qemu-nbd, nbdkit's file plugin and a Haven lab; "multi" writes 4
+# disks at once (job A on each) through one Haven agent and through 4 qemu-nbd exports.
 #
 # Needs: fio (with the nbd engine), qemu-nbd, python3. Prints every command it runs (lines
 # starting with "+ cmd:") and, at the end, a markdown table of the results.
@@ -34,7 +38,7 @@ RPO_BS=${RPO_BS:-4k}
 E2E_SIZE=${E2E_SIZE:-1g}
 KEEPUP_RATE=${KEEPUP_RATE:-300m}
 KEEPUP_SECS=${KEEPUP_SECS:-30}
-STEPS=" ${STEPS:-qemu haven e2e keepup rpo} "
+STEPS=" ${STEPS:-qemu nbdkit haven multi e2e keepup rpo} "
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HAVEN=${HAVEN_BIN:-$ROOT/target/release/haven}
 
@@ -176,6 +180,13 @@ def poll(api, mt, out, interval, stopfile):
             nxt += interval
             time.sleep(max(0.0, nxt - time.time()))
 
+def fio_total(path):
+    """All jobs of one fio run together: total IOPS and MB/s."""
+    j = json.load(open(path))
+    iops = sum(x["write"]["iops"] for x in j["jobs"])
+    bw = sum(x["write"]["bw_bytes"] for x in j["jobs"])
+    print(f"{iops:.0f} {bw/1e6:.1f}")
+
 def fio_summary(path):
     j = json.load(open(path))
     w = j["jobs"][0]["write"]
@@ -269,13 +280,18 @@ def table(results, repeat):
         return " / ".join(out)
     print(f"| Measurement | Result (run 1 / run 2 ...) |")
     print(f"|---|---|")
-    print(f"| A 4k randwrite QD32, qemu-nbd: IOPS | {fmt('qemu-nbd-A','iops')} |")
-    print(f"| A 4k randwrite QD32, Haven agent: IOPS | {fmt('haven-A','iops')} |")
-    print(f"| A ratio Haven/qemu-nbd (IOPS) | {ratio('haven-A','qemu-nbd-A','iops')} |")
-    print(f"| A clat p99 ms, qemu-nbd / Haven | {fmt('qemu-nbd-A','p99ms')} // {fmt('haven-A','p99ms')} |")
-    print(f"| B 1M seq write QD8, qemu-nbd: MB/s | {fmt('qemu-nbd-B','mbs')} |")
-    print(f"| B 1M seq write QD8, Haven agent: MB/s | {fmt('haven-B','mbs')} |")
-    print(f"| B ratio Haven/qemu-nbd (MB/s) | {ratio('haven-B','qemu-nbd-B','mbs')} |")
+    for job, what, key in (("A", "4k randwrite QD32", "iops"), ("C", "4k randwrite QD32 + fsync every 32", "iops"),
+                           ("B", "1M seq write QD8", "mbs")):
+        unit = "IOPS" if key == "iops" else "MB/s"
+        print(f"| {job} {what}, qemu-nbd: {unit} | {fmt('qemu-nbd-'+job, key)} |")
+        print(f"| {job} {what}, nbdkit file: {unit} | {fmt('nbdkit-'+job, key)} |")
+        print(f"| {job} {what}, Haven agent (replicating): {unit} | {fmt('haven-'+job, key)} |")
+        print(f"| {job} ratio Haven/qemu-nbd | {ratio('haven-'+job, 'qemu-nbd-'+job, key)} |")
+        print(f"| {job} ratio Haven/nbdkit file | {ratio('haven-'+job, 'nbdkit-'+job, key)} |")
+        print(f"| {job} clat p99 ms, qemu-nbd / nbdkit / Haven | {fmt('qemu-nbd-'+job,'p99ms')} // {fmt('nbdkit-'+job,'p99ms')} // {fmt('haven-'+job,'p99ms')} |")
+    print(f"| 4 disks at once, job A on each, 4 qemu-nbd exports: total IOPS | {fmt('multi-qemu','iops')} |")
+    print(f"| 4 disks at once, job A on each, one Haven agent: total IOPS | {fmt('multi-haven','iops')} |")
+    print(f"| 4 disks ratio Haven/qemu-nbd | {ratio('multi-haven','multi-qemu','iops')} |")
     print(f"| A Haven: replication lag right after fio (seqs) / catch-up s | {fmt('haven-A','lag_end')} // {fmt('haven-A','catchup_s')} |")
     print(f"| B Haven: replication lag right after fio (seqs) / catch-up s | {fmt('haven-B','lag_end')} // {fmt('haven-B','catchup_s')} |")
     for kind in ("random", "compressible", "compressible-always"):
@@ -300,13 +316,14 @@ def table(results, repeat):
 cmd = sys.argv[1]
 args = sys.argv[2:]
 {"free_port": free_port, "wait_port": wait_port, "wait_lab": wait_lab, "poll": poll,
- "fio_summary": fio_summary, "catchup": catchup, "e2e": e2e, "ps_ratio": ps_ratio,
+ "fio_summary": fio_summary, "fio_total": fio_total, "catchup": catchup, "e2e": e2e, "ps_ratio": ps_ratio,
  "keepup": keepup,
  "rpo": rpo, "table": table}[cmd](*args)
 PYEOF
 py() { python3 "$PY" "$@"; }
 
 FIO_A=(--ioengine=nbd --rw=randwrite --bs=4k --iodepth=32 --size=1g --runtime="$RUNTIME" --time_based --numjobs=1 --name=a)
+FIO_C=("${FIO_A[@]}" --fsync=32)
 FIO_B=(--ioengine=nbd --rw=write --bs=1M --iodepth=8 --size=1g --runtime="$RUNTIME" --time_based --numjobs=1 --name=b)
 
 # fio_run OUT.json URI ARGS...: runs fio, prints "iops MB/s io_bytes elapsed_s clat_p99_ms".
@@ -386,11 +403,48 @@ print(d["seq_written"] - d["seq_applied"])
 EOF2
 }
 
-# --- 1. Baseline: qemu-nbd ---------------------------------------------------------------------
+# fio_args JOB: sets ARGS to job A, B or C.
+fio_args() {
+    case $1 in
+        A) ARGS=("${FIO_A[@]}") ;;
+        B) ARGS=("${FIO_B[@]}") ;;
+        C) ARGS=("${FIO_C[@]}") ;;
+    esac
+}
+
+# start_nbdkit DIR: nbdkit's file plugin on a fresh sparse 1 GiB file; sets NBDKIT_PID, NBDKIT_URI.
+start_nbdkit() {
+    local dir=$1 port
+    mkdir -p "$dir"
+    run truncate -s 1G "$dir/disk0.img"
+    port=$(py free_port)
+    note nbdkit -f -i 127.0.0.1 -p "$port" -e disk0 file file="$dir/disk0.img"
+    nbdkit -f -i 127.0.0.1 -p "$port" -e disk0 file file="$dir/disk0.img" >"$dir/nbdkit.log" 2>&1 &
+    NBDKIT_PID=$!
+    PIDS+=("$NBDKIT_PID")
+    py wait_port "$port" 20
+    NBDKIT_URI=nbd://127.0.0.1:$port/disk0
+}
+
+# --- 1. Baselines: qemu-nbd and nbdkit's file plugin -----------------------------------------
+step_nbdkit() {
+    local job=$1 r=$2 d=$WORK/nbdkit-$1-$2 out iops mbs p99
+    command -v nbdkit >/dev/null || { log "nbdkit is not installed (apt-get install nbdkit): skipped"; return 0; }
+    start_nbdkit "$d"
+    fio_args "$job"
+    out=$(fio_run "$d/fio.json" "$NBDKIT_URI" "${ARGS[@]}")
+    read -r iops mbs _ _ p99 <<<"$out"
+    log "nbdkit job $job run $r: $iops IOPS, $mbs MB/s, clat p99 $p99 ms"
+    record "nbdkit-$job" "$r" iops "$iops"; record "nbdkit-$job" "$r" mbs "$mbs"
+    record "nbdkit-$job" "$r" p99ms "$p99"
+    stop_pid "$NBDKIT_PID" TERM
+    rm -f "$d/disk0.img"
+}
+
 step_qemu() {
     local job=$1 r=$2 d=$WORK/qemu-$1-$2 args out iops mbs p99
     start_qemu_nbd "$d"
-    if [[ $job == A ]]; then args=("${FIO_A[@]}"); else args=("${FIO_B[@]}"); fi
+    fio_args "$job"; args=("${ARGS[@]}")
     out=$(fio_run "$d/fio.json" "$QEMU_URI" "${args[@]}")
     read -r iops mbs _ _ p99 <<<"$out"
     log "qemu-nbd job $job run $r: $iops IOPS, $mbs MB/s, clat p99 $p99 ms"
@@ -404,7 +458,7 @@ step_qemu() {
 step_haven() {
     local job=$1 r=$2 d=$WORK/lab-$1-$2 args out iops mbs io_bytes p99 lag t fin catchup
     start_lab "$d"
-    if [[ $job == A ]]; then args=("${FIO_A[@]}"); else args=("${FIO_B[@]}"); fi
+    fio_args "$job"; args=("${ARGS[@]}")
     if ! out=$(fio_run "$d-fio.json" "$HAVEN_NBD_URI" "${args[@]}"); then
         failed "haven-$job" "$r" iops "fio job $job failed"; stop_lab "$d"; return 0
     fi
@@ -423,6 +477,44 @@ step_haven() {
     log "haven job $job run $r: $iops IOPS, $mbs MB/s, clat p99 $p99 ms; lag after fio $lag seqs, caught up in ~${catchup:-n/a} s"
     record "haven-$job" "$r" lag_end "$lag"
     stop_lab "$d"
+}
+
+# --- 2b. Four disks written at once: one Haven agent against four qemu-nbd exports ------------
+# multi_fio OUT URI...: job A on every URI at once (one fio, one job per disk); prints IOPS MB/s.
+multi_fio() {
+    local out=$1; shift
+    local jobs=() i=0
+    for u in "$@"; do
+        jobs+=(--name="d$i" --ioengine=nbd --uri="$u" --rw=randwrite --bs=4k --iodepth=32 --size=1g
+            --runtime="$RUNTIME" --time_based)
+        i=$((i + 1))
+    done
+    run fio --output-format=json --output="$out" "${jobs[@]}" >/dev/null
+    py fio_total "$out"
+}
+
+step_multi() {
+    local r=$1 d=$WORK/multi-$1 uris=() pids=() out iops mbs i
+    for i in 0 1 2 3; do
+        start_qemu_nbd "$d/q$i"; uris+=("$QEMU_URI"); pids+=("$QEMU_PID")
+    done
+    out=$(multi_fio "$d/qemu.json" "${uris[@]}")
+    read -r iops mbs <<<"$out"
+    log "4 disks, 4 qemu-nbd run $r: $iops IOPS in all"
+    record multi-qemu "$r" iops "$iops"
+    for p in "${pids[@]}"; do stop_pid "$p" TERM; done
+    rm -rf "$d"/q*
+    start_lab "$d/lab" --disks 4
+    uris=()
+    for i in 0 1 2 3; do uris+=("$(sed -n "s/^HAVEN_NBD_URI_DISK$i=//p" "$d/lab/lab.env")"); done
+    if out=$(multi_fio "$d/haven.json" "${uris[@]}"); then
+        read -r iops mbs <<<"$out"
+        log "4 disks, one Haven agent run $r: $iops IOPS in all"
+        record multi-haven "$r" iops "$iops"
+    else
+        failed multi-haven "$r" iops "fio on 4 disks failed"
+    fi
+    stop_lab "$d/lab"
 }
 
 # --- 3. End-to-end replication throughput (+ 5. PS bytes out/in) -------------------------------
@@ -538,8 +630,10 @@ step_rpo() {
 log "work dir $WORK; $(nproc) CPUs; haven $HAVEN"
 : >"$WORK/failures.txt"
 for r in $(seq "$REPEAT"); do
-    [[ $STEPS != *" qemu "* ]] || { step_qemu A "$r"; step_qemu B "$r"; }
-    [[ $STEPS != *" haven "* ]] || { step_haven A "$r"; step_haven B "$r"; }
+    [[ $STEPS != *" qemu "* ]] || { step_qemu A "$r"; step_qemu C "$r"; step_qemu B "$r"; }
+    [[ $STEPS != *" nbdkit "* ]] || { step_nbdkit A "$r"; step_nbdkit C "$r"; step_nbdkit B "$r"; }
+    [[ $STEPS != *" haven "* ]] || { step_haven A "$r"; step_haven C "$r"; step_haven B "$r"; }
+    [[ $STEPS != *" multi "* ]] || step_multi "$r"
     [[ $STEPS != *" e2e "* ]] || {
         step_e2e random "$r"; step_e2e compressible "$r"; step_e2e compressible-always "$r"
     }

@@ -321,7 +321,9 @@ impl<T: Transport, F: VFile + Send + 'static> Effects for AgentEffects<T, F> {
     ) -> Result<Option<Timestamp>, RoleError> {
         // Copies whose last chunk went in before the previous round now know their last seq.
         self.check_copied(agent)?;
-        super::blocking(|| self.copy_step(agent, inputs))?;
+        if !self.copies.is_empty() {
+            super::blocking(|| self.copy_step(agent, inputs))?;
+        }
         Ok(if self.copies.iter().any(|c| agent.has_room(c.disk)) {
             Some(now)
         } else if !self.copies.is_empty() || !self.copied.is_empty() {
