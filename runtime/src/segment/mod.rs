@@ -70,6 +70,21 @@ struct Scan {
     problem: Option<String>,
 }
 
+/// What opening the log cut from the end of its newest segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TailCut {
+    /// Zeros shorter than one alignment block past the last record: the padding a log file
+    /// opened with `Vfs::open_log` carries past its last append. Nothing was lost.
+    Padding { bytes: u64 },
+    /// A torn or corrupt record (a crash during an append): it was never acknowledged, since
+    /// acknowledgements follow the sync.
+    Torn {
+        offset: u64,
+        bytes: u64,
+        why: String,
+    },
+}
+
 /// An append-only record log in one directory. See the module docs.
 pub struct SegmentLog<V: Vfs> {
     vfs: V,
@@ -82,6 +97,8 @@ pub struct SegmentLog<V: Vfs> {
     /// A segment was created or removed since the last directory sync.
     dir_unsynced: bool,
     poisoned: bool,
+    /// What the open cut from the newest segment, if anything.
+    tail_cut: Option<TailCut>,
 }
 
 /// Parses `{index:016x}.seg`; other names are not segments.
@@ -174,6 +191,7 @@ impl<V: Vfs> SegmentLog<V> {
             unsynced: BTreeSet::new(),
             dir_unsynced: false,
             poisoned: false,
+            tail_cut: None,
         };
         let found = log.list_segments()?;
         let mut metas = Vec::new();
@@ -245,9 +263,19 @@ impl<V: Vfs> SegmentLog<V> {
             let padding = is_padding(&file, scan.end, file_len).map_err(io_err(&path))?;
             file.set_len(scan.end).map_err(io_err(&path))?;
             file.sync_data().map_err(io_err(&path))?;
+            let bytes = file_len - scan.end;
+            self.tail_cut = Some(if padding {
+                TailCut::Padding { bytes }
+            } else {
+                TailCut::Torn {
+                    offset: scan.end,
+                    bytes,
+                    why: what.clone(),
+                }
+            });
             if padding {
                 // The zeros a log file may carry past its last append (see `Vfs::open_log`).
-                tracing::debug!(path = %path.display(), bytes = file_len - scan.end, "segment log: cut alignment padding");
+                tracing::debug!(path = %path.display(), bytes, "segment log: cut alignment padding");
             } else {
                 tracing::warn!(
                     path = %path.display(),
@@ -533,6 +561,11 @@ impl<V: Vfs> SegmentLog<V> {
     }
 
     /// Number of segments and valid bytes in them.
+    /// What opening the log cut from its end: padding, a torn record, or nothing.
+    pub fn tail_cut(&self) -> Option<&TailCut> {
+        self.tail_cut.as_ref()
+    }
+
     pub fn stats(&self) -> SegmentStats {
         SegmentStats {
             segments: self.segments.len(),

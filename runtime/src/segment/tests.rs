@@ -115,6 +115,55 @@ fn reopen_after_crash_with_padding_keeps_records_and_appends() {
     assert_eq!(Some(log.stats().bytes), end);
 }
 
+/// Zeros past the last record shorter than one alignment block are padding (nothing lost);
+/// as long as a block, or with any non-zero byte, they are a torn record.
+#[test]
+fn padding_is_told_apart_from_a_torn_tail() {
+    let align = crate::vfs::DIRECT_ALIGN as u64;
+    for (extra, nonzero_at, want_padding) in [
+        (align - 1, None, true),
+        (17, None, true),
+        (align, None, false),
+        (100, Some(50), false),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        let (mut log, _) = open(&dir, SegmentSettings::default());
+        let expected = fill(&mut log, 0..3, |i| 100 + i as usize);
+        log.sync().unwrap();
+        drop(log);
+        let path = seg_file(&dir, 0);
+        let f = StdVfs.open(&path, false).unwrap();
+        let end = f.len().unwrap();
+        let mut tail = vec![0u8; extra as usize];
+        if let Some(i) = nonzero_at {
+            tail[i] = 7;
+        }
+        f.write_at(&tail, end).unwrap();
+        drop(f);
+        let (log, metas) = open(&dir, SegmentSettings::default());
+        assert_log(&log, &metas, &expected);
+        match log.tail_cut() {
+            Some(TailCut::Padding { bytes }) => {
+                assert!(
+                    want_padding,
+                    "{extra} bytes, non-zero at {nonzero_at:?}: padding?"
+                );
+                assert_eq!(*bytes, extra);
+            }
+            Some(TailCut::Torn { offset, bytes, .. }) => {
+                assert!(
+                    !want_padding,
+                    "{extra} zero bytes are padding, not a torn record"
+                );
+                assert_eq!((*offset, *bytes), (end, extra));
+            }
+            None => panic!("{extra} bytes past the end were not cut"),
+        }
+        assert_eq!(StdVfs.open(&path, false).unwrap().len().unwrap(), end);
+    }
+}
+
 #[test]
 fn rollover_and_oversized_record() {
     let tmp = tempfile::tempdir().unwrap();
@@ -194,6 +243,11 @@ fn tear_tail(tear: Tear) {
     let (mut log, metas) = open(tmp.path(), settings);
     assert_log(&log, &metas, &expected[..keep]);
     let valid_end = if keep == 5 { len } else { last_off };
+    assert!(
+        matches!(log.tail_cut(), Some(TailCut::Torn { offset, .. }) if *offset == valid_end),
+        "{tear:?}: a torn tail is told apart from padding: {:?}",
+        log.tail_cut()
+    );
     assert_eq!(
         StdVfs.open(&path, false).unwrap().len().unwrap(),
         valid_end,
