@@ -257,16 +257,9 @@ impl Agent {
         }
         let window = self.settings.window_batches_max;
         let s = &mut self.streams[disk];
-        let mut in_flight = s.in_flight();
-        for b in s.queue.iter_mut() {
-            if in_flight >= window {
-                break;
-            }
-            if b.sent {
-                continue;
-            }
-            b.sent = true;
-            in_flight += 1;
+        while s.sent < window && s.has_unsent() {
+            let b = &s.queue[s.sent];
+            s.sent += 1;
             let msg = Message::Batch(b.header.clone());
             self.out.push_back(Output::Net(NetCommand::Send {
                 conn,
@@ -333,7 +326,7 @@ impl crate::machine::Machine for Agent {
             }
         }
         for (i, b) in self.busy_until.iter().enumerate() {
-            if *b > self.now && self.streams[i].queue.iter().any(|q| !q.sent) {
+            if *b > self.now && self.streams[i].has_unsent() {
                 t = earliest(t, Some(*b));
             }
         }

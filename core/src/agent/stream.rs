@@ -28,7 +28,6 @@ pub struct OpenBatch {
 pub struct QueuedBatch {
     pub header: BatchHeader,
     pub data: Payload,
-    pub sent: bool,
 }
 
 #[derive(Debug)]
@@ -43,6 +42,10 @@ pub struct Stream {
     pub reserving: bool,
     pub open: Option<OpenBatch>,
     pub queue: VecDeque<QueuedBatch>,
+    /// How many batches at the front of `queue` are sent and not yet acknowledged: batches go
+    /// out in queue order and are unsent as a suffix, so the sent ones are always a prefix, and
+    /// counting them costs nothing (no scan of a long queue on every timer or send).
+    pub sent: usize,
     pub queued_bytes: u64,
     pub cached_seq: Seq,
     pub applied_seq: Seq,
@@ -69,6 +72,7 @@ impl Stream {
             reserving: false,
             open: None,
             queue: VecDeque::new(),
+            sent: 0,
             queued_bytes: 0,
             cached_seq: 0,
             applied_seq: 0,
@@ -88,6 +92,7 @@ impl Stream {
         self.copying = false;
         self.open = None;
         self.queue.clear();
+        self.sent = 0;
         self.queued_bytes = 0;
         self.rpo_marks.clear();
         self.cached_seq = self.seq_written();
@@ -183,7 +188,6 @@ impl Stream {
         self.queue.push_back(QueuedBatch {
             header,
             data: Arc::new(open.data),
-            sent: false,
         });
         if self.rpo_marks.len() >= RPO_MARKS_MAX {
             let (_, t) = self.rpo_marks.pop_front().expect("full");
@@ -202,6 +206,7 @@ impl Stream {
             .is_some_and(|b| b.header.last_seq <= self.cached_seq)
         {
             let b = self.queue.pop_front().expect("front exists");
+            self.sent = self.sent.saturating_sub(1);
             self.queued_bytes -= b.data.len() as u64;
         }
         while self
@@ -215,17 +220,19 @@ impl Stream {
 
     /// Marks every batch from `first_seq` on as not sent (reconnect, busy).
     pub fn unsend_from(&mut self, first_seq: Seq) {
-        for b in self
+        let keep = self
             .queue
-            .iter_mut()
-            .filter(|b| b.header.last_seq >= first_seq)
-        {
-            b.sent = false;
-        }
+            .partition_point(|b| b.header.last_seq < first_seq);
+        self.sent = self.sent.min(keep);
     }
 
     pub fn in_flight(&self) -> usize {
-        self.queue.iter().filter(|b| b.sent).count()
+        self.sent
+    }
+
+    /// Whether some queued batch is not sent yet.
+    pub fn has_unsent(&self) -> bool {
+        self.sent < self.queue.len()
     }
 
     /// Recovery point objective now: how long ago the oldest write not yet applied at the master
