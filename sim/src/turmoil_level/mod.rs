@@ -10,5 +10,6 @@
 //! the master target's API, equals the model byte for byte.
 
 pub mod cluster;
+pub mod faults;
 pub mod nbd_client;
 pub mod transport;
