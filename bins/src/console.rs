@@ -3,6 +3,7 @@
 
 use crate::size::{format_time, human_bytes, parse_time};
 use haven_core::config_server::{DiskView, ProtectionState, StatusView};
+use haven_runtime::api::master_target::PointView;
 use haven_runtime::http;
 use haven_runtime::meta::PointRecord;
 use haven_runtime::transport::Tcp;
@@ -100,9 +101,10 @@ pub async fn status(api: &str, json: bool) -> Result<(), String> {
     let s = fetch_status(api).await?;
     let code = health_code(&s);
     if json {
+        let v = haven_runtime::api::config_server::status_json(&s);
         println!(
             "{}",
-            serde_json::to_string_pretty(&s).expect("status serializes")
+            serde_json::to_string_pretty(&v).expect("status serializes")
         );
     } else {
         print_status(&s);
@@ -163,9 +165,10 @@ async fn fetch_points(api: &str, disk: &str) -> Result<Vec<PointRecord>, String>
 pub async fn points(api: &str, disk: &str, json: bool) -> Result<(), String> {
     let pts = fetch_points(api, disk).await?;
     if json {
+        let v: Vec<PointView> = pts.iter().map(PointView::from).collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&pts).expect("points serialize")
+            serde_json::to_string_pretty(&v).expect("points serialize")
         );
         return Ok(());
     }
@@ -178,7 +181,7 @@ pub async fn points(api: &str, disk: &str, json: bool) -> Result<(), String> {
 }
 
 /// Picks the recovery point named by `spec`: `latest`, a seq, or a time (the newest point at or
-/// before it).
+/// before it; a time as `haven points` prints it names the point printed with it).
 pub fn resolve_point(points: &[PointRecord], spec: &str) -> Result<PointRecord, String> {
     let none = || {
         "the disk has no recovery points yet; wait for replication (see `haven status`)".to_string()
@@ -345,5 +348,31 @@ mod tests {
         assert_eq!(resolve_point(&pts, "@250").unwrap().seq, 7);
         assert!(resolve_point(&pts, "@50").is_err());
         assert!(resolve_point(&[], "latest").is_err());
+    }
+
+    #[test]
+    fn a_time_as_points_prints_it_finds_that_point() {
+        let p = |seq, us| PointRecord {
+            seq,
+            time: Timestamp(us),
+            kind: PointKind::Crash,
+        };
+        // Stored times have microseconds; `haven points` prints milliseconds.
+        let pts = vec![p(1, 1_796_223_805_508_405), p(2, 1_796_223_806_641_205)];
+        for pt in &pts {
+            let printed = format_time(pt.time.0);
+            assert_eq!(
+                resolve_point(&pts, &printed).unwrap().seq,
+                pt.seq,
+                "{printed}"
+            );
+        }
+        let pt = resolve_point(&pts, "2026-12-02T16:03:26.641+01:00").unwrap();
+        assert_eq!(pt.seq, 2);
+        let e = resolve_point(&pts, "2026-02-30T00:00:00Z").unwrap_err();
+        assert!(e.contains("not a valid time"), "{e}");
+        let json = serde_json::to_value(PointView::from(&pts[1])).unwrap();
+        assert_eq!(json["time_rfc3339"], "2026-12-02T15:03:26.641Z");
+        assert_eq!(json["time"], 1_796_223_806_641_205u64);
     }
 }

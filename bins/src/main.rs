@@ -130,7 +130,8 @@ enum Command {
         disk: String,
         #[arg(long, env = "HAVEN_API")]
         api: String,
-        /// `latest`, a seq, or a UTC time (YYYY-MM-DDTHH:MM:SSZ or @UNIX_SECONDS): the newest
+        /// `latest`, a seq, or a time as `haven points` prints it (RFC 3339:
+        /// 2026-12-02T14:48:59.102Z, or +01:00 in place of Z; or @UNIX_SECONDS): the newest
         /// point at or before it.
         #[arg(long, default_value = "latest")]
         point: String,
