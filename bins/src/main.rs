@@ -196,7 +196,9 @@ async fn run(cli: Cli) -> Result<(), String> {
     let api = |a: &str| haven_runtime::http::parse_base_url(a).map_err(|e| e.to_string());
     match cli.command {
         Command::Agent { config } => {
-            let cfg = config::load::<config::AgentFile>(&config)?.into_config()?;
+            let cfg = config::load::<config::AgentFile>(&config)?
+                .into_config()
+                .map_err(|e| format!("{}: {e}", config.display()))?;
             let h = drivers::agent::start(Host::real(), cfg)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -204,7 +206,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             wait("agent", h.task).await
         }
         Command::ProcessServer { config } => {
-            let cfg = config::load::<config::ProcessServerFile>(&config)?.into_config()?;
+            let cfg = config::load::<config::ProcessServerFile>(&config)?
+                .into_config()
+                .map_err(|e| format!("{}: {e}", config.display()))?;
             let h = drivers::process_server::start(Host::real(), cfg)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -212,7 +216,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             wait("process server", h.task).await
         }
         Command::MasterTarget { config } => {
-            let cfg = config::load::<config::MasterTargetFile>(&config)?.into_config();
+            let cfg = config::load::<config::MasterTargetFile>(&config)?
+                .into_config()
+                .map_err(|e| format!("{}: {e}", config.display()))?;
             let h = drivers::master_target::start(Host::real(), cfg)
                 .await
                 .map_err(|e| e.to_string())?;
