@@ -329,7 +329,7 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::Cli;
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
     /// Every subcommand, at any depth, and every option and argument has a help line.
     #[test]
@@ -354,5 +354,33 @@ mod tests {
         walk(&cmd, "haven", &mut missing);
         assert!(missing.is_empty(), "no help for: {missing:?}");
         assert!(cmd.get_subcommands().count() >= 12);
+    }
+
+    /// Each role's systemd unit in docs/examples starts a command this binary takes, with the
+    /// example TOML's data_dir as its state directory.
+    #[test]
+    fn systemd_units_run_the_roles() {
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
+        for role in ["agent", "process-server", "master-target", "config-server"] {
+            let unit = std::fs::read_to_string(examples.join(format!("haven-{role}.service")))
+                .unwrap_or_else(|e| panic!("haven-{role}.service: {e}"));
+            let key = |k: &str| {
+                unit.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                    .unwrap_or_else(|| panic!("haven-{role}.service has no {k}="))
+                    .to_string()
+            };
+            let exec = key("ExecStart");
+            let want = format!("/usr/local/bin/haven {role} --config /etc/haven/{role}.toml");
+            assert_eq!(exec, want);
+            let argv = exec.split(' ').map(|a| a.replace("/usr/local/bin/", ""));
+            assert!(Cli::try_parse_from(argv).is_ok(), "{exec}");
+            assert_eq!(key("Restart"), "on-failure");
+            assert_eq!(key("KillSignal"), "SIGTERM");
+            assert!(key("LimitNOFILE").parse::<u64>().unwrap() >= 65536);
+            let toml = std::fs::read_to_string(examples.join(format!("{role}.toml"))).unwrap();
+            let data_dir = format!("data_dir = \"/var/lib/{}\"", key("StateDirectory"));
+            assert!(toml.contains(&data_dir), "{role}.toml lacks {data_dir}");
+        }
     }
 }
