@@ -204,6 +204,7 @@ impl<T: Transport> Driver<T> {
                     match out {
                         Output::Net(cmd) => self.net.execute(cmd),
                         Output::Persist { id, records: r } => {
+                            log_events(&r);
                             records.extend(r);
                             persisted.push(Input::Persisted { id });
                         }
@@ -227,5 +228,18 @@ impl<T: Transport> Driver<T> {
             self.inputs.extend(persisted);
         }
         Ok(())
+    }
+}
+
+/// The event log also goes to the log: a component going offline is a warning there too.
+fn log_events(records: &[haven_core::config_server::Record]) {
+    for r in records {
+        if let haven_core::config_server::Record::Event(e) = r {
+            match e.level.as_str() {
+                "info" => tracing::info!("{}", e.text),
+                "warning" => tracing::warn!("{}", e.text),
+                _ => tracing::error!("{}", e.text),
+            }
+        }
     }
 }
