@@ -9,7 +9,7 @@ use haven_runtime::meta::PointRecord;
 use haven_runtime::transport::Tcp;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Bytes read per chunk of an export.
 const EXPORT_CHUNK_BYTES: usize = 4 << 20;
@@ -224,13 +224,19 @@ pub async fn export(
     out: &Path,
     force: bool,
 ) -> Result<(), String> {
+    let status = fetch_status(api).await?;
+    // Before --force counts: overwriting a live disk is never what was meant.
+    let sources = status.disks.iter().filter_map(|d| {
+        let path = d.source_path.as_deref()?;
+        Some((d.disk.as_str(), d.agent.as_str(), path))
+    });
+    refuse_source(out, sources)?;
     if !force && out.exists() {
         return Err(format!(
             "{} exists; pass --force to overwrite it",
             out.display()
         ));
     }
-    let status = fetch_status(api).await?;
     let d = status
         .disks
         .iter()
@@ -271,6 +277,44 @@ pub async fn export(
     );
     println!("{}", point.seq);
     Ok(())
+}
+
+/// Refuses an `--out` that is the source disk of a known disk (`sources`: disk, agent, the
+/// agent's canonical path of it): the export would destroy what it copies. Paths are compared
+/// canonical (an `--out` that does not exist yet by its parent directory and name), and an
+/// existing `--out` also by its file identity, which catches a hard link.
+pub fn refuse_source<'a>(
+    out: &Path,
+    sources: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let target = canonical_out(out);
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let out_id = id(out);
+    for (disk, agent, path) in sources {
+        let same = Path::new(path) == target || (out_id.is_some() && id(Path::new(path)) == out_id);
+        if same {
+            return Err(format!(
+                "{} is the source disk of {disk} (agent {agent}); exporting onto it would \
+                 destroy it; choose another --out",
+                out.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `out` with symbolic links and `..` resolved, as far as it exists.
+fn canonical_out(out: &Path) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(out) {
+        return p;
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+    let dir = std::fs::canonicalize(parent.unwrap_or(Path::new(".")));
+    match (dir, out.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf()),
+    }
 }
 
 async fn write_sparse(
@@ -348,6 +392,35 @@ mod tests {
         assert_eq!(resolve_point(&pts, "@250").unwrap().seq, 7);
         assert!(resolve_point(&pts, "@50").is_err());
         assert!(resolve_point(&[], "latest").is_err());
+    }
+
+    #[test]
+    fn an_export_never_overwrites_a_source_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        let disk = dir.join("disk0.img");
+        std::fs::write(&disk, b"live data").unwrap();
+        let src = disk.to_str().unwrap().to_string();
+        let sources = || [("disk0", "lab-agent", src.as_str())];
+        let refused = |out: &Path| refuse_source(out, sources()).err();
+        let e = refused(&disk).expect("the source itself");
+        assert!(
+            e.contains("is the source disk of disk0 (agent lab-agent)")
+                && e.contains("choose another --out"),
+            "{e}"
+        );
+        assert!(refused(&dir.join("sub/../disk0.img")).is_some());
+        std::os::unix::fs::symlink(&disk, dir.join("link.img")).unwrap();
+        assert!(refused(&dir.join("link.img")).is_some());
+        std::fs::hard_link(&disk, dir.join("hard.img")).unwrap();
+        assert!(refused(&dir.join("hard.img")).is_some());
+        std::os::unix::fs::symlink(&dir, dir.join("dirlink")).unwrap();
+        assert!(refused(&dir.join("dirlink/disk0.img")).is_some());
+        assert!(refused(&dir.join("new.img")).is_none());
+        assert!(refused(&dir.join("sub/disk0.img")).is_none());
+        assert!(refuse_source(&disk, []).is_ok());
+        assert_eq!(std::fs::read(&disk).unwrap(), b"live data");
     }
 
     #[test]

@@ -71,6 +71,7 @@ fn config_server_assigns_the_disk_to_the_registered_process_server_and_master_ta
             vec![DiskInfo {
                 disk: disk_id(),
                 size_bytes: DISK_BYTES as u64,
+                source_path: "/srv/disks/disk0.img".into(),
             }],
         ),
     );
@@ -123,6 +124,11 @@ fn config_server_assigns_the_disk_to_the_registered_process_server_and_master_ta
     assert_eq!(
         st.disks[0].master_target_api.as_deref(),
         Some("mt:7002-api")
+    );
+    // The agent's path of the disk, for `haven export` to refuse writing over it.
+    assert_eq!(
+        st.disks[0].source_path.as_deref(),
+        Some("/srv/disks/disk0.img")
     );
 
     // A message on an unknown connection closes it.
@@ -192,6 +198,7 @@ fn registered(auto_protect: bool) -> (ConfigServer, Timestamp) {
                 .map(|d| DiskInfo {
                     disk: DiskId::new(*d).unwrap(),
                     size_bytes: DISK_BYTES as u64,
+                    source_path: String::new(),
                 })
                 .collect(),
             _ => vec![],
@@ -509,7 +516,11 @@ fn a_second_component_with_an_online_id_is_refused() {
     // It retries: refused again, without another event within the minute.
     let later = now.plus_millis(500);
     let again = refused(&second_ps1(&mut s, later, 21), 21);
-    assert_eq!(again, Some(reason), "the same text, so that logs can tell a repeat");
+    assert_eq!(
+        again,
+        Some(reason),
+        "the same text, so that logs can tell a repeat"
+    );
     assert_eq!(warnings(&s), before + 1);
     // What the refused connection sends after the refusal does not count.
     let msg = Message::ProcessServerHeartbeat(Default::default());
