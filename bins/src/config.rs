@@ -171,6 +171,36 @@ pub fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
     toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// True for an address no peer can connect to as it is: 0.0.0.0 or [::], any port.
+fn is_wildcard(addr: &str) -> bool {
+    addr.parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_unspecified())
+}
+
+/// A role hands its `listen` address to the configuration server, which hands it to the peers
+/// named by `who`; a wildcard there is useless to them, so `advertise` must name the address.
+fn check_advertised(
+    (listen_key, listen): (&str, &str),
+    (advertise_key, advertise): (&str, Option<&str>),
+    who: &str,
+) -> Result<(), String> {
+    match advertise {
+        Some(a) if is_wildcard(a) => Err(format!(
+            "{advertise_key} = {a:?} is a wildcard address; set it to the host name or address \
+             {who} should connect to"
+        )),
+        None if is_wildcard(listen) => {
+            let port = listen.rsplit(':').next().unwrap_or("PORT");
+            Err(format!(
+                "{listen_key} = {listen:?} is a wildcard address, which {who} cannot connect to; \
+                 set {advertise_key} to the address they should use (e.g. {advertise_key} = \
+                 \"host.example:{port}\")"
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn check(cond: bool, what: &str) -> Result<(), String> {
     if cond {
         Ok(())
@@ -236,6 +266,11 @@ impl ProcessServerFile {
             self.window_batches_max >= 1 && self.window_batches_max <= 1024,
             "window_batches_max must be between 1 and 1024",
         )?;
+        check_advertised(
+            ("listen", &self.listen),
+            ("advertise", self.advertise.as_deref()),
+            "agents",
+        )?;
         let settings = ProcessServerSettings {
             component: self.id,
             config_server_addr: self.config_server,
@@ -262,7 +297,17 @@ impl ProcessServerFile {
 }
 
 impl MasterTargetFile {
-    pub fn into_config(self) -> MasterTargetConfig {
+    pub fn into_config(self) -> Result<MasterTargetConfig, String> {
+        check_advertised(
+            ("listen", &self.listen),
+            ("advertise", self.advertise.as_deref()),
+            "process servers",
+        )?;
+        check_advertised(
+            ("api_listen", &self.api_listen),
+            ("api_advertise", self.api_advertise.as_deref()),
+            "the console (haven export)",
+        )?;
         let settings = MasterTargetSettings {
             component: self.id,
             config_server_addr: self.config_server,
@@ -271,12 +316,12 @@ impl MasterTargetFile {
             heartbeat_interval_ms: self.heartbeat_interval_ms.max(100),
             reconnect_delay_ms: self.reconnect_delay_ms.max(10),
         };
-        MasterTargetConfig {
+        Ok(MasterTargetConfig {
             settings,
             data_dir: self.data_dir,
             listen: self.listen,
             api_listen: self.api_listen,
-        }
+        })
     }
 }
 
@@ -324,7 +369,8 @@ mod tests {
         assert_eq!(p.settings.data_addr, "ps1.prod.example:7100");
         let m = load::<MasterTargetFile>(&example("master-target.toml"))
             .unwrap()
-            .into_config();
+            .into_config()
+            .unwrap();
         assert_eq!(m.settings.api_addr, "mt1.dr.example:7280");
         let c = load::<ConfigServerFile>(&example("config-server.toml"))
             .unwrap()
@@ -344,5 +390,43 @@ mod tests {
             "id = \"p s\"\nconfig_server = \"x:1\"\ndata_dir = \"/x\"\nlisten = \"a:1\"\n",
         );
         assert!(bad_id.is_err());
+    }
+
+    const PS: &str = "id = \"ps1\"\nconfig_server = \"x:1\"\ndata_dir = \"/x\"\n";
+    const MT: &str = "id = \"mt1\"\nconfig_server = \"x:1\"\ndata_dir = \"/x\"\n";
+
+    #[test]
+    fn a_wildcard_listen_needs_advertise() {
+        let ps = |rest: &str| {
+            toml::from_str::<ProcessServerFile>(&format!("{PS}{rest}"))
+                .unwrap()
+                .into_config()
+        };
+        let e = ps("listen = \"0.0.0.0:7100\"\n").unwrap_err();
+        assert!(e.contains("set advertise") && e.contains(":7100"), "{e}");
+        assert!(ps("listen = \"[::]:7100\"\n")
+            .unwrap_err()
+            .contains("set advertise"));
+        let e = ps("listen = \"0.0.0.0:7100\"\nadvertise = \"0.0.0.0:7100\"\n").unwrap_err();
+        assert!(
+            e.contains("advertise = \"0.0.0.0:7100\" is a wildcard"),
+            "{e}"
+        );
+        assert!(ps("listen = \"0.0.0.0:7100\"\nadvertise = \"ps1:7100\"\n").is_ok());
+        assert!(ps("listen = \"127.0.0.1:7100\"\n").is_ok());
+        assert!(ps("listen = \"ps1.example:7100\"\n").is_ok());
+
+        let mt = |rest: &str| {
+            toml::from_str::<MasterTargetFile>(&format!("{MT}{rest}"))
+                .unwrap()
+                .into_config()
+        };
+        let both = "listen = \"0.0.0.0:7200\"\nadvertise = \"mt1:7200\"\n";
+        let e = mt(&format!("{both}api_listen = \"0.0.0.0:7280\"\n")).unwrap_err();
+        assert!(e.contains("set api_advertise"), "{e}");
+        let e = mt("listen = \"[::]:7200\"\napi_listen = \"127.0.0.1:7280\"\n").unwrap_err();
+        assert!(e.contains("set advertise"), "{e}");
+        let ok = format!("{both}api_listen = \"0.0.0.0:7280\"\napi_advertise = \"mt1:7280\"\n");
+        assert!(mt(&ok).is_ok());
     }
 }

@@ -3,12 +3,13 @@
 
 use crate::size::{format_time, human_bytes, parse_time};
 use haven_core::config_server::{DiskView, ProtectionState, StatusView};
+use haven_runtime::api::master_target::PointView;
 use haven_runtime::http;
 use haven_runtime::meta::PointRecord;
 use haven_runtime::transport::Tcp;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Bytes read per chunk of an export.
 const EXPORT_CHUNK_BYTES: usize = 4 << 20;
@@ -100,9 +101,10 @@ pub async fn status(api: &str, json: bool) -> Result<(), String> {
     let s = fetch_status(api).await?;
     let code = health_code(&s);
     if json {
+        let v = haven_runtime::api::config_server::status_json(&s);
         println!(
             "{}",
-            serde_json::to_string_pretty(&s).expect("status serializes")
+            serde_json::to_string_pretty(&v).expect("status serializes")
         );
     } else {
         print_status(&s);
@@ -163,9 +165,10 @@ async fn fetch_points(api: &str, disk: &str) -> Result<Vec<PointRecord>, String>
 pub async fn points(api: &str, disk: &str, json: bool) -> Result<(), String> {
     let pts = fetch_points(api, disk).await?;
     if json {
+        let v: Vec<PointView> = pts.iter().map(PointView::from).collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&pts).expect("points serialize")
+            serde_json::to_string_pretty(&v).expect("points serialize")
         );
         return Ok(());
     }
@@ -178,7 +181,7 @@ pub async fn points(api: &str, disk: &str, json: bool) -> Result<(), String> {
 }
 
 /// Picks the recovery point named by `spec`: `latest`, a seq, or a time (the newest point at or
-/// before it).
+/// before it; a time as `haven points` prints it names the point printed with it).
 pub fn resolve_point(points: &[PointRecord], spec: &str) -> Result<PointRecord, String> {
     let none = || {
         "the disk has no recovery points yet; wait for replication (see `haven status`)".to_string()
@@ -221,13 +224,19 @@ pub async fn export(
     out: &Path,
     force: bool,
 ) -> Result<(), String> {
+    let status = fetch_status(api).await?;
+    // Before --force counts: overwriting a live disk is never what was meant.
+    let sources = status.disks.iter().filter_map(|d| {
+        let path = d.source_path.as_deref()?;
+        Some((d.disk.as_str(), d.agent.as_str(), path))
+    });
+    refuse_source(out, sources)?;
     if !force && out.exists() {
         return Err(format!(
             "{} exists; pass --force to overwrite it",
             out.display()
         ));
     }
-    let status = fetch_status(api).await?;
     let d = status
         .disks
         .iter()
@@ -268,6 +277,44 @@ pub async fn export(
     );
     println!("{}", point.seq);
     Ok(())
+}
+
+/// Refuses an `--out` that is the source disk of a known disk (`sources`: disk, agent, the
+/// agent's canonical path of it): the export would destroy what it copies. Paths are compared
+/// canonical (an `--out` that does not exist yet by its parent directory and name), and an
+/// existing `--out` also by its file identity, which catches a hard link.
+pub fn refuse_source<'a>(
+    out: &Path,
+    sources: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let target = canonical_out(out);
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let out_id = id(out);
+    for (disk, agent, path) in sources {
+        let same = Path::new(path) == target || (out_id.is_some() && id(Path::new(path)) == out_id);
+        if same {
+            return Err(format!(
+                "{} is the source disk of {disk} (agent {agent}); exporting onto it would \
+                 destroy it; choose another --out",
+                out.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `out` with symbolic links and `..` resolved, as far as it exists.
+fn canonical_out(out: &Path) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(out) {
+        return p;
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+    let dir = std::fs::canonicalize(parent.unwrap_or(Path::new(".")));
+    match (dir, out.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf()),
+    }
 }
 
 async fn write_sparse(
@@ -345,5 +392,60 @@ mod tests {
         assert_eq!(resolve_point(&pts, "@250").unwrap().seq, 7);
         assert!(resolve_point(&pts, "@50").is_err());
         assert!(resolve_point(&[], "latest").is_err());
+    }
+
+    #[test]
+    fn an_export_never_overwrites_a_source_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        let disk = dir.join("disk0.img");
+        std::fs::write(&disk, b"live data").unwrap();
+        let src = disk.to_str().unwrap().to_string();
+        let sources = || [("disk0", "lab-agent", src.as_str())];
+        let refused = |out: &Path| refuse_source(out, sources()).err();
+        let e = refused(&disk).expect("the source itself");
+        assert!(
+            e.contains("is the source disk of disk0 (agent lab-agent)")
+                && e.contains("choose another --out"),
+            "{e}"
+        );
+        assert!(refused(&dir.join("sub/../disk0.img")).is_some());
+        std::os::unix::fs::symlink(&disk, dir.join("link.img")).unwrap();
+        assert!(refused(&dir.join("link.img")).is_some());
+        std::fs::hard_link(&disk, dir.join("hard.img")).unwrap();
+        assert!(refused(&dir.join("hard.img")).is_some());
+        std::os::unix::fs::symlink(&dir, dir.join("dirlink")).unwrap();
+        assert!(refused(&dir.join("dirlink/disk0.img")).is_some());
+        assert!(refused(&dir.join("new.img")).is_none());
+        assert!(refused(&dir.join("sub/disk0.img")).is_none());
+        assert!(refuse_source(&disk, []).is_ok());
+        assert_eq!(std::fs::read(&disk).unwrap(), b"live data");
+    }
+
+    #[test]
+    fn a_time_as_points_prints_it_finds_that_point() {
+        let p = |seq, us| PointRecord {
+            seq,
+            time: Timestamp(us),
+            kind: PointKind::Crash,
+        };
+        // Stored times have microseconds; `haven points` prints milliseconds.
+        let pts = vec![p(1, 1_796_223_805_508_405), p(2, 1_796_223_806_641_205)];
+        for pt in &pts {
+            let printed = format_time(pt.time.0);
+            assert_eq!(
+                resolve_point(&pts, &printed).unwrap().seq,
+                pt.seq,
+                "{printed}"
+            );
+        }
+        let pt = resolve_point(&pts, "2026-12-02T16:03:26.641+01:00").unwrap();
+        assert_eq!(pt.seq, 2);
+        let e = resolve_point(&pts, "2026-02-30T00:00:00Z").unwrap_err();
+        assert!(e.contains("not a valid time"), "{e}");
+        let json = serde_json::to_value(PointView::from(&pts[1])).unwrap();
+        assert_eq!(json["time_rfc3339"], "2026-12-02T15:03:26.641Z");
+        assert_eq!(json["time"], 1_796_223_806_641_205u64);
     }
 }

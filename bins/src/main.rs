@@ -27,26 +27,31 @@ struct Cli {
 enum Command {
     /// Run the agent of a protected machine (serves its disks over NBD).
     Agent {
+        /// The role's TOML file (see docs/examples/).
         #[arg(long)]
         config: PathBuf,
     },
     /// Run a process server (durable cache between agents and master targets).
     ProcessServer {
+        /// The role's TOML file (see docs/examples/).
         #[arg(long)]
         config: PathBuf,
     },
     /// Run a master target (replicas and their recovery points).
     MasterTarget {
+        /// The role's TOML file (see docs/examples/).
         #[arg(long)]
         config: PathBuf,
     },
     /// Run the configuration server (registration, placement, monitoring, REST API).
     ConfigServer {
+        /// The role's TOML file (see docs/examples/).
         #[arg(long)]
         config: PathBuf,
     },
-    /// Run all four roles on loopback with one sparse disk, for a local trial.
+    /// Run all four roles on loopback with sparse disks, for a local trial.
     Lab {
+        /// Where the lab keeps its disks, the roles' data and lab.env (reused if it exists).
         #[arg(long, default_value = "haven-lab")]
         dir: PathBuf,
         /// Size of each disk (sparse files under DIR).
@@ -55,8 +60,10 @@ enum Command {
         /// Number of protected disks: disk0..disk{N-1} (lab.env gets HAVEN_NBD_URI_DISK<i>).
         #[arg(long, default_value_t = 1)]
         disks: u32,
+        /// Where the agent serves the disks over NBD (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:0")]
         nbd_listen: String,
+        /// Where the configuration server's REST API listens (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:0")]
         api_listen: String,
         /// Seconds between status lines.
@@ -72,18 +79,23 @@ enum Command {
         #[arg(long)]
         processes: bool,
     },
-    /// Show components and protected disks.
+    /// Show components and protected disks; the exit code tells the health (docs/operations.md).
     Status {
+        /// The configuration server's API, e.g. http://cs:7080 (`haven lab` prints it).
         #[arg(long, env = "HAVEN_API")]
         api: String,
+        /// Print the status as JSON (as GET /api/status serves it).
         #[arg(long)]
         json: bool,
     },
     /// List a disk's recovery points.
     Points {
+        /// The disk id, as `haven status` shows it.
         disk: String,
+        /// The configuration server's API, e.g. http://cs:7080 (`haven lab` prints it).
         #[arg(long, env = "HAVEN_API")]
         api: String,
+        /// Print the points as JSON (seq, time in µs, time_rfc3339, kind).
         #[arg(long)]
         json: bool,
     },
@@ -91,6 +103,7 @@ enum Command {
     Protect {
         /// The disk as AGENT/DISK (for example agent1/disk0).
         target: String,
+        /// The configuration server's API, e.g. http://cs:7080 (`haven lab` prints it).
         #[arg(long, env = "HAVEN_API")]
         api: String,
         /// Place it on this process server (default: the least loaded online one).
@@ -102,7 +115,9 @@ enum Command {
     },
     /// Stop replicating a disk; the agent keeps serving it, unreplicated.
     Unprotect {
+        /// The disk id, as `haven status` shows it.
         disk: String,
+        /// The configuration server's API, e.g. http://cs:7080 (`haven lab` prints it).
         #[arg(long, env = "HAVEN_API")]
         api: String,
         /// Keep the replica (and its recovery points) on the master target.
@@ -111,26 +126,33 @@ enum Command {
     },
     /// Change a disk's settings: rpo_threshold=DURATION, batch_bytes_max=SIZE, batch_delay=DURATION.
     Settings {
+        /// The disk id, as `haven status` shows it.
         disk: String,
-        /// KEY=VALUE pairs.
+        /// KEY=VALUE pairs, e.g. rpo_threshold=5m batch_bytes_max=4M batch_delay=20ms.
         #[arg(required = true)]
         pairs: Vec<String>,
+        /// The configuration server's API, e.g. http://cs:7080 (`haven lab` prints it).
         #[arg(long, env = "HAVEN_API")]
         api: String,
     },
     /// List the registered components (agents, process servers, master targets).
     Components {
+        /// The configuration server's API, e.g. http://cs:7080 (`haven lab` prints it).
         #[arg(long, env = "HAVEN_API")]
         api: String,
+        /// Print the components as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Write a disk as it was at a recovery point to a raw image file.
     Export {
+        /// The disk id, as `haven status` shows it.
         disk: String,
+        /// The configuration server's API, e.g. http://cs:7080 (`haven lab` prints it).
         #[arg(long, env = "HAVEN_API")]
         api: String,
-        /// `latest`, a seq, or a UTC time (YYYY-MM-DDTHH:MM:SSZ or @UNIX_SECONDS): the newest
+        /// `latest`, a seq, or a time as `haven points` prints it (RFC 3339:
+        /// 2026-12-02T14:48:59.102Z, or +01:00 in place of Z; or @UNIX_SECONDS): the newest
         /// point at or before it.
         #[arg(long, default_value = "latest")]
         point: String,
@@ -195,7 +217,9 @@ async fn run(cli: Cli) -> Result<(), String> {
     let api = |a: &str| haven_runtime::http::parse_base_url(a).map_err(|e| e.to_string());
     match cli.command {
         Command::Agent { config } => {
-            let cfg = config::load::<config::AgentFile>(&config)?.into_config()?;
+            let cfg = config::load::<config::AgentFile>(&config)?
+                .into_config()
+                .map_err(|e| format!("{}: {e}", config.display()))?;
             let h = drivers::agent::start(Host::real(), cfg)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -203,7 +227,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             wait("agent", h.task).await
         }
         Command::ProcessServer { config } => {
-            let cfg = config::load::<config::ProcessServerFile>(&config)?.into_config()?;
+            let cfg = config::load::<config::ProcessServerFile>(&config)?
+                .into_config()
+                .map_err(|e| format!("{}: {e}", config.display()))?;
             let h = drivers::process_server::start(Host::real(), cfg)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -211,7 +237,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             wait("process server", h.task).await
         }
         Command::MasterTarget { config } => {
-            let cfg = config::load::<config::MasterTargetFile>(&config)?.into_config();
+            let cfg = config::load::<config::MasterTargetFile>(&config)?
+                .into_config()
+                .map_err(|e| format!("{}: {e}", config.display()))?;
             let h = drivers::master_target::start(Host::real(), cfg)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -295,5 +323,64 @@ fn main() {
     if let Err(e) = rt.block_on(run(cli)) {
         eprintln!("haven: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::{CommandFactory, Parser};
+
+    /// Every subcommand, at any depth, and every option and argument has a help line.
+    #[test]
+    fn every_command_and_option_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = vec![];
+        walk(&cmd, "haven", &mut missing);
+        assert!(missing.is_empty(), "no help for: {missing:?}");
+        assert!(cmd.get_subcommands().count() >= 12);
+    }
+
+    /// Each role's systemd unit in docs/examples starts a command this binary takes, with the
+    /// example TOML's data_dir as its state directory.
+    #[test]
+    fn systemd_units_run_the_roles() {
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
+        for role in ["agent", "process-server", "master-target", "config-server"] {
+            let unit = std::fs::read_to_string(examples.join(format!("haven-{role}.service")))
+                .unwrap_or_else(|e| panic!("haven-{role}.service: {e}"));
+            let key = |k: &str| {
+                unit.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                    .unwrap_or_else(|| panic!("haven-{role}.service has no {k}="))
+                    .to_string()
+            };
+            let exec = key("ExecStart");
+            let want = format!("/usr/local/bin/haven {role} --config /etc/haven/{role}.toml");
+            assert_eq!(exec, want);
+            let argv = exec.split(' ').map(|a| a.replace("/usr/local/bin/", ""));
+            assert!(Cli::try_parse_from(argv).is_ok(), "{exec}");
+            assert_eq!(key("Restart"), "on-failure");
+            assert_eq!(key("KillSignal"), "SIGTERM");
+            assert!(key("LimitNOFILE").parse::<u64>().unwrap() >= 65536);
+            let toml = std::fs::read_to_string(examples.join(format!("{role}.toml"))).unwrap();
+            let data_dir = format!("data_dir = \"/var/lib/{}\"", key("StateDirectory"));
+            assert!(toml.contains(&data_dir), "{role}.toml lacks {data_dir}");
+        }
     }
 }

@@ -2,35 +2,21 @@
 
 use serde::{Deserialize, Deserializer};
 
-/// Parses a size: a number of bytes with an optional K, M, G or T suffix (powers of 1024).
+/// Parses a size: a number of bytes with an optional unit, in powers of 1024 whatever the
+/// spelling (`20G`, `20GB` and `20GiB` are all 20 GiB), with a fraction if wanted (`1.5G`).
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        None => (t, 1u64),
-        Some((i, _)) => {
-            let unit = t[i..]
-                .trim_end_matches(['i', 'B', 'b'])
-                .to_ascii_uppercase();
-            let m = match unit.as_str() {
-                "" => 1,
-                "K" => 1 << 10,
-                "M" => 1 << 20,
-                "G" => 1 << 30,
-                "T" => 1 << 40,
-                _ => {
-                    return Err(format!(
-                        "size {s:?}: unknown unit; use K, M, G or T (e.g. 1G)"
-                    ))
-                }
-            };
-            (&t[..i], m)
+    use parse_size::Error;
+    let cfg = parse_size::Config::new().with_binary();
+    cfg.parse_size(s.trim()).map_err(|e| match e {
+        Error::Empty => {
+            format!("size {s:?} is empty; give a number with an optional unit (e.g. 1G)")
         }
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("size {s:?} is not a number with an optional K/M/G/T unit"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
+        Error::PosOverflow => format!("size {s:?} is too large (more than 16 EiB)"),
+        _ => format!(
+            "size {s:?} is not a number with an optional unit: use K, M, G, T or P \
+             (powers of 1024), e.g. 512M, 20G or 1.5T"
+        ),
+    })
 }
 
 /// A size in a TOML file: an integer or a string with a unit.
@@ -66,84 +52,61 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-/// Parses a UTC time `YYYY-MM-DDTHH:MM:SS[Z]` or `@UNIX_SECONDS` into microseconds since the epoch.
+/// Parses a `--point` time: RFC 3339 as `haven points` prints it (`2026-12-02T14:48:59.102Z`;
+/// an offset such as `+01:00` in place of `Z`; any number of fraction digits, or none), or
+/// `@UNIX_SECONDS`. Returns the last microsecond the time names: a time written to the
+/// millisecond (or second) covers that whole millisecond (or second), so a time copied from
+/// `haven points` finds the point printed with it although its stored time has microseconds.
 pub fn parse_time(s: &str) -> Result<u64, String> {
-    let bad = || format!("time {s:?}: use YYYY-MM-DDTHH:MM:SSZ (UTC) or @UNIX_SECONDS");
-    if let Some(secs) = s.strip_prefix('@') {
+    let t = s.trim();
+    if let Some(secs) = t.strip_prefix('@') {
         return secs
             .parse::<u64>()
-            .map(|v| v * 1_000_000)
-            .map_err(|_| bad());
+            .ok()
+            .and_then(|v| v.checked_mul(1_000_000))
+            .map(|us| us + 999_999)
+            .ok_or_else(|| {
+                format!("time {s:?}: after @ give whole seconds since 1970 (e.g. @1796223805)")
+            });
     }
-    let t = s.trim_end_matches('Z');
-    let (date, time) = t.split_once(['T', ' ']).ok_or_else(bad)?;
-    let d: Vec<i64> = date
-        .split('-')
-        .map(|x| x.parse().map_err(|_| bad()))
-        .collect::<Result<_, _>>()?;
-    let h: Vec<i64> = time
-        .split(':')
-        .map(|x| x.parse().map_err(|_| bad()))
-        .collect::<Result<_, _>>()?;
-    if d.len() != 3
-        || h.len() != 3
-        || !(1..=12).contains(&d[1])
-        || !(1..=31).contains(&d[2])
-        || h[0] > 23
-        || h[1] > 59
-        || h[2] > 60
-    {
-        return Err(bad());
+    let ts: jiff::Timestamp = t.parse().map_err(|e| bad_time(s, e))?;
+    let ns = ts.as_nanosecond();
+    if ns < 0 {
+        return Err(format!(
+            "time {s:?} is before 1970; no recovery point is that old"
+        ));
     }
-    let days = days_from_civil(d[0], d[1], d[2]);
-    let secs = days * 86_400 + h[0] * 3600 + h[1] * 60 + h[2];
-    u64::try_from(secs)
-        .map(|v| v * 1_000_000)
-        .map_err(|_| bad())
+    let last_ns = ns + precision_ns(t) - 1;
+    Ok(u64::try_from(last_ns / 1000).expect("a jiff timestamp fits in u64 microseconds"))
 }
 
-/// Formats microseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-pub fn format_time(us: u64) -> String {
-    let secs = (us / 1_000_000) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
+fn bad_time(s: &str, e: jiff::Error) -> String {
+    let time = s.trim().split_once(['T', 't', ' ']).map(|(_, time)| time);
+    let hint = match time {
+        Some(time) if !time.contains(['Z', 'z', '+', '-']) => {
+            " (add Z for UTC, or an offset such as +01:00)"
+        }
+        _ => "",
+    };
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        us / 1000 % 1000
+        "time {s:?} is not a valid time{hint}: {e}; use RFC 3339 as `haven points` prints it \
+         (e.g. 2026-12-02T14:48:59.102Z or 2026-12-02T15:48:59+01:00) or @UNIX_SECONDS"
     )
 }
 
-// Howard Hinnant's civil calendar algorithms.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// The unit of the last digit of a time's seconds: 1 s without a fraction, 1 ms for `.123`.
+fn precision_ns(t: &str) -> i128 {
+    let time = t.split_once(['T', 't', ' ']).map_or("", |(_, time)| time);
+    let digits = time.split_once(['.', ',']).map_or(0, |(_, frac)| {
+        frac.bytes().take_while(u8::is_ascii_digit).count()
+    });
+    10i128.pow(9 - digits.min(9) as u32)
 }
 
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (
-        if m <= 2 {
-            yoe + era * 400 + 1
-        } else {
-            yoe + era * 400
-        },
-        m,
-        d,
-    )
+/// Formats microseconds since the epoch as RFC 3339 in UTC with milliseconds
+/// (`2026-12-02T14:48:59.102Z`): what `--point` accepts back.
+pub fn format_time(us: u64) -> String {
+    haven_runtime::api::time_rfc3339(us)
 }
 
 #[cfg(test)]
@@ -154,19 +117,58 @@ mod tests {
     fn sizes() {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("20G"), Ok(20 << 30));
+        assert_eq!(parse_size("20GB"), Ok(20 << 30));
         assert_eq!(parse_size("512MiB"), Ok(512 << 20));
-        assert!(parse_size("1X").is_err());
-        assert!(parse_size("").is_err());
-        assert!(parse_size("99999999999T").is_err());
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size(" 64 M "), Ok(64 << 20));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert!(parse_size("1X").unwrap_err().contains("e.g. 512M"));
+        assert!(parse_size("").unwrap_err().contains("empty"));
+        assert!(parse_size("-1G").is_err());
+        assert!(parse_size("99999999999T")
+            .unwrap_err()
+            .contains("too large"));
     }
 
     #[test]
-    fn times_round_trip() {
-        let us = parse_time("2026-11-26T06:21:43Z").unwrap();
-        assert_eq!(format_time(us), "2026-11-26T06:21:43.000Z");
-        assert_eq!(parse_time("@10").unwrap(), 10_000_000);
-        assert_eq!(parse_time("1970-01-01T00:00:00Z").unwrap(), 0);
+    fn times_as_points_prints_them() {
+        let printed = format_time(1_796_223_806_641_905);
+        assert_eq!(printed, "2026-12-02T15:03:26.641Z");
+        // The printed time covers its whole millisecond: it finds the point printed with it.
+        assert_eq!(parse_time(&printed).unwrap(), 1_796_223_806_641_999);
+        assert_eq!(
+            parse_time("2026-12-02T16:03:26.641+01:00").unwrap(),
+            1_796_223_806_641_999
+        );
+        assert_eq!(
+            parse_time("2026-12-02t15:03:26.641z").unwrap(),
+            1_796_223_806_641_999
+        );
+        assert_eq!(
+            parse_time("2026-12-02T15:03:26Z").unwrap(),
+            1_796_223_806_999_999
+        );
+        assert_eq!(
+            parse_time("2026-12-02T15:03:26.641905Z").unwrap(),
+            1_796_223_806_641_905
+        );
+        assert_eq!(parse_time("1970-01-01T00:00:00Z").unwrap(), 999_999);
+        assert_eq!(parse_time("@10").unwrap(), 10_999_999);
+        assert_eq!(format_time(0), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn bad_times_say_why() {
+        let e = parse_time("2026-02-30T00:00:00Z").unwrap_err();
+        assert!(e.contains("2026-02-30") && e.contains("RFC 3339"), "{e}");
+        let e = parse_time("2026-12-02T15:03:26").unwrap_err();
+        assert!(e.contains("add Z for UTC"), "{e}");
         assert!(parse_time("yesterday").is_err());
         assert!(parse_time("2026-13-01T00:00:00Z").is_err());
+        assert!(parse_time("1969-12-31T23:59:59Z")
+            .unwrap_err()
+            .contains("before 1970"));
+        assert!(parse_time("@x").is_err());
     }
 }

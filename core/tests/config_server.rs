@@ -71,6 +71,7 @@ fn config_server_assigns_the_disk_to_the_registered_process_server_and_master_ta
             vec![DiskInfo {
                 disk: disk_id(),
                 size_bytes: DISK_BYTES as u64,
+                source_path: "/srv/disks/disk0.img".into(),
             }],
         ),
     );
@@ -123,6 +124,11 @@ fn config_server_assigns_the_disk_to_the_registered_process_server_and_master_ta
     assert_eq!(
         st.disks[0].master_target_api.as_deref(),
         Some("mt:7002-api")
+    );
+    // The agent's path of the disk, for `haven export` to refuse writing over it.
+    assert_eq!(
+        st.disks[0].source_path.as_deref(),
+        Some("/srv/disks/disk0.img")
     );
 
     // A message on an unknown connection closes it.
@@ -192,6 +198,7 @@ fn registered(auto_protect: bool) -> (ConfigServer, Timestamp) {
                 .map(|d| DiskInfo {
                     disk: DiskId::new(*d).unwrap(),
                     size_bytes: DISK_BYTES as u64,
+                    source_path: String::new(),
                 })
                 .collect(),
             _ => vec![],
@@ -466,4 +473,150 @@ fn a_paused_server_does_not_call_everyone_offline_but_silence_after_it_does() {
         s.handle(t, cs::Input::Tick);
     }
     assert!(online(&s).is_empty(), "{:?}", online(&s));
+}
+
+/// Drains the server's outputs, answering every persist at once; returns the network commands.
+fn net_out(s: &mut ConfigServer, now: Timestamp) -> Vec<NetCommand> {
+    let mut out = vec![];
+    while let Some(o) = s.poll_output() {
+        match o {
+            cs::Output::Net(cmd) => out.push(cmd),
+            cs::Output::Persist { id, .. } => s.handle(now, cs::Input::Persisted { id }),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A process server that connects on `conn` as ps1 and registers; what the server does.
+fn second_ps1(s: &mut ConfigServer, now: Timestamp, conn: u64) -> Vec<NetCommand> {
+    let peer = Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::ProcessServer,
+        component: ComponentId::new("ps1").unwrap(),
+        epoch: Epoch(0),
+    };
+    let conn = ConnId(conn);
+    s.handle(now, cs::Input::Net(NetEvent::Accepted { conn, peer }));
+    let reg = Registration {
+        data_addr: "other:7001".into(),
+        api_addr: String::new(),
+        disks: vec![],
+    };
+    let msg = Message::Register(reg);
+    let data = vec![];
+    s.handle(now, cs::Input::Net(NetEvent::Received { conn, msg, data }));
+    net_out(s, now)
+}
+
+fn refused(out: &[NetCommand], conn: u64) -> Option<String> {
+    let reason = out.iter().find_map(|c| match c {
+        NetCommand::Send {
+            conn: c,
+            msg: Message::Reject { reason },
+            ..
+        } if *c == ConnId(conn) => Some(reason.clone()),
+        _ => None,
+    })?;
+    let closed = out
+        .iter()
+        .any(|c| matches!(c, NetCommand::Close { conn: c } if *c == ConnId(conn)));
+    assert!(closed, "a refusal closes the connection: {out:?}");
+    Some(reason)
+}
+
+fn warnings(s: &ConfigServer) -> usize {
+    let st = s.status();
+    st.events.iter().filter(|e| e.level == "warning").count()
+}
+
+#[test]
+fn a_second_component_with_an_online_id_is_refused() {
+    let (mut s, now) = registered(true);
+    let before = warnings(&s);
+    let out = second_ps1(&mut s, now, 20);
+    let reason = refused(&out, 20).expect("the second ps1 is refused");
+    assert!(
+        reason.contains("component id ps1 is already online at ps1:7001")
+            && reason.contains("give each component its own id"),
+        "{reason}"
+    );
+    assert!(
+        !out.iter()
+            .any(|c| matches!(c, NetCommand::Close { conn } if *conn == ConnId(2))),
+        "the first ps1 keeps its connection: {out:?}"
+    );
+    let st = s.status();
+    let ps1 = st
+        .components
+        .iter()
+        .find(|c| c.id.as_str() == "ps1")
+        .unwrap();
+    assert_eq!((ps1.online, ps1.data_addr.as_str()), (true, "ps1:7001"));
+    assert_eq!(warnings(&s), before + 1, "{:?}", st.events);
+    // It retries: refused again, without another event within the minute.
+    let later = now.plus_millis(500);
+    let again = refused(&second_ps1(&mut s, later, 21), 21);
+    assert_eq!(
+        again,
+        Some(reason),
+        "the same text, so that logs can tell a repeat"
+    );
+    assert_eq!(warnings(&s), before + 1);
+    // What the refused connection sends after the refusal does not count.
+    let msg = Message::ProcessServerHeartbeat(Default::default());
+    let data = vec![];
+    s.handle(
+        later,
+        cs::Input::Net(NetEvent::Received {
+            conn: ConnId(21),
+            msg,
+            data,
+        }),
+    );
+    let out = net_out(&mut s, later);
+    assert!(
+        matches!(out[..], [NetCommand::Close { conn: ConnId(21) }]),
+        "{out:?}"
+    );
+
+    // The first ps1's connection closes (it stopped, or restarted): the next one gets in.
+    let reason = "peer closed the connection".to_string();
+    s.handle(
+        later,
+        cs::Input::Net(NetEvent::Closed {
+            conn: ConnId(2),
+            reason,
+        }),
+    );
+    net_out(&mut s, later);
+    let out = second_ps1(&mut s, later, 22);
+    assert_eq!(refused(&out, 22), None, "{out:?}");
+    let st = s.status();
+    let ps1 = st
+        .components
+        .iter()
+        .find(|c| c.id.as_str() == "ps1")
+        .unwrap();
+    assert_eq!(ps1.data_addr, "other:7001");
+}
+
+#[test]
+fn a_component_whose_old_connection_went_silent_gets_in() {
+    let (mut s, now) = registered(true);
+    assert!(refused(&second_ps1(&mut s, now, 20), 20).is_some());
+    // No heartbeat from the first ps1 past the timeout (the server woken at its deadlines, as
+    // a driver does): offline, so the new one is let in and the old connection closed.
+    let timeout = cs_settings().heartbeat_timeout_ms;
+    s.handle(now.plus_millis(timeout / 2), cs::Input::Tick);
+    let later = now.plus_millis(timeout + 1);
+    s.handle(later, cs::Input::Tick);
+    net_out(&mut s, later);
+    let out = second_ps1(&mut s, later, 21);
+    assert_eq!(refused(&out, 21), None, "{out:?}");
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, NetCommand::Close { conn } if *conn == ConnId(2))),
+        "{out:?}"
+    );
 }

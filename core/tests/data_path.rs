@@ -409,3 +409,47 @@ fn compression_off_and_always_do_what_they_say() {
         c.assert_replica_is_source();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// registration
+
+/// The agent reports each disk's source path when it registers, for `haven export` to refuse
+/// writing over it.
+#[test]
+fn the_agent_registers_its_disks_with_their_source_paths() {
+    use haven_core::agent::{self, Agent};
+    use haven_core::net::{NetCommand, NetEvent};
+    use haven_core::{ConnId, Machine, Timestamp};
+    let now = Timestamp::from_millis(1);
+    let mut a = Agent::new(
+        agent_settings(),
+        vec![(disk_id(), DISK_BYTES as u64, 0)],
+        now,
+    );
+    a.set_source_path(0, "/srv/disks/disk0.img".into());
+    let mut token = None;
+    while let Some(o) = a.poll_output() {
+        if let agent::Output::Net(NetCommand::Connect { token: t, .. }) = o {
+            token = Some(t);
+        }
+    }
+    let (token, conn) = (token.expect("connects to the CS"), ConnId(1));
+    let peer = Node::Cs.hello();
+    a.handle(
+        now,
+        agent::Input::Net(NetEvent::Connected { token, conn, peer }),
+    );
+    let mut reg = None;
+    while let Some(o) = a.poll_output() {
+        if let agent::Output::Net(NetCommand::Send {
+            msg: Message::Register(r),
+            ..
+        }) = o
+        {
+            reg = Some(r);
+        }
+    }
+    let reg = reg.expect("Register");
+    assert_eq!(reg.disks.len(), 1);
+    assert_eq!(reg.disks[0].source_path, "/srv/disks/disk0.img");
+}

@@ -7,6 +7,7 @@ pub mod meta;
 pub mod metrics;
 pub mod nbd;
 pub mod net;
+pub mod netlog;
 pub mod segment;
 pub mod stores;
 pub mod transport;

@@ -14,6 +14,8 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+mod legacy;
+
 const AGENT_RESERVED: TableDefinition<&str, u64> = TableDefinition::new("agent_reserved");
 /// Disks whose initial copy has completed.
 const AGENT_COPIED: TableDefinition<&str, bool> = TableDefinition::new("agent_copied");
@@ -214,7 +216,9 @@ impl MetaStore {
         {
             let (k, v) = r.map_err(db_err)?;
             let id = ComponentId::new(k.value()).map_err(db_err)?;
-            state.components.insert(id, dec(v.value())?);
+            let record =
+                legacy::component(v.value()).map_err(|e| db_err(format!("component {id}: {e}")))?;
+            state.components.insert(id, record);
         }
         for r in tx
             .open_table(CS_PROTECTIONS)

@@ -5,7 +5,10 @@
 //! channel: a slow driver slows its peers through TCP) and a writer task fed by an unbounded
 //! channel whose depth is bounded by core's windows (batches in flight per stream) and by the
 //! small, periodic control messages.
+//!
+//! What it logs, and how it keeps retries from flooding the log, is in `netlog.rs`.
 
+use crate::netlog::{self, peer_name, SharedRepeats, Unreachable};
 use crate::transport::Transport;
 use haven_core::ids::ConnId;
 use haven_core::net::{ConnectToken, NetCommand, NetEvent, Payload};
@@ -47,6 +50,12 @@ pub struct Net<T: Transport> {
     next_conn: Arc<AtomicU64>,
     events: mpsc::Sender<NetInbound>,
     writers: BTreeMap<ConnId, mpsc::UnboundedSender<OutFrame>>,
+    /// Who is at the other end of each open connection, until it closes or we close it, and
+    /// whether we made the connection (then we reconnect; otherwise the peer does).
+    peers: BTreeMap<ConnId, (Hello, bool)>,
+    unreachable: Unreachable,
+    /// Refusals sent and heard, and handshakes refused, so that repeats stay quiet.
+    refusals: SharedRepeats,
 }
 
 impl<T: Transport> Net<T> {
@@ -63,16 +72,20 @@ impl<T: Transport> Net<T> {
             next_conn: Arc::new(AtomicU64::new(1)),
             events,
             writers: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            unreachable: Unreachable::default(),
+            refusals: SharedRepeats::default(),
         }
     }
 
     /// Accepts connections on `listener` until the driver goes away.
     pub fn listen(&self, listener: T::Listener) {
-        let (hello, allowed, next, events) = (
+        let (hello, allowed, next, events, refusals) = (
             self.hello.clone(),
             self.allowed.clone(),
             self.next_conn.clone(),
             self.events.clone(),
+            self.refusals.clone(),
         );
         tokio::spawn(async move {
             loop {
@@ -87,8 +100,13 @@ impl<T: Transport> Net<T> {
                 if events.is_closed() {
                     return;
                 }
-                let (hello, allowed, next, events) =
-                    (hello.clone(), allowed.clone(), next.clone(), events.clone());
+                let (hello, allowed, next, events, refusals) = (
+                    hello.clone(),
+                    allowed.clone(),
+                    next.clone(),
+                    events.clone(),
+                    refusals.clone(),
+                );
                 tokio::spawn(async move {
                     match accept_handshake(stream, &hello, &allowed).await {
                         Ok((stream, peer_hello)) => {
@@ -104,7 +122,10 @@ impl<T: Transport> Net<T> {
                             )
                             .await;
                         }
-                        Err(e) => tracing::info!("refused connection from {peer}: {e}"),
+                        Err(e) if netlog::fresh(&refusals, &e) => {
+                            tracing::warn!("refused a connection from {peer}: {e}")
+                        }
+                        Err(e) => tracing::debug!("refused a connection from {peer}: {e}"),
                     }
                 });
             }
@@ -125,11 +146,29 @@ impl<T: Transport> Net<T> {
                 event,
             } => {
                 self.up(conn, writer);
+                match &event {
+                    NetEvent::Connected { peer, .. } => {
+                        self.peers.insert(conn, (peer.clone(), true));
+                    }
+                    NetEvent::Accepted { peer, .. } => {
+                        self.peers.insert(conn, (peer.clone(), false));
+                    }
+                    _ => {}
+                }
                 event
             }
             NetInbound::Event(event) => {
-                if let NetEvent::Closed { conn, .. } = &event {
-                    self.closed(*conn);
+                match &event {
+                    NetEvent::Closed { conn, reason } => {
+                        self.log_closed(*conn, reason);
+                        self.closed(*conn);
+                    }
+                    NetEvent::Received {
+                        conn,
+                        msg: Message::Reject { reason },
+                        ..
+                    } => self.log_refused(*conn, reason),
+                    _ => {}
                 }
                 event
             }
@@ -139,6 +178,54 @@ impl<T: Transport> Net<T> {
     /// Forgets a closed connection.
     pub fn closed(&mut self, conn: ConnId) {
         self.writers.remove(&conn);
+        self.peers.remove(&conn);
+    }
+
+    /// A connection went away that this side did not close: losing a process server, a master
+    /// target or the configuration server is a warning.
+    fn log_closed(&self, conn: ConnId, reason: &str) {
+        let Some((peer, outgoing)) = self.peers.get(&conn) else {
+            return; // Closed by us, or never up.
+        };
+        let who = peer_name(peer);
+        let next = if *outgoing {
+            "reconnecting"
+        } else {
+            "waiting for it to reconnect"
+        };
+        if netlog::loss_matters(peer.role) {
+            tracing::warn!("lost the connection to {who}: {reason}; {next}");
+        } else {
+            tracing::info!("{who} disconnected: {reason}");
+        }
+    }
+
+    /// The peer refused us (the configuration server refusing a registration, say): an error
+    /// the operator must see, repeated at most once a minute while the retries go on.
+    fn log_refused(&mut self, conn: ConnId, reason: &str) {
+        // The close that follows is part of the refusal, not a loss to report.
+        let who = self
+            .peers
+            .remove(&conn)
+            .map_or("a peer".into(), |(p, _)| peer_name(&p));
+        if netlog::fresh(&self.refusals, reason) {
+            tracing::error!("{who} refused us: {reason} (retrying; repeats are logged at debug)");
+        } else {
+            tracing::debug!("{who} refused us again: {reason}");
+        }
+    }
+
+    /// This side refuses the peer of `conn`.
+    fn log_refusal(&self, conn: ConnId, reason: &str) {
+        let who = self
+            .peers
+            .get(&conn)
+            .map_or("a peer".into(), |(p, _)| peer_name(p));
+        if netlog::fresh(&self.refusals, reason) {
+            tracing::warn!("refused {who}: {reason}");
+        } else {
+            tracing::debug!("refused {who} again: {reason}");
+        }
     }
 
     pub fn execute(&mut self, cmd: NetCommand) {
@@ -147,8 +234,9 @@ impl<T: Transport> Net<T> {
             NetCommand::Send { conn, msg, data } => self.send(conn, &msg, data),
             NetCommand::Close { conn } => {
                 // Dropping the writer ends the writer task, which shuts the socket down; the
-                // reader then reports Closed.
+                // reader then reports Closed, which is not logged: we closed it on purpose.
                 self.writers.remove(&conn);
+                self.peers.remove(&conn);
             }
         }
     }
@@ -156,6 +244,9 @@ impl<T: Transport> Net<T> {
     /// Sends a frame; a connection that is already gone drops it (core learns of the close
     /// through its `Closed` event and resends what matters).
     pub fn send(&mut self, conn: ConnId, msg: &Message, data: Payload) {
+        if let Message::Reject { reason } = msg {
+            self.log_refusal(conn, reason);
+        }
         let Some(w) = self.writers.get(&conn) else {
             return;
         };
@@ -176,11 +267,12 @@ impl<T: Transport> Net<T> {
     }
 
     fn connect(&self, token: ConnectToken, addr: String) {
-        let (transport, hello, next, events) = (
+        let (transport, hello, next, events, unreachable) = (
             self.transport.clone(),
             self.hello.clone(),
             self.next_conn.clone(),
             self.events.clone(),
+            self.unreachable.clone(),
         );
         tokio::spawn(async move {
             let result = tokio::time::timeout(CONNECT_TIMEOUT, async {
@@ -194,6 +286,7 @@ impl<T: Transport> Net<T> {
             .unwrap_or_else(|_| Err(format!("connect to {addr}: timed out")));
             match result {
                 Ok((stream, peer)) => {
+                    unreachable.log_success(&addr, &peer);
                     let conn = ConnId(next.fetch_add(1, Ordering::Relaxed));
                     start(
                         stream,
@@ -204,7 +297,7 @@ impl<T: Transport> Net<T> {
                     .await;
                 }
                 Err(reason) => {
-                    tracing::debug!("{reason}");
+                    unreachable.log_failure(&addr, &reason);
                     let _ = events
                         .send(NetInbound::Event(NetEvent::ConnectFailed { token, reason }))
                         .await;
@@ -335,7 +428,8 @@ async fn start<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                     break "peer closed the connection".to_string()
                 }
                 Err(e) => {
-                    tracing::warn!("connection {conn:?}: {e}");
+                    // Logged with the peer's name when the driver hears of the close.
+                    tracing::debug!("connection {conn:?}: {e}");
                     break e.to_string();
                 }
             }

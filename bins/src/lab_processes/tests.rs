@@ -48,7 +48,8 @@ fn generated_configs_load_with_the_roles_loaders() {
     assert_eq!(ps.compression, haven_core::batch::CompressionPolicy::Always);
     let mt = load::<MasterTargetFile>(&at(Role::MasterTarget))
         .unwrap()
-        .into_config();
+        .into_config()
+        .unwrap();
     assert_eq!(
         (mt.listen.as_str(), mt.api_listen.as_str()),
         (a.mt.as_str(), a.mt_api.as_str())

@@ -43,6 +43,12 @@ impl Agent {
         AgentStats { disks }
     }
 
+    /// Sets where disk `disk` lives on this machine (its canonical path), reported to the
+    /// configuration server with each registration; set it before the first input.
+    pub fn set_source_path(&mut self, disk: usize, path: String) {
+        self.streams[disk].source_path = path;
+    }
+
     /// The id of disk `disk` (an index into the disks given to `new`).
     pub fn disk_id(&self, disk: usize) -> &DiskId {
         &self.streams[disk].disk

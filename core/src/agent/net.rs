@@ -58,6 +58,7 @@ impl Agent {
                 .map(|s| DiskInfo {
                     disk: s.disk.clone(),
                     size_bytes: s.size_bytes,
+                    source_path: s.source_path.clone(),
                 })
                 .collect();
             let reg = Registration {

@@ -59,6 +59,8 @@ pub struct Stream {
     /// Batch bounds of this disk's policy (None: the agent's settings).
     pub batch_bytes_max: Option<u64>,
     pub batch_delay_ms: Option<u64>,
+    /// The disk's canonical path on this machine, reported at registration (empty: unknown).
+    pub source_path: String,
 }
 
 impl Stream {
@@ -82,6 +84,7 @@ impl Stream {
             retired: false,
             batch_bytes_max: None,
             batch_delay_ms: None,
+            source_path: String::new(),
         }
     }
 

@@ -43,6 +43,9 @@ pub const DISKS_MAX: usize = 100_000;
 /// Commands waiting for their persist; the driver holds further commands back (its command
 /// channel is bounded too).
 pub const COMMANDS_PENDING_MAX: usize = 1024;
+/// A component refused because its id is online elsewhere retries; the event log says so at
+/// most this often per id.
+pub const REFUSAL_EVENT_INTERVAL_MS: u64 = 60_000;
 
 /// Where a disk should go when it is protected without naming components (from the TOML).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -122,6 +125,8 @@ pub struct ConfigServer {
     answers: Vec<(CommandId, CommandResult)>,
     /// The picture changed: announce it once nothing is being persisted.
     announce_wanted: bool,
+    /// When a duplicate of each component id was last recorded in the event log.
+    duplicates_logged: BTreeMap<ComponentId, Timestamp>,
     out: VecDeque<Output>,
     now: Timestamp,
     /// When liveness was last checked: the server checks at every input and wakes at least
@@ -164,6 +169,7 @@ impl ConfigServer {
             next_persist: 1,
             answers: vec![],
             announce_wanted: false,
+            duplicates_logged: BTreeMap::new(),
             out: VecDeque::new(),
             now,
             liveness_at: now,
@@ -313,22 +319,62 @@ impl ConfigServer {
         }
     }
 
+    /// Refuses `conn` and forgets it, so that nothing more it sends counts.
+    fn refuse(&mut self, conn: ConnId, reason: String) {
+        self.conns.remove(&conn);
+        self.out
+            .extend(NetCommand::refusal(conn, reason).map(Output::Net));
+    }
+
+    /// Why a registration of `id` as `role` on `conn` is refused, if it is.
+    fn registration_refusal(&self, conn: ConnId, role: Role, id: &ComponentId) -> Option<String> {
+        let Some(c) = self.components.get(id) else {
+            return (self.components.len() >= COMPONENTS_MAX)
+                .then(|| format!("too many components (limit {COMPONENTS_MAX})"));
+        };
+        if c.record.role != role {
+            return Some(format!(
+                "component id {id} is registered as a {}; give this {} another id",
+                c.record.role.name(),
+                role.name()
+            ));
+        }
+        // Online on another connection: a second component with the same id. (A component
+        // that restarted is let in once its old connection closes or goes silent.)
+        let elsewhere = c.conn.is_some_and(|old| old != conn) && c.online;
+        elsewhere.then(|| {
+            let at = match c.record.reg.data_addr.as_str() {
+                "" => String::new(),
+                addr => format!(" at {addr}"),
+            };
+            // The text stays the same from one retry to the next, so that logs can tell repeats.
+            format!(
+                "component id {id} is already online{at} (a {}); give each component its own \
+                 id (a component that restarted gets in once its old connection is gone, \
+                 within {} ms)",
+                role.name(),
+                self.settings.heartbeat_timeout_ms
+            )
+        })
+    }
+
     fn on_register(&mut self, conn: ConnId, role: Role, id: ComponentId, reg: Registration) {
-        if let Some(c) = self.components.get(&id) {
-            if c.record.role != role {
-                let reason = format!(
-                    "component id {id} is registered as a {}; give this {} another id",
-                    c.record.role.name(),
-                    role.name()
+        if let Some(reason) = self.registration_refusal(conn, role, &id) {
+            let duplicate = self
+                .components
+                .get(&id)
+                .is_some_and(|c| c.record.role == role);
+            let last = self.duplicates_logged.get(&id).copied();
+            if duplicate
+                && last.is_none_or(|t| self.now.millis_since(t) >= REFUSAL_EVENT_INTERVAL_MS)
+            {
+                self.duplicates_logged.insert(id.clone(), self.now);
+                self.event(
+                    "warning",
+                    format!("a second {} was refused: {reason}", role.name()),
                 );
-                self.out
-                    .extend(NetCommand::refusal(conn, reason).map(Output::Net));
-                return;
             }
-        } else if self.components.len() >= COMPONENTS_MAX {
-            let reason = format!("too many components (limit {COMPONENTS_MAX})");
-            self.out
-                .extend(NetCommand::refusal(conn, reason).map(Output::Net));
+            self.refuse(conn, reason);
             return;
         }
         if let Some(old) = self
@@ -337,7 +383,8 @@ impl ConfigServer {
             .and_then(|c| c.conn)
             .filter(|c| *c != conn)
         {
-            // The same component reconnected; the old connection is stale.
+            // The same component reconnected; the old connection is stale (closed, or silent
+            // past the heartbeat timeout).
             self.out
                 .push_back(Output::Net(NetCommand::Close { conn: old }));
         }

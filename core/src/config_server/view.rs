@@ -24,6 +24,10 @@ pub struct DiskView {
     pub state: ProtectionState,
     pub epoch: Epoch,
     pub agent: ComponentId,
+    /// The disk's file or device on the agent's machine, as the agent last reported it (None:
+    /// not reported); `haven export` refuses to write over it.
+    #[serde(default)]
+    pub source_path: Option<String>,
     pub size_bytes: u64,
     pub process_server: Option<ComponentId>,
     pub master_target: Option<ComponentId>,
@@ -91,11 +95,18 @@ impl ConfigServer {
             .as_ref()
             .and_then(|mt| self.components.get(mt))
             .map(|c| c.record.reg.api_addr.clone());
+        let source_path = self
+            .components
+            .get(&p.agent)
+            .and_then(|c| c.record.reg.disks.iter().find(|d| &d.disk == disk))
+            .map(|d| d.source_path.clone())
+            .filter(|path| !path.is_empty());
         DiskView {
             disk: disk.clone(),
             state: p.state,
             epoch: p.epoch,
             agent: p.agent.clone(),
+            source_path,
             size_bytes: p.size_bytes,
             process_server: p.process_server.clone(),
             master_target: p.master_target.clone(),

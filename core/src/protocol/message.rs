@@ -56,6 +56,10 @@ pub struct Registration {
 pub struct DiskInfo {
     pub disk: DiskId,
     pub size_bytes: u64,
+    /// The disk's file or block device on the agent's machine, canonical (symbolic links
+    /// resolved), so that `haven export` can refuse to write over it; empty when unknown.
+    #[serde(default)]
+    pub source_path: String,
 }
 
 /// Which process server carries a disk's stream (sent to the agent).

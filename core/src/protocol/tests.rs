@@ -71,6 +71,7 @@ fn every_message() -> Vec<Message> {
         disks: vec![DiskInfo {
             disk: disk(),
             size_bytes: 1 << 30,
+            source_path: "/var/lib/haven/disks/disk0.img".into(),
         }],
     };
     let agent_stats = AgentStats {

@@ -1,6 +1,7 @@
 //! The configuration server's REST API (see docs/api.md).
 //!
 //! - `GET /api/status` — components, disks (state, placement, policy, progress, RPO), events
+//!   (each with `time_ms` and its RFC 3339 `time`)
 //! - `GET /metrics` — OpenMetrics: every disk and component the server knows
 //! - `GET /api/components` — the registered components
 //! - `GET /api/disks/{disk}/points` — the disk's recovery points, from its master target
@@ -21,7 +22,9 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use haven_core::config_server::{Command, CommandErrorKind, CommandResult, PolicyChange};
+use haven_core::config_server::{
+    Command, CommandErrorKind, CommandResult, PolicyChange, StatusView,
+};
 use haven_core::ids::{ComponentId, DiskId};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -82,7 +85,22 @@ pub fn router<T: Transport>(api: CsApi<T>) -> Router {
 }
 
 async fn status<T: Transport>(State(api): St<T>) -> Response {
-    json(StatusCode::OK, &*api.cs.status())
+    json(StatusCode::OK, &status_json(&api.cs.status()))
+}
+
+/// The status as `GET /api/status` serves it: the snapshot, with each event's time also in
+/// RFC 3339 (`time`, beside `time_ms`) for people and scripts.
+pub fn status_json(status: &StatusView) -> serde_json::Value {
+    let mut v = serde_json::to_value(status).expect("a status serializes");
+    let events = v.get_mut("events").and_then(|e| e.as_array_mut());
+    for e in events.into_iter().flatten() {
+        let time = e.get("time_ms").and_then(|t| t.as_u64());
+        if let (Some(ms), Some(obj)) = (time, e.as_object_mut()) {
+            let text = super::time_rfc3339(ms.saturating_mul(1000));
+            obj.insert("time".into(), serde_json::Value::String(text));
+        }
+    }
+    v
 }
 
 async fn metrics<T: Transport>(State(api): St<T>) -> Response {

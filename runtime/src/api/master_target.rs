@@ -2,14 +2,15 @@
 //!
 //! - `GET /replicas` — every replica's metadata
 //! - `GET /metrics` — OpenMetrics of the replicas
-//! - `GET /replicas/{disk}/points` — its recovery points, oldest first
+//! - `GET /replicas/{disk}/points` — its recovery points, oldest first: `seq`, `time`
+//!   (microseconds since the epoch), `time_rfc3339` (UTC, milliseconds) and `kind`
 //! - `GET|HEAD /replicas/{disk}/image?seq=N` — the raw disk image at point N, streamed; a
 //!   `Range: bytes=...` header asks for part of it (206), so `curl -C -` resumes a download
 
 use crate::drivers::master_target::Replicas;
 use crate::http::range::{self, Wanted};
 use crate::http::{error, json};
-use crate::meta::MetaStore;
+use crate::meta::{MetaStore, PointKind, PointRecord};
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -42,6 +43,29 @@ struct ReplicaView {
     points: u64,
     journal_bytes: u64,
     inconsistent: Option<String>,
+}
+
+/// A recovery point as the APIs show it: the stored record with its time also in RFC 3339, as
+/// `haven points` prints it and `haven export --point` takes it back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointView {
+    pub seq: u64,
+    /// Microseconds since the Unix epoch.
+    pub time: u64,
+    /// The same time in UTC to the millisecond, e.g. `2026-12-02T14:48:59.102Z`.
+    pub time_rfc3339: String,
+    pub kind: PointKind,
+}
+
+impl From<&PointRecord> for PointView {
+    fn from(p: &PointRecord) -> Self {
+        PointView {
+            seq: p.seq,
+            time: p.time.as_micros(),
+            time_rfc3339: super::time_rfc3339(p.time.as_micros()),
+            kind: p.kind,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -111,7 +135,10 @@ async fn points<V: crate::vfs::Vfs + Clone>(
         Err(r) => return *r,
     };
     match api.meta.points(&disk) {
-        Ok(p) => json(StatusCode::OK, &p),
+        Ok(p) => json(
+            StatusCode::OK,
+            &p.iter().map(PointView::from).collect::<Vec<_>>(),
+        ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }

@@ -165,6 +165,8 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     let mut sources = vec![];
     let mut exports = Exports::new();
     let mut disks = vec![];
+    // Each disk's canonical path, which the agent reports so that no export overwrites it.
+    let mut paths = vec![];
     for (i, d) in cfg.disks.iter().enumerate() {
         let src = SourceDisk::open(&vfs, &d.path, d.create_size)
             .map_err(|e| fail(format!("disk {}: {e}", d.disk)))?;
@@ -176,6 +178,10 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
             tx: nbd_tx.clone(),
         };
         exports.add(d.disk.as_str(), Arc::new(export));
+        let path = vfs
+            .canonicalize(&d.path)
+            .map_err(|e| fail(format!("disk {}: {}: {e}", d.disk, d.path.display())))?;
+        paths.push(path.to_string_lossy().into_owned());
         disks.push((
             d.disk.clone(),
             src.size_bytes(),
@@ -205,7 +211,10 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     };
     let net = Net::new(host.transport.clone(), hello, vec![], ev_tx);
     let clock = host.clock();
-    let agent = Agent::new(cfg.settings.clone(), disks, clock.now());
+    let mut agent = Agent::new(cfg.settings.clone(), disks, clock.now());
+    for (i, path) in paths.into_iter().enumerate() {
+        agent.set_source_path(i, path);
+    }
     let (stats, stats_rx) = watch::channel(agent.stats());
     let api_addr = match &cfg.api_listen {
         Some(listen) => {

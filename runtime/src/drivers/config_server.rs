@@ -176,6 +176,7 @@ impl<T: Transport> Effects for CsEffects<T> {
         match out {
             Output::Net(cmd) => self.net.execute(cmd),
             Output::Persist { id, records } => {
+                log_events(&records);
                 self.records.extend(records);
                 self.persisted.push(Input::Persisted { id });
             }
@@ -206,5 +207,18 @@ impl<T: Transport> Effects for CsEffects<T> {
 
     fn after_round(&mut self, core: &ConfigServer, _now: haven_core::time::Timestamp) {
         self.status.send_replace(Arc::new(core.status()));
+    }
+}
+
+/// The event log also goes to the log: a component going offline is a warning there too.
+fn log_events(records: &[haven_core::config_server::Record]) {
+    for r in records {
+        if let haven_core::config_server::Record::Event(e) = r {
+            match e.level.as_str() {
+                "info" => tracing::info!("{}", e.text),
+                "warning" => tracing::warn!("{}", e.text),
+                _ => tracing::error!("{}", e.text),
+            }
+        }
     }
 }

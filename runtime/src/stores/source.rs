@@ -11,25 +11,33 @@ pub struct SourceDisk<F: VFile> {
 }
 
 impl<F: VFile> SourceDisk<F> {
+    /// Opens the disk at `path`; with `create_size`, a missing file is created that size (sparse),
+    /// along with its missing parent directories. Every error names the path.
     pub fn open<V: Vfs<File = F>>(
         vfs: &V,
         path: &Path,
         create_size: Option<u64>,
     ) -> std::io::Result<Self> {
+        let named =
+            |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
         let file = match vfs.open(path, false) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create_size.is_some() => {
-                let f = vfs.open(path, true)?;
-                f.set_len(create_size.unwrap_or_default())?;
-                f.sync_data()?;
-                if let Some(dir) = path.parent() {
-                    vfs.sync_dir(dir)?;
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match create_size {
+                Some(size) => Self::create(vfs, path, size).map_err(named)?,
+                None => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{} does not exist; create it, or set create_size in its [[disk]] \
+                             so that the agent creates it",
+                            path.display()
+                        ),
+                    ))
                 }
-                f
-            }
-            Err(e) => return Err(e),
+            },
+            Err(e) => return Err(named(e)),
         };
-        let size_bytes = file.len()?;
+        let size_bytes = file.len().map_err(named)?;
         if size_bytes == 0 || !size_bytes.is_multiple_of(BLOCK_BYTES) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -40,6 +48,20 @@ impl<F: VFile> SourceDisk<F> {
             ));
         }
         Ok(SourceDisk { file, size_bytes })
+    }
+
+    fn create<V: Vfs<File = F>>(vfs: &V, path: &Path, size: u64) -> std::io::Result<F> {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir {
+            crate::vfs::create_dir_all_durable(vfs, dir)?;
+        }
+        let f = vfs.open(path, true)?;
+        f.set_len(size)?;
+        f.sync_data()?;
+        if let Some(dir) = dir {
+            vfs.sync_dir(dir)?;
+        }
+        Ok(f)
     }
 
     pub fn size_bytes(&self) -> u64 {
@@ -101,4 +123,26 @@ fn write_zeros<F: VFile>(file: &F, mut offset: u64, len: u64) -> std::io::Result
         offset += n;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vfs::StdVfs;
+
+    #[test]
+    fn a_missing_parent_is_created_or_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("new/sub/disk0.img");
+        let d = SourceDisk::open(&StdVfs, &path, Some(1 << 20)).unwrap();
+        assert_eq!(d.size_bytes(), 1 << 20);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
+
+        let missing = tmp.path().join("other/disk1.img");
+        let e = SourceDisk::open(&StdVfs, &missing, None).err().unwrap();
+        let text = e.to_string();
+        assert!(text.contains(&missing.display().to_string()), "{text}");
+        assert!(text.contains("create_size"), "{text}");
+        assert!(!tmp.path().join("other").exists());
+    }
 }

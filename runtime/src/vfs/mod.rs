@@ -55,6 +55,11 @@ pub trait Vfs: Send + Sync + 'static {
     fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>>;
     /// Makes created/removed names in directory `path` durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// The absolute path of an existing file with symbolic links resolved, to name it to others
+    /// (a simulated file system has no links: the path as given).
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
+        Ok(path.to_path_buf())
+    }
 }
 
 /// An open file with positional I/O; all methods take `&self` so a file can
@@ -150,6 +155,10 @@ impl Vfs for StdVfs {
         // read_dir order is file-system dependent; callers want name order.
         out.sort();
         Ok(out)
+    }
+
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
+        std::fs::canonicalize(path)
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
