@@ -310,6 +310,12 @@ async fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn main() {
+    // `haven status | head` ends quietly when the reader goes away, as other tools do, instead
+    // of panicking on a broken pipe.
+    // SAFETY: setting a signal's disposition to the default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     haven_runtime::alloc::tune_allocator();
     let cli = Cli::parse();
     if let Err(e) = init_tracing() {

@@ -7,7 +7,7 @@ use crate::stats::{AgentStats, MasterTargetStats, ProcessServerStats};
 use serde::{Deserialize, Serialize};
 
 /// Protocol version. A peer with another version is refused at the handshake.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Longest free-text reason carried in a message.
 pub const REASON_BYTES_MAX: usize = 1024;
 
