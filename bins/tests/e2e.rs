@@ -8,7 +8,7 @@ mod common;
 #[path = "common/http_checks.rs"]
 mod http_checks;
 
-use http_checks::{check_image_ranges, check_metrics};
+use http_checks::{check_every_point, check_image_ranges, check_metrics};
 
 use common::*;
 use haven_core::ids::{ComponentId, Epoch};
@@ -75,6 +75,7 @@ fn four_daemons_end_to_end() {
     }
     let started = std::time::Instant::now();
     let c = Cluster::start(tmp());
+    let start_seq = c.api.disk().expect("disk").written;
     let (mut model, mut rng) = (Model::new(), Rng(0x5eed_0001));
     for round in 0..5 {
         let seq = c.api.run_round(&mut model, &gen_round(&mut rng, round));
@@ -99,6 +100,11 @@ fn four_daemons_end_to_end() {
     check_round(&c.api, &model, 3);
     check_image_ranges(&c, &model);
     check_metrics(&c, &model);
+    let (compared, listed) = check_every_point(&c, &model, start_seq);
+    assert_eq!(
+        compared, listed,
+        "every listed point was compared with the model"
+    );
     eprintln!("four_daemons_end_to_end: {:?}", started.elapsed());
 }
 
@@ -207,9 +213,17 @@ fn killed_mid_stream(victim: Daemon, seed: u64) {
     }
     let started = std::time::Instant::now();
     let mut c = Cluster::start(tmp());
+    let start_seq = c.api.disk().expect("disk").written;
     let (killed_in, model) = kill_during_writes(&mut c, victim, seed);
     check_latest(&c.api, &model);
     c.assert_alive();
+    // Every listed point, those inside rounds (the writer pauses mid-round) included.
+    let (compared, listed) = check_every_point(&c, &model, start_seq);
+    assert!(
+        compared > model.rounds.len() && compared * 2 >= listed,
+        "{compared} of {listed} points compared over {} rounds",
+        model.rounds.len()
+    );
     // Points from before the kill, from the round it cut in two, and from a round written
     // entirely while the daemon was down.
     for round in [killed_in - 1, killed_in, killed_in + 1] {

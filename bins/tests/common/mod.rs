@@ -73,6 +73,10 @@ pub fn poll_every<T>(
 /// Compares two disk images without printing 64 MiB on a mismatch.
 pub fn assert_same(what: &str, got: &[u8], want: &[u8]) {
     assert_eq!(got.len(), want.len(), "{what}: image sizes differ");
+    // memcmp first: a byte loop over 64 MiB is slow in a debug build.
+    if got == want {
+        return;
+    }
     if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
         let n = got.iter().zip(want).filter(|(a, b)| a != b).count();
         panic!(
@@ -555,6 +559,32 @@ impl Model {
             seq,
             ops: self.ops.len(),
         });
+    }
+
+    /// The disk as it was right after write `seq`, when the seqs of that write's round can be
+    /// told apart: each qemu-io command is one NBD request and takes one seq, in order, so a
+    /// round whose seq span equals its number of commands maps seq to command exactly. None for
+    /// a seq outside the rounds or in a round whose span differs (then the mapping is unknown).
+    pub fn at_seq(&self, seq: u64, start_seq: u64) -> Option<Vec<u8>> {
+        let r = self.rounds.iter().position(|r| r.seq >= seq)?;
+        let (prev_seq, prev_ops) = match r {
+            0 => (start_seq, 0),
+            _ => (self.rounds[r - 1].seq, self.rounds[r - 1].ops),
+        };
+        if seq <= prev_seq {
+            return None;
+        }
+        let round_ops = &self.ops[prev_ops..self.rounds[r].ops];
+        let io: Vec<usize> = (0..round_ops.len())
+            .filter(|i| !matches!(round_ops[*i], Op::Sleep(_)))
+            .collect();
+        if io.len() as u64 != self.rounds[r].seq - prev_seq {
+            return None;
+        }
+        let upto = prev_ops + io[(seq - prev_seq - 1) as usize] + 1;
+        let mut disk = vec![0; DISK_BYTES as usize];
+        self.ops[..upto].iter().for_each(|op| op.apply(&mut disk));
+        Some(disk)
     }
 
     /// The disk as it was at the end of round `i` (replayed, so no snapshot is stored).

@@ -214,14 +214,25 @@ impl<V: Vfs + Clone> Replica<V> {
                 size,
             });
         }
-        let mut block_buf = vec![0u8; BLOCK_BYTES as usize];
+        // Runs of blocks with the same kind of source (the base, zeros, or consecutive bytes of
+        // one journal record) are read with one call each: an export reads whole disks.
+        let end = offset + len;
         let mut pos = offset;
-        while pos < offset + len {
-            let block = pos / BLOCK_BYTES;
-            let in_block = pos % BLOCK_BYTES;
-            let n = (BLOCK_BYTES - in_block).min(offset + len - pos);
-            let dst = &mut buf[(pos - offset) as usize..(pos - offset + n) as usize];
-            match self.index.lookup(block, seq) {
+        let mut src = self.index.lookup(pos / BLOCK_BYTES, seq);
+        while pos < end {
+            let mut run_end = ((pos / BLOCK_BYTES + 1) * BLOCK_BYTES).min(end);
+            let mut next = None;
+            while run_end < end {
+                let candidate = self.index.lookup(run_end / BLOCK_BYTES, seq);
+                if continues(&src, &candidate, run_end - pos) {
+                    run_end = (run_end + BLOCK_BYTES).min(end);
+                } else {
+                    next = Some(candidate);
+                    break;
+                }
+            }
+            let dst = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
+            match &src {
                 Some(BlockSource::Zero) => dst.fill(0),
                 Some(BlockSource::Journal {
                     record,
@@ -232,9 +243,8 @@ impl<V: Vfs + Clone> Replica<V> {
                         offset: record.1,
                     };
                     self.journal
-                        .read_body_range(loc, body_offset, &mut block_buf)
+                        .read_body_range(loc, body_offset + pos % BLOCK_BYTES, dst)
                         .map_err(|e| ReplicaError::Journal(e, self.meta.disk.to_string()))?;
-                    dst.copy_from_slice(&block_buf[in_block as usize..(in_block + n) as usize]);
                 }
                 None => self
                     .base
@@ -245,8 +255,31 @@ impl<V: Vfs + Clone> Replica<V> {
                         source,
                     })?,
             }
-            pos += n;
+            pos = run_end;
+            if let Some(n) = next {
+                src = n;
+            }
         }
         Ok(())
+    }
+}
+
+/// Whether the block whose source is `next`, `done` bytes after the start of a run read from
+/// `run` (which began at the start of the run's first block or inside it), continues the run.
+fn continues(run: &Option<BlockSource>, next: &Option<BlockSource>, done: u64) -> bool {
+    match (run, next) {
+        (None, None) => true,
+        (Some(BlockSource::Zero), Some(BlockSource::Zero)) => true,
+        (
+            Some(BlockSource::Journal {
+                record: a,
+                body_offset: x,
+            }),
+            Some(BlockSource::Journal {
+                record: b,
+                body_offset: y,
+            }),
+        ) => a == b && *y == x + done.div_ceil(BLOCK_BYTES) * BLOCK_BYTES,
+        _ => false,
     }
 }
