@@ -97,6 +97,8 @@ struct Addrs {
     mt: String,
     mt_api: String,
     nbd: String,
+    ps_api: String,
+    agent_api: String,
 }
 
 /// Binds every address at once (a port 0 becomes a free port of that host), then releases them
@@ -109,6 +111,8 @@ fn pick_addrs(o: &LabOptions) -> Result<Addrs, String> {
         "127.0.0.1:0",
         "127.0.0.1:0",
         &o.nbd_listen,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
     ];
     let held = specs
         .iter()
@@ -124,8 +128,8 @@ fn pick_addrs(o: &LabOptions) -> Result<Addrs, String> {
                 .map_err(|e| e.to_string())
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let [cs, cs_api, ps, mt, mt_api, nbd] =
-        <[String; 6]>::try_from(addrs).expect("one address per spec");
+    let [cs, cs_api, ps, mt, mt_api, nbd, ps_api, agent_api] =
+        <[String; 8]>::try_from(addrs).expect("one address per spec");
     Ok(Addrs {
         cs,
         cs_api,
@@ -133,6 +137,8 @@ fn pick_addrs(o: &LabOptions) -> Result<Addrs, String> {
         mt,
         mt_api,
         nbd,
+        ps_api,
+        agent_api,
     })
 }
 
@@ -165,6 +171,7 @@ fn config_toml(role: Role, dir: &Path, a: &Addrs, o: &LabOptions) -> String {
             ("config_server", s(&a.cs)),
             ("data_dir", path("process-server")),
             ("listen", s(&a.ps)),
+            ("api_listen", s(&a.ps_api)),
             ("cache_bytes_max", int(lab::CACHE_BYTES_MAX)),
             ("window_batches_max", int(DEFAULT_WINDOW_BATCHES_MAX as u64)),
             ("heartbeat_interval_ms", heartbeat),
@@ -203,6 +210,7 @@ fn config_toml(role: Role, dir: &Path, a: &Addrs, o: &LabOptions) -> String {
                 ("config_server", s(&a.cs)),
                 ("data_dir", path("agent")),
                 ("nbd_listen", s(&a.nbd)),
+                ("api_listen", s(&a.agent_api)),
                 ("batch_bytes_max", int(DEFAULT_BATCH_BYTES_MAX)),
                 ("batch_delay_ms", int(DEFAULT_BATCH_DELAY_MS)),
                 ("buffer_bytes_max", int(DEFAULT_BUFFER_BYTES_MAX)),
