@@ -53,7 +53,7 @@ fn a_tight_cache_and_buffer_say_busy_and_still_converge() {
 #[test]
 fn a_broken_expectation_fails_with_a_trace() {
     let mut scn = Scenario::default();
-    scn.expect.stopped.push(haven_sim::Node::Mt);
+    scn.expect.stopped.push(haven_sim::Node::Mt(0));
     let o = run(&scn, 1);
     assert!(!o.passed());
     assert!(o.failure.unwrap().contains("expected mt to stop"));
