@@ -8,6 +8,7 @@ use crate::rng::first_difference;
 use haven_core::batch::{BatchHeader, Encoding, OpKind, BLOCK_BYTES};
 use haven_core::master_target::APPENDS_IN_FLIGHT_MAX;
 use haven_core::protocol::Message;
+use haven_core::stats::AgentDiskStats;
 use haven_core::DiskId;
 
 const B: usize = BLOCK_BYTES as usize;
@@ -188,7 +189,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// Each agent's buffers and, while healthy, each disk's RPO.
+    /// Each agent's buffer of each disk and, while healthy, each disk's RPO.
     fn check_agents(&mut self) -> R {
         let t = &self.scn.topology;
         let p = &self.scn.workload;
@@ -197,34 +198,41 @@ impl Cluster {
         // unaligned zeroing).
         let span = (p.max_blocks + 1).max(3);
         let bound = t.buffer_blocks * BLOCK_BYTES + p.depth as u64 * span * BLOCK_BYTES;
-        for d in 0..self.disks.len() {
-            let disk = &self.disks[d];
-            let Some(a) = &self.agents[disk.agent] else {
+        for a in 0..self.agents.len() {
+            let Some(agent) = &self.agents[a] else {
                 continue;
             };
-            let st = &a.stats().disks[disk.slot];
-            if st.buffered_bytes > bound {
+            let stats = agent.stats();
+            for d in self.disks_of(a) {
+                self.check_agent_disk(d, &stats.disks[self.disks[d].slot], bound)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_agent_disk(&mut self, d: usize, st: &AgentDiskStats, bound: u64) -> R {
+        let disk = &self.disks[d];
+        if st.buffered_bytes > bound {
+            return Err(format!(
+                "agent{} buffers {} bytes of {}, bound {bound}",
+                disk.agent + 1,
+                st.buffered_bytes,
+                disk.id
+            ));
+        }
+        // RPO while healthy: from the moment this disk's replication has caught up after the
+        // last fault (draining a backlog is the liveness phase's business).
+        let rpo_ms = st.rpo_ms;
+        if self.healthy_since.is_some() && rpo_ms == 0 {
+            self.disks[d].caught_up = true;
+        }
+        if let (Some(bound), true) = (self.scn.expect.rpo_below_ms, self.disks[d].caught_up) {
+            self.max_healthy_rpo_ms = self.max_healthy_rpo_ms.max(rpo_ms);
+            if rpo_ms > bound {
                 return Err(format!(
-                    "agent{} buffers {} bytes of {}, bound {bound}",
-                    disk.agent + 1,
-                    st.buffered_bytes,
-                    disk.id
+                    "RPO of {} {rpo_ms} ms while healthy, bound {bound} ms",
+                    self.disks[d].id
                 ));
-            }
-            // RPO while healthy: from the moment this disk's replication has caught up after
-            // the last fault (draining a backlog is the liveness phase's business).
-            let rpo_ms = st.rpo_ms;
-            if self.healthy_since.is_some() && rpo_ms == 0 {
-                self.disks[d].caught_up = true;
-            }
-            if let (Some(bound), true) = (self.scn.expect.rpo_below_ms, self.disks[d].caught_up) {
-                self.max_healthy_rpo_ms = self.max_healthy_rpo_ms.max(rpo_ms);
-                if rpo_ms > bound {
-                    return Err(format!(
-                        "RPO of {} {rpo_ms} ms while healthy, bound {bound} ms",
-                        self.disks[d].id
-                    ));
-                }
             }
         }
         Ok(())

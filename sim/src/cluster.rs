@@ -105,6 +105,8 @@ pub struct Cluster {
     pub heal_at: u64,
     /// When a workload last had a request answered (ms since start).
     pub last_progress_ms: u64,
+    /// When the agents start (ms since start), while they have not yet.
+    pub agents_start_at: Option<u64>,
     /// Which agents ever crashed (or stopped).
     pub agent_crashed: Vec<bool>,
     /// Since when no fault has been active (None: a fault is active).
@@ -227,7 +229,12 @@ impl Cluster {
             tail: VecDeque::new(),
             counters: Counters::default(),
             events: scn.events.iter().cloned().collect(),
-            heal_at: scn.events.last().map_or(0, |(t, _)| *t),
+            heal_at: scn
+                .events
+                .last()
+                .map_or(0, |(t, _)| *t)
+                .max(t.agent_start_ms),
+            agents_start_at: (t.agent_start_ms > 0).then_some(t.agent_start_ms),
             last_progress_ms: 0,
             agent_crashed: vec![false; agents],
             healthy_since: scn.events.is_empty().then_some(now),
@@ -243,7 +250,9 @@ impl Cluster {
         let mut order = vec![Node::Cs];
         order.extend((0..t.mt).map(Node::Mt));
         order.extend((0..t.ps).map(Node::Ps));
-        order.extend((0..t.agents).map(Node::Agent));
+        if c.agents_start_at.is_none() {
+            order.extend((0..t.agents).map(Node::Agent));
+        }
         for n in order {
             c.start_role(n);
         }
@@ -273,6 +282,16 @@ impl Cluster {
     /// Every node of the topology.
     pub fn nodes(&self) -> Vec<Node> {
         self.scn.topology.nodes()
+    }
+
+    /// Nodes that should be running when no fault is active: all, but the agents only once
+    /// they have started.
+    pub fn started_nodes(&self) -> Vec<Node> {
+        let mut v = self.nodes();
+        if self.agents_start_at.is_some() {
+            v.retain(|n| !matches!(n, Node::Agent(_)));
+        }
+        v
     }
 
     /// The disks of agent `a` (indexes into `disks`).

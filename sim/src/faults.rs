@@ -24,7 +24,7 @@ impl Cluster {
                 for n in self.nodes() {
                     self.set_fault(n, None);
                 }
-                for n in self.nodes() {
+                for n in self.started_nodes() {
                     self.restart(n)?;
                 }
             }
@@ -64,6 +64,19 @@ impl Cluster {
         }
     }
 
+    /// The agents start, if it is time (see `Topology::agent_start_ms`).
+    pub(crate) fn start_agents_if_due(&mut self) -> R {
+        if self.agents_start_at.is_none_or(|at| self.ms() < at) {
+            return Ok(());
+        }
+        self.agents_start_at = None;
+        for a in 0..self.agents.len() {
+            self.restart(Node::Agent(a as u8))?;
+        }
+        self.update_health();
+        Ok(())
+    }
+
     /// The store fault `n` has now, if any.
     pub(crate) fn fault(&self, n: Node) -> Option<DiskFault> {
         match n {
@@ -83,7 +96,7 @@ impl Cluster {
     pub fn faulty(&self) -> bool {
         self.net.faulty()
             || self
-                .nodes()
+                .started_nodes()
                 .into_iter()
                 .any(|n| !self.up(n) || self.fault(n).is_some())
     }

@@ -12,9 +12,9 @@ use std::collections::BTreeSet;
 impl Cluster {
     /// Everything written has made it through, and nothing is in flight.
     pub fn converged(&self) -> bool {
-        let all_up = self.nodes().into_iter().all(|n| self.up(n));
-        all_up
-            && self.events.is_empty()
+        self.events.is_empty()
+            && self.disks.iter().all(|d| d.wl.done())
+            && self.nodes().into_iter().all(|n| self.up(n))
             && (0..self.disks.len()).all(|d| self.disk_converged(d))
             && self.pss.iter().flatten().all(|p| p.cache_bytes() == 0)
             && self.agent_stores.iter().all(|s| s.pending.is_empty())

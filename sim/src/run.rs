@@ -34,6 +34,8 @@ pub struct Outcome {
     pub agent_crashed: bool,
     pub replica_inconsistent: bool,
     pub max_healthy_rpo_ms: u64,
+    /// Where the configuration server placed each disk (durably): `disk ps mt`.
+    pub placement: Vec<String>,
 }
 
 impl Outcome {
@@ -115,6 +117,7 @@ pub fn run_with(scn: &Scenario, seed: u64, setup: impl FnOnce(&mut Cluster)) -> 
         agent_crashed: c.agent_crashed.iter().any(|x| *x),
         replica_inconsistent: inconsistent,
         max_healthy_rpo_ms: c.max_healthy_rpo_ms,
+        placement: c.placement(),
     }
 }
 
@@ -160,6 +163,22 @@ fn guarded(
 }
 
 impl Cluster {
+    /// Where the configuration server's durable state places each disk: `disk ps mt` (`-`
+    /// where nothing is placed yet).
+    pub fn placement(&self) -> Vec<String> {
+        let durable = &self.cs_store.durable.protections;
+        let name = |c: Option<&haven_core::ComponentId>| c.map_or("-", |c| c.as_str()).to_string();
+        self.disks
+            .iter()
+            .map(|d| {
+                let p = durable.get(&d.id);
+                let ps = name(p.and_then(|p| p.process_server.as_ref()));
+                let mt = name(p.and_then(|p| p.master_target.as_ref()));
+                format!("{} {ps} {mt}", d.id)
+            })
+            .collect()
+    }
+
     /// A one-line picture of where replication stands, disk by disk.
     pub fn describe(&self) -> String {
         let mut out = vec![];

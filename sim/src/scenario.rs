@@ -26,6 +26,9 @@ pub struct Topology {
     pub ps_window: usize,
     /// Time a store takes to answer (sync), (min, max) ms.
     pub store_latency_ms: (u64, u64),
+    /// The agents start this long after the servers (0: all at once, so that agents may
+    /// register before some servers have, and their disks are placed on those that have).
+    pub agent_start_ms: u64,
 }
 
 impl Default for Topology {
@@ -43,6 +46,7 @@ impl Default for Topology {
             window: 4,
             ps_window: 3,
             store_latency_ms: (0, 1),
+            agent_start_ms: 0,
         }
     }
 }
@@ -323,6 +327,7 @@ impl Scenario {
                         "window" => t.window = num(&k, &v)?,
                         "ps_window" => t.ps_window = num(&k, &v)?,
                         "store_latency" => t.store_latency_ms = dur_range(&v)?,
+                        "agent_start" => t.agent_start_ms = dur(&v)?,
                         _ => return Err(format!("unknown topology setting {k:?}")),
                     }
                 }
@@ -418,9 +423,9 @@ impl Scenario {
         let _ = writeln!(s, "name {}", self.name);
         let _ = writeln!(
             s,
-            "topology agents={} disks={} ps={} mt={} disk_blocks={} buffer_blocks={} cache_blocks={} batch_blocks={} batch_delay={}ms window={} ps_window={} store_latency={}..{}ms",
+            "topology agents={} disks={} ps={} mt={} disk_blocks={} buffer_blocks={} cache_blocks={} batch_blocks={} batch_delay={}ms window={} ps_window={} store_latency={}..{}ms agent_start={}ms",
             t.agents, t.disks, t.ps, t.mt, t.disk_blocks, t.buffer_blocks, t.cache_blocks, t.batch_blocks, t.batch_delay_ms,
-            t.window, t.ps_window, t.store_latency_ms.0, t.store_latency_ms.1
+            t.window, t.ps_window, t.store_latency_ms.0, t.store_latency_ms.1, t.agent_start_ms
         );
         let _ = writeln!(
             s,
@@ -498,7 +503,7 @@ mod tests {
 
     #[test]
     fn several_of_each_role() {
-        let text = "topology agents=3 disks=2 ps=2 mt=2\nat 1s crash ps2\nat 2s partition agent3 ps1\nat 3s heal agent3 ps\n";
+        let text = "topology agents=3 disks=2 ps=2 mt=2 agent_start=20ms\nat 1s crash ps2\nat 2s partition agent3 ps1\nat 3s heal agent3 ps\n";
         let s = Scenario::parse(text).unwrap();
         assert_eq!(s.topology.disk_count(), 6);
         assert_eq!(s.events[0].1, Action::Crash(Node::Ps(1)));

@@ -162,6 +162,7 @@ impl Cluster {
                 self.apply(Action::HealAll)?;
             }
         }
+        self.start_agents_if_due()?;
         self.net.on_time(now);
         // Each role whose deadline is due gets its tick.
         for m in self.agents.iter_mut().flatten() {
@@ -265,7 +266,7 @@ impl Cluster {
                 data,
             } => {
                 agent.handle(now, agent::Input::SourceDone { io, data });
-                let seq = agent.stats().disks[disk].seq_written;
+                let seq = agent.seqs(disk).0;
                 let d = self.disks_of(a).start + disk;
                 if self.disks[d].wl.seq_version.insert(seq, version).is_some() {
                     let id = &self.disks[d].id;

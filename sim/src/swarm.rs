@@ -25,6 +25,8 @@ pub struct Shape {
     pub disks: u8,
     pub ps: u8,
     pub mt: u8,
+    /// See `Topology::agent_start_ms`.
+    pub agent_start_ms: u64,
 }
 
 impl Shape {
@@ -34,12 +36,35 @@ impl Shape {
         disks: 1,
         ps: 1,
         mt: 1,
+        agent_start_ms: 0,
     };
+
+    /// A quarter of the seeds one of each (as every seed was before); the others up to 3
+    /// agents with up to 3 disks each, 2 process servers and 2 master targets. The shape has
+    /// its own random stream, so that every other draw of a seed is as it was.
+    pub fn draw(seed: u64) -> Shape {
+        let mut r = Rng::new(seed ^ 0x5348_4150_4500_0000);
+        if r.chance(25) {
+            return Shape::ONE;
+        }
+        Shape {
+            agents: r.range(1, 3) as u8,
+            disks: r.range(1, 3) as u8,
+            ps: r.range(1, 2) as u8,
+            mt: r.range(1, 2) as u8,
+            // Half the time the agents may register before some servers have.
+            agent_start_ms: if r.chance(50) { 0 } else { r.range(5, 200) },
+        }
+    }
+
+    pub fn disks(&self) -> u64 {
+        self.agents as u64 * self.disks as u64
+    }
 }
 
 /// The scenario of swarm seed `seed`.
 pub fn scenario_for(seed: u64) -> Scenario {
-    scenario_with(seed, Shape::ONE)
+    scenario_with(seed, Shape::draw(seed))
 }
 
 /// The scenario swarm seed `seed` had when every topology was one of each (the regression
@@ -67,10 +92,13 @@ pub fn scenario_with(seed: u64, shape: Shape) -> Scenario {
         window: r.range(1, 6) as usize,
         ps_window: r.range(1, 5) as usize,
         store_latency_ms: (0, r.range(0, 5)),
+        agent_start_ms: shape.agent_start_ms,
     };
     let rate = if r.chance(30) { 0 } else { r.range(100, 2000) };
     let workload = WorkloadParams {
-        writes: r.range(50, 400) as usize,
+        // The writes are shared out over the disks, so that a seed takes about as long
+        // whatever its shape.
+        writes: (r.range(50, 400) / shape.disks()).max(20) as usize,
         rate,
         depth: r.range(1, 16) as usize,
         flush: r.range(0, 10),
