@@ -246,17 +246,23 @@ impl Cluster {
         for d in &mut c.disks {
             d.wl.next_arrival = now;
         }
-        // The configuration server first, then master targets, process servers and agents.
+        c.start_all();
+        c
+    }
+
+    /// The configuration server first, then master targets, process servers and (unless they
+    /// start later) agents.
+    fn start_all(&mut self) {
+        let t = &self.scn.topology;
         let mut order = vec![Node::Cs];
         order.extend((0..t.mt).map(Node::Mt));
         order.extend((0..t.ps).map(Node::Ps));
-        if c.agents_start_at.is_none() {
+        if self.agents_start_at.is_none() {
             order.extend((0..t.agents).map(Node::Agent));
         }
         for n in order {
-            c.start_role(n);
+            self.start_role(n);
         }
-        c
     }
 
     /// The liveness phase must converge by then (ms since start): the bound counts from the

@@ -311,36 +311,7 @@ impl Scenario {
         let w: Vec<&str> = line.split_whitespace().collect();
         match w[0] {
             "name" => self.name = w[1..].join(" "),
-            "topology" => {
-                let t = &mut self.topology;
-                for (k, v) in kv(&w[1..])? {
-                    match k.as_str() {
-                        "agents" => t.agents = num(&k, &v)?,
-                        "disks" => t.disks = num(&k, &v)?,
-                        "ps" => t.ps = num(&k, &v)?,
-                        "mt" => t.mt = num(&k, &v)?,
-                        "disk_blocks" => t.disk_blocks = num(&k, &v)?,
-                        "buffer_blocks" => t.buffer_blocks = num(&k, &v)?,
-                        "cache_blocks" => t.cache_blocks = num(&k, &v)?,
-                        "batch_blocks" => t.batch_blocks = num(&k, &v)?,
-                        "batch_delay" => t.batch_delay_ms = dur(&v)?,
-                        "window" => t.window = num(&k, &v)?,
-                        "ps_window" => t.ps_window = num(&k, &v)?,
-                        "store_latency" => t.store_latency_ms = dur_range(&v)?,
-                        "agent_start" => t.agent_start_ms = dur(&v)?,
-                        _ => return Err(format!("unknown topology setting {k:?}")),
-                    }
-                }
-                if t.disk_blocks < 4 || t.batch_blocks == 0 || t.window == 0 || t.ps_window == 0 {
-                    return Err("disk_blocks >= 4, batch_blocks, window, ps_window > 0".into());
-                }
-                let counts = [t.agents, t.disks, t.ps, t.mt];
-                if counts.iter().any(|c| !(1..=ROLE_COUNT_MAX).contains(c)) {
-                    return Err(format!(
-                        "agents, disks, ps and mt must be 1 to {ROLE_COUNT_MAX}"
-                    ));
-                }
-            }
+            "topology" => self.parse_topology(&w[1..])?,
             "workload" => {
                 let p = &mut self.workload;
                 for (k, v) in kv(&w[1..])? {
@@ -376,6 +347,38 @@ impl Scenario {
             }
             "expect" => self.parse_expect(&w[1..])?,
             other => return Err(format!("unknown statement {other:?}")),
+        }
+        Ok(())
+    }
+
+    fn parse_topology(&mut self, w: &[&str]) -> Result<(), String> {
+        let t = &mut self.topology;
+        for (k, v) in kv(w)? {
+            match k.as_str() {
+                "agents" => t.agents = num(&k, &v)?,
+                "disks" => t.disks = num(&k, &v)?,
+                "ps" => t.ps = num(&k, &v)?,
+                "mt" => t.mt = num(&k, &v)?,
+                "disk_blocks" => t.disk_blocks = num(&k, &v)?,
+                "buffer_blocks" => t.buffer_blocks = num(&k, &v)?,
+                "cache_blocks" => t.cache_blocks = num(&k, &v)?,
+                "batch_blocks" => t.batch_blocks = num(&k, &v)?,
+                "batch_delay" => t.batch_delay_ms = dur(&v)?,
+                "window" => t.window = num(&k, &v)?,
+                "ps_window" => t.ps_window = num(&k, &v)?,
+                "store_latency" => t.store_latency_ms = dur_range(&v)?,
+                "agent_start" => t.agent_start_ms = dur(&v)?,
+                _ => return Err(format!("unknown topology setting {k:?}")),
+            }
+        }
+        if t.disk_blocks < 4 || t.batch_blocks == 0 || t.window == 0 || t.ps_window == 0 {
+            return Err("disk_blocks >= 4, batch_blocks, window, ps_window > 0".into());
+        }
+        let counts = [t.agents, t.disks, t.ps, t.mt];
+        if counts.iter().any(|c| !(1..=ROLE_COUNT_MAX).contains(c)) {
+            return Err(format!(
+                "agents, disks, ps and mt must be 1 to {ROLE_COUNT_MAX}"
+            ));
         }
         Ok(())
     }

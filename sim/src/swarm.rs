@@ -1,6 +1,7 @@
-//! Swarm runs (VOPR style): per seed, draw the configuration and the fault rates at random,
-//! then a fault schedule from those rates; the safety phase runs it, then everything heals and
-//! the liveness phase requires convergence. A swarm seed is a scenario: `scenario_for(seed)`
+//! Swarm runs (VOPR style): per seed, draw the topology (how many agents, disks, process
+//! servers, master targets), the configuration and the fault rates at random, then a fault
+//! schedule from those rates over every node and link; the safety phase runs it, then
+//! everything heals and the liveness phase requires convergence. A swarm seed is a scenario: `scenario_for(seed)`
 //! prints as a script that replays the same run with `haven-sim run FILE --seed SEED`.
 
 use crate::net::LinkParams;
