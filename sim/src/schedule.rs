@@ -96,10 +96,11 @@ impl Cluster {
         }
     }
 
-    /// The next instant something is due: a scenario action, the network, a store answer, a
-    /// workload request, a role's timer, or the liveness deadline.
+    /// The next instant something is due: the agents' start, a scenario action, the network, a
+    /// store answer, a workload request, a role's timer, or the liveness deadline.
     fn next_due(&self) -> Option<Timestamp> {
         let mut t = Earliest::default();
+        t.see(self.agents_start_at.map(|ms| self.start.plus_millis(ms)));
         t.see(
             self.events
                 .front()

@@ -87,3 +87,16 @@ fn placement_spreads_disks_over_process_servers_and_master_targets() {
         assert_eq!(o.seq_journaled, 6 * scn.workload.writes as u64, "{o:?}");
     }
 }
+
+/// `agent_start`: the agents are not running until then, and start exactly then.
+#[test]
+fn agents_start_when_the_topology_says() {
+    let mut scn = scenario_file("many-steady");
+    scn.topology.agent_start_ms = 30;
+    let mut c = haven_sim::Cluster::new(&scn, 1);
+    while c.agents.iter().all(|a| a.is_none()) {
+        c.step().expect("runs");
+    }
+    assert_eq!(c.ms(), 30);
+    assert!(c.agents.iter().all(|a| a.is_some()));
+}
