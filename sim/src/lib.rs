@@ -1,9 +1,9 @@
 //! haven-sim: deterministic simulation of a Haven installation.
 //!
 //! The in-process level (this crate's root modules) runs the haven-core state machines of all
-//! four roles — one agent, one process server, one master target, one configuration server —
-//! with no runtime, no sockets and no clock: a seeded scheduler on a simulated clock, a network
-//! model with delay, partitions, slow and lossy links and connection resets
+//! four roles — one configuration server and as many agents (each with several disks), process
+//! servers and master targets as the scenario's topology says — with no runtime, no sockets
+//! and no clock: a seeded scheduler on a simulated clock, a network model with delay, partitions, slow and lossy links and connection resets
 //! ([`net`]), crash-faithful stores that can also fail ([`stores`]), and a workload that writes
 //! through the same input as NBD writes and keeps the full source history ([`workload`]).
 //! Checkers ([`checker`]) run continuously and at the end of every run. Scenario scripts
@@ -12,11 +12,14 @@
 
 pub mod checker;
 pub mod cluster;
+mod faults;
+mod final_check;
 pub mod net;
 mod outputs;
 pub mod rng;
 pub mod run;
 pub mod scenario;
+mod schedule;
 pub mod stores;
 pub mod swarm;
 pub mod workload;

@@ -13,57 +13,103 @@ use haven_core::protocol::{self, Hello, Message, Role, PROTOCOL_VERSION};
 use haven_core::{ComponentId, ConnId, Epoch, Timestamp};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+/// A simulated process. Process servers, master targets and agents are numbered from 0 here
+/// and from 1 in names: `Node::Ps(1)` is `ps2` (scripts also call the first one `ps`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Node {
     Cs,
-    Ps,
-    Mt,
-    Agent,
+    Ps(u8),
+    Mt(u8),
+    Agent(u8),
 }
 
 impl Node {
-    pub const ALL: [Node; 4] = [Node::Cs, Node::Ps, Node::Mt, Node::Agent];
+    /// The four roles of the smallest topology (one of each).
+    pub const ALL: [Node; 4] = [Node::Cs, Node::Ps(0), Node::Mt(0), Node::Agent(0)];
 
-    pub fn addr(self) -> &'static str {
+    /// The address the node listens on (agents listen on none).
+    pub fn addr(self) -> String {
         match self {
-            Node::Cs => "cs.sim:7000",
-            Node::Ps => "ps1.sim:7001",
-            Node::Mt => "mt1.sim:7002",
-            Node::Agent => "agent1.sim:-",
+            Node::Cs => "cs.sim:7000".into(),
+            Node::Ps(i) => format!("ps{}.sim:{}", i + 1, 7001 + 10 * i as u32),
+            Node::Mt(i) => format!("mt{}.sim:{}", i + 1, 7002 + 10 * i as u32),
+            Node::Agent(i) => format!("agent{}.sim:-", i + 1),
         }
     }
 
-    /// The name scenario scripts use.
-    pub fn name(self) -> &'static str {
+    /// The component id: `cs`, `ps1`, `mt2`, `agent3`...
+    pub fn component(self) -> String {
         match self {
-            Node::Cs => "cs",
-            Node::Ps => "ps",
-            Node::Mt => "mt",
-            Node::Agent => "agent",
+            Node::Cs => "cs".into(),
+            Node::Ps(i) => format!("ps{}", i + 1),
+            Node::Mt(i) => format!("mt{}", i + 1),
+            Node::Agent(i) => format!("agent{}", i + 1),
         }
     }
 
+    /// The name scenario scripts use: the first of each role is plain `ps`, `mt`, `agent`.
+    pub fn name(self) -> String {
+        let (role, i) = match self {
+            Node::Cs => return "cs".into(),
+            Node::Ps(i) => ("ps", i),
+            Node::Mt(i) => ("mt", i),
+            Node::Agent(i) => ("agent", i),
+        };
+        if i == 0 {
+            role.into()
+        } else {
+            format!("{role}{}", i + 1)
+        }
+    }
+
+    /// `cs`, `ps` (= `ps1`), `ps2`, `mt`, `mt3`, `agent`, `agent2`...
     pub fn parse(s: &str) -> Option<Node> {
-        Node::ALL.into_iter().find(|n| n.name() == s)
+        if s == "cs" {
+            return Some(Node::Cs);
+        }
+        let (make, rest): (fn(u8) -> Node, &str) = if let Some(r) = s.strip_prefix("agent") {
+            (Node::Agent, r)
+        } else if let Some(r) = s.strip_prefix("ps") {
+            (Node::Ps, r)
+        } else if let Some(r) = s.strip_prefix("mt") {
+            (Node::Mt, r)
+        } else {
+            return None;
+        };
+        if rest.is_empty() {
+            return Some(make(0));
+        }
+        if rest.starts_with('0') || !rest.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: u8 = rest.parse().ok()?;
+        Some(make(n - 1))
     }
 
     pub fn hello(self) -> Hello {
-        let (role, name) = match self {
-            Node::Cs => (Role::ConfigServer, "cs"),
-            Node::Ps => (Role::ProcessServer, "ps1"),
-            Node::Mt => (Role::MasterTarget, "mt1"),
-            Node::Agent => (Role::Agent, "agent1"),
+        let role = match self {
+            Node::Cs => Role::ConfigServer,
+            Node::Ps(_) => Role::ProcessServer,
+            Node::Mt(_) => Role::MasterTarget,
+            Node::Agent(_) => Role::Agent,
         };
         Hello {
             version: PROTOCOL_VERSION,
             role,
-            component: ComponentId::new(name).expect("valid"),
+            component: ComponentId::new(self.component()).expect("valid"),
             epoch: Epoch(0),
         }
     }
 
+    /// A small number unique per node (the trace digest hashes it): 0 to 3 for the first of
+    /// each role, as before there were several.
     pub fn index(self) -> usize {
-        self as usize
+        match self {
+            Node::Cs => 0,
+            Node::Ps(i) => 1 + 3 * i as usize,
+            Node::Mt(i) => 2 + 3 * i as usize,
+            Node::Agent(i) => 3 + 3 * i as usize,
+        }
     }
 }
 
@@ -133,13 +179,21 @@ pub struct Net {
     /// How long a stalled connection lasts before it resets, and a connect across a
     /// partition before it fails: (min, max) ms.
     pub detect_ms: (u64, u64),
-    /// Which nodes are running (a down node refuses connections).
-    pub up: [bool; 4],
+    /// Nodes that are not running (a down node refuses connections).
+    down: BTreeSet<Node>,
+    /// Listening nodes by address.
+    addrs: BTreeMap<String, Node>,
     pub resets: u64,
 }
 
 impl Net {
-    pub fn new(rng: Rng) -> Net {
+    /// A network between `nodes`.
+    pub fn new(rng: Rng, nodes: &[Node]) -> Net {
+        let addrs = nodes
+            .iter()
+            .filter(|n| !matches!(n, Node::Agent(_)))
+            .map(|n| (n.addr(), *n))
+            .collect();
         Net {
             rng,
             conns: BTreeMap::new(),
@@ -150,7 +204,8 @@ impl Net {
             links: BTreeMap::new(),
             default_link: LinkParams::default(),
             detect_ms: (200, 1500),
-            up: [true; 4],
+            down: BTreeSet::new(),
+            addrs,
             resets: 0,
         }
     }
@@ -191,9 +246,7 @@ impl Net {
     }
 
     pub fn connect(&mut self, from: Node, token: ConnectToken, addr: &str, now: Timestamp) {
-        let to = Node::ALL
-            .into_iter()
-            .find(|n| n.addr() == addr && *n != Node::Agent);
+        let to = self.addrs.get(addr).copied();
         let fail = |reason: &str| NetEvent::ConnectFailed {
             token,
             reason: reason.into(),
@@ -208,7 +261,7 @@ impl Net {
             return;
         }
         let d = self.delay(from, to);
-        if !self.up[to.index()] {
+        if self.down.contains(&to) {
             self.loose
                 .push_back((now.plus_millis(d), from, fail("refused")));
             return;
@@ -353,7 +406,7 @@ impl Net {
         self.resets += 1;
         for (i, node) in ends.into_iter().enumerate() {
             self.wires.remove(&(conn, node));
-            if !self.up[node.index()] {
+            if self.down.contains(&node) {
                 continue;
             }
             if known[i] {
@@ -406,7 +459,7 @@ impl Net {
     /// A node stops: its connections reset (its kernel answers with RST; across a partition
     /// the peer finds out only when the connection times out).
     pub fn crash(&mut self, node: Node, now: Timestamp) {
-        self.up[node.index()] = false;
+        self.down.insert(node);
         self.loose.retain(|(_, n, _)| *n != node);
         let mine: Vec<(ConnId, Node, Node)> = self
             .conns
@@ -431,7 +484,7 @@ impl Net {
     }
 
     pub fn restart(&mut self, node: Node) {
-        self.up[node.index()] = true;
+        self.down.remove(&node);
     }
 
     /// Resets connections whose partition outlasted the detection delay.

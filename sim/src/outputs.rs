@@ -3,11 +3,11 @@
 
 use crate::cluster::{Cluster, R};
 use crate::net::Node;
-use crate::stores::{AgentAnswer, DiskFault};
+use crate::stores::{AgentAnswer, DiskFault, Replica};
+use crate::workload::slot_of_io;
 use haven_core::agent;
-use haven_core::batch::BLOCK_BYTES;
 use haven_core::config_server as cs;
-use haven_core::master_target as mt;
+use haven_core::master_target::{self as mt, ReplicaMeta};
 use haven_core::net::NetCommand;
 use haven_core::process_server as ps;
 
@@ -41,49 +41,55 @@ impl Cluster {
         Ok(())
     }
 
-    pub(crate) fn agent_output(&mut self, o: agent::Output) -> R {
+    pub(crate) fn agent_output(&mut self, a: usize, o: agent::Output) -> R {
+        let n = Node::Agent(a as u8);
         match o {
-            agent::Output::Net(cmd) => self.net_cmd(Node::Agent, cmd)?,
-            agent::Output::SourceWrite { io, op, .. } => {
+            agent::Output::Net(cmd) => self.net_cmd(n, cmd)?,
+            agent::Output::SourceWrite { io, disk, op } => {
                 let at = self.store_latency();
-                let answer = match self.agent_store.fault {
+                let answer = match self.agent_stores[a].fault {
                     // The source disk refuses the write: nothing changes on it.
                     Some(f) => AgentAnswer::SourceFailed {
                         io,
                         error: f.error().into(),
                     },
                     None => {
-                        let (version, data) = self.wl.carry_out(&op);
-                        AgentAnswer::SourceDone { io, version, data }
+                        let d = self.disks_of(a).start + disk;
+                        let (version, data) = self.disks[d].wl.carry_out(&op);
+                        AgentAnswer::SourceDone {
+                            io,
+                            disk,
+                            version,
+                            data,
+                        }
                     }
                 };
-                self.agent_store.pending.push(at, answer);
+                self.agent_stores[a].pending.push(at, answer);
             }
             agent::Output::SourceSync { io, .. } => {
                 // Syncing what is written needs no new space; an I/O error fails it.
-                if self.agent_store.fault == Some(DiskFault::Io) {
-                    self.counters.stops[Node::Agent.index()] += 1;
-                    self.stop(Node::Agent, "stopped: storage error");
+                if self.agent_stores[a].fault == Some(DiskFault::Io) {
+                    self.storage_stop(n);
                     return Ok(());
                 }
                 let at = self.store_latency();
-                self.agent_store
+                self.agent_stores[a]
                     .pending
                     .push(at, AgentAnswer::Synced { io });
             }
             agent::Output::Complete { io, result } => {
-                self.wl.complete(io, result.is_ok())?;
+                let d = self.disks_of(a).start + slot_of_io(io);
+                self.disks[d].wl.complete(io, result.is_ok())?;
                 self.last_progress_ms = self.ms();
             }
             agent::Output::Reserve { disk, reserved } => {
-                if self.agent_store.fault.is_some() {
-                    self.counters.stops[Node::Agent.index()] += 1;
-                    self.stop(Node::Agent, "stopped: storage error");
+                if self.agent_stores[a].fault.is_some() {
+                    self.storage_stop(n);
                     return Ok(());
                 }
                 let at = self.store_latency();
-                let a = AgentAnswer::Reserved { disk, reserved };
-                self.agent_store.pending.push(at, a);
+                let answer = AgentAnswer::Reserved { disk, reserved };
+                self.agent_stores[a].pending.push(at, answer);
             }
             agent::Output::StartCopy { .. } | agent::Output::Retired { .. } => {
                 return Err(format!("{o:?}: the simulation never ends a protection"));
@@ -92,60 +98,57 @@ impl Cluster {
         Ok(())
     }
 
+    /// Whether `n`'s store fails this request (and so `n` stops).
     fn storage_error(&mut self, n: Node, reading: bool) -> bool {
-        let f = match n {
-            Node::Ps => self.ps_store.fault,
-            Node::Mt => self.mt_store.fault,
-            _ => self.agent_store.fault,
-        };
         // A full disk still reads; an I/O error fails reads too.
-        let fails = match f {
+        let fails = match self.fault(n) {
             Some(DiskFault::Full) => !reading,
             Some(DiskFault::Io) => true,
             None => false,
         };
         if fails {
-            self.counters.stops[n.index()] += 1;
-            self.stop(n, "stopped: storage error");
+            self.storage_stop(n);
         }
         fails
     }
 
-    pub(crate) fn ps_output(&mut self, o: ps::Output) -> R {
+    pub(crate) fn ps_output(&mut self, i: usize, o: ps::Output) -> R {
+        let n = Node::Ps(i as u8);
         match o {
-            ps::Output::Net(cmd) => self.net_cmd(Node::Ps, cmd)?,
+            ps::Output::Net(cmd) => self.net_cmd(n, cmd)?,
             ps::Output::CacheAppend { id, header, data } => {
-                if self.storage_error(Node::Ps, false) {
+                if self.storage_error(n, false) {
                     return Ok(());
                 }
-                let (loc, bytes) = self.ps_store.append(&header, &data)?;
+                let (loc, bytes) = self.ps_stores[i].append(&header, &data)?;
                 let at = self.store_latency();
-                self.ps_store.pending.push(at, (id, loc, bytes));
+                self.ps_stores[i].pending.push(at, (id, loc, bytes));
             }
             ps::Output::Forward { conn, disk, loc } => {
-                if self.storage_error(Node::Ps, true) {
+                if self.storage_error(n, true) {
                     return Ok(());
                 }
-                let frame = self.ps_store.frame(loc)?.to_vec();
-                if disk != self.disk {
+                let frame = self.ps_stores[i].frame(loc)?.to_vec();
+                if !self.disk_index.contains_key(&disk) {
                     return Err(format!("Forward of {loc:?} for unknown disk {disk}"));
                 }
-                self.net.send_frame(Node::Ps, conn, &frame, self.now)?;
+                self.net.send_frame(n, conn, &frame, self.now)?;
             }
             ps::Output::CacheRelease { disk, through } => {
-                let durable = self.mt_store.durable_seq();
+                let durable = self.journal_seq(&disk);
                 if through > durable {
                     return Err(format!(
-                        "cache released through {through}, journal durable only through {durable}"
+                        "{} released {disk} through {through}, journal durable only through {durable}",
+                        n.name()
                     ));
                 }
-                self.ps_store.release(&disk, through);
+                self.ps_stores[i].release(&disk, through);
             }
             ps::Output::SaveDisk(meta) => {
-                if self.storage_error(Node::Ps, false) {
+                if self.storage_error(n, false) {
                     return Ok(());
                 }
-                self.ps_store.metas.insert(meta.disk.clone(), meta);
+                self.ps_stores[i].metas.insert(meta.disk.clone(), meta);
             }
             ps::Output::ForgetDisk(disk) => {
                 return Err(format!(
@@ -156,32 +159,48 @@ impl Cluster {
         Ok(())
     }
 
-    pub(crate) fn mt_output(&mut self, o: mt::Output) -> R {
+    /// A master target creates a replica: of a known disk, of its size, once in the cluster.
+    fn create_replica(&mut self, i: usize, meta: ReplicaMeta) -> R {
+        let Some(&d) = self.disk_index.get(&meta.disk) else {
+            return Err(format!("replica of unknown disk {}", meta.disk));
+        };
+        if meta.size_bytes != self.disks[d].wl.source.len() as u64 {
+            return Err(format!("replica of {} bytes", meta.size_bytes));
+        }
+        if let Some((j, _)) = self.replica(&meta.disk) {
+            return Err(format!(
+                "replica {} created on {} and again on {}",
+                meta.disk,
+                Node::Mt(j as u8).name(),
+                Node::Mt(i as u8).name()
+            ));
+        }
+        let disk = meta.disk.clone();
+        self.mt_stores[i].replicas.insert(disk, Replica::new(meta));
+        Ok(())
+    }
+
+    pub(crate) fn mt_output(&mut self, i: usize, o: mt::Output) -> R {
+        let n = Node::Mt(i as u8);
         match o {
-            mt::Output::Net(cmd) => self.net_cmd(Node::Mt, cmd)?,
+            mt::Output::Net(cmd) => self.net_cmd(n, cmd)?,
             mt::Output::CreateReplica(meta) => {
-                if self.storage_error(Node::Mt, false) {
+                if self.storage_error(n, false) {
                     return Ok(());
                 }
-                if meta.size_bytes != self.wl.source.len() as u64 {
-                    return Err(format!("replica of {} bytes", meta.size_bytes));
-                }
-                if self.mt_store.metas.contains_key(&meta.disk) {
-                    return Err(format!("replica {} created twice", meta.disk));
-                }
-                self.mt_store.replica = vec![0; meta.size_bytes as usize];
-                self.mt_store.digest =
-                    crate::rng::BlockDigest::new(&self.mt_store.replica, BLOCK_BYTES as usize);
-                self.mt_store.metas.insert(meta.disk.clone(), meta);
+                self.create_replica(i, meta)?;
             }
             mt::Output::SaveReplica(meta) => {
-                if self.storage_error(Node::Mt, false) {
+                if self.storage_error(n, false) {
                     return Ok(());
                 }
                 if meta.inconsistent.is_some() {
-                    self.note(Node::Mt, "replica inconsistent", meta.applied_seq);
+                    self.note(n, "replica inconsistent", meta.applied_seq);
                 }
-                self.mt_store.metas.insert(meta.disk.clone(), meta);
+                let Some(r) = self.mt_stores[i].replicas.get_mut(&meta.disk) else {
+                    return Err(format!("{} saved {}, never created", n.name(), meta.disk));
+                };
+                r.meta = meta;
             }
             mt::Output::RemoveReplica(disk) => {
                 return Err(format!(
@@ -189,13 +208,14 @@ impl Cluster {
                 ));
             }
             mt::Output::JournalAppend { id, header, data } => {
-                if self.storage_error(Node::Mt, false) {
+                if self.storage_error(n, false) {
                     return Ok(());
                 }
-                self.check_journal(&header, &data)?;
-                self.mt_store.appended_seq = header.last_seq;
+                self.check_journal(i, &header, &data)?;
+                let r = self.mt_stores[i].replicas.get_mut(&header.disk);
+                r.expect("checked").appended_seq = header.last_seq;
                 let at = self.store_latency();
-                self.mt_store.pending.push(at, (id, header, data));
+                self.mt_stores[i].pending.push(at, (id, header, data));
             }
         }
         Ok(())

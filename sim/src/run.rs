@@ -24,6 +24,7 @@ pub struct Outcome {
     pub delivered: u64,
     pub writes_completed: u64,
     pub writes_failed: u64,
+    /// Summed over the disks, as are the writes and recovery points.
     pub seq_journaled: u64,
     pub recovery_points: u64,
     pub busy: u64,
@@ -33,6 +34,8 @@ pub struct Outcome {
     pub agent_crashed: bool,
     pub replica_inconsistent: bool,
     pub max_healthy_rpo_ms: u64,
+    /// Where the configuration server placed each disk (durably): `disk ps mt`.
+    pub placement: Vec<String>,
 }
 
 impl Outcome {
@@ -91,7 +94,9 @@ pub fn run_with(scn: &Scenario, seed: u64, setup: impl FnOnce(&mut Cluster)) -> 
     let mut c = Cluster::new(scn, seed);
     setup(&mut c);
     let result = loop_until_done(&mut c);
-    let inconsistent = c.mt_store.metas.values().any(|m| m.inconsistent.is_some());
+    let replicas = || c.mt_stores.iter().flat_map(|s| s.replicas.values());
+    let inconsistent = replicas().any(|r| r.meta.inconsistent.is_some());
+    let wls = || c.disks.iter().map(|d| &d.wl);
     Outcome {
         seed,
         scenario: scn.name.clone(),
@@ -101,17 +106,18 @@ pub fn run_with(scn: &Scenario, seed: u64, setup: impl FnOnce(&mut Cluster)) -> 
         sim_ms: c.ms(),
         steps: c.counters.steps,
         delivered: c.counters.delivered,
-        writes_completed: c.wl.completed,
-        writes_failed: c.wl.failed,
-        seq_journaled: c.mt_store.durable_seq(),
-        recovery_points: c.mt_store.points.len() as u64,
+        writes_completed: wls().map(|w| w.completed).sum(),
+        writes_failed: wls().map(|w| w.failed).sum(),
+        seq_journaled: replicas().map(|r| r.durable_seq()).sum(),
+        recovery_points: replicas().map(|r| r.points.len() as u64).sum(),
         busy: c.counters.busy,
         resets: c.net.resets,
-        crashes: c.counters.crashes.iter().sum(),
-        stops: c.counters.stops.iter().sum(),
-        agent_crashed: c.agent_crashed,
+        crashes: c.counters.crashes.values().sum(),
+        stops: c.counters.stops.values().sum(),
+        agent_crashed: c.agent_crashed.iter().any(|x| *x),
         replica_inconsistent: inconsistent,
         max_healthy_rpo_ms: c.max_healthy_rpo_ms,
+        placement: c.placement(),
     }
 }
 
@@ -157,24 +163,56 @@ fn guarded(
 }
 
 impl Cluster {
-    /// A one-line picture of where replication stands.
+    /// Where the configuration server's durable state places each disk: `disk ps mt` (`-`
+    /// where nothing is placed yet).
+    pub fn placement(&self) -> Vec<String> {
+        let durable = &self.cs_store.durable.protections;
+        let name = |c: Option<&haven_core::ComponentId>| c.map_or("-", |c| c.as_str()).to_string();
+        self.disks
+            .iter()
+            .map(|d| {
+                let p = durable.get(&d.id);
+                let ps = name(p.and_then(|p| p.process_server.as_ref()));
+                let mt = name(p.and_then(|p| p.master_target.as_ref()));
+                format!("{} {ps} {mt}", d.id)
+            })
+            .collect()
+    }
+
+    /// A one-line picture of where replication stands, disk by disk.
     pub fn describe(&self) -> String {
-        let agent = self.agent.as_ref().map(|a| {
-            let s = &a.stats().disks[0];
-            format!(
-                "written {} cached {} applied {} buffered {} connected {}",
-                s.seq_written, s.seq_cached, s.seq_applied, s.buffered_bytes, s.connected
-            )
-        });
-        let ps = self.ps.as_ref().map(|p| format!("{:?}", p.stats().disks));
-        format!(
-            "agent [{}] ps [{}] mt journal through {} (pending {}), workload left {} outstanding {}",
-            agent.unwrap_or_else(|| "down".into()),
-            ps.unwrap_or_else(|| "down".into()),
-            self.mt_store.durable_seq(),
-            self.mt_store.pending.len(),
-            self.wl.left,
-            self.wl.outstanding(),
-        )
+        let mut out = vec![];
+        for disk in &self.disks {
+            let agent = self.agents[disk.agent].as_ref().map(|a| {
+                let s = &a.stats().disks[disk.slot];
+                format!(
+                    "written {} cached {} applied {} buffered {} connected {}",
+                    s.seq_written, s.seq_cached, s.seq_applied, s.buffered_bytes, s.connected
+                )
+            });
+            let mt = match self.replica(&disk.id) {
+                Some((i, r)) => format!("mt{} journal through {}", i + 1, r.durable_seq()),
+                None => "no replica".into(),
+            };
+            out.push(format!(
+                "{}: agent [{}] {mt}, workload left {} outstanding {}",
+                disk.id,
+                agent.unwrap_or_else(|| "down".into()),
+                disk.wl.left,
+                disk.wl.outstanding(),
+            ));
+        }
+        for (i, p) in self.pss.iter().enumerate() {
+            let ps = p.as_ref().map(|p| format!("{:?}", p.stats().disks));
+            out.push(format!(
+                "ps{} [{}]",
+                i + 1,
+                ps.unwrap_or_else(|| "down".into())
+            ));
+        }
+        for (i, s) in self.mt_stores.iter().enumerate() {
+            out.push(format!("mt{} appends pending {}", i + 1, s.pending.len()));
+        }
+        out.join("; ")
     }
 }

@@ -6,8 +6,17 @@ use crate::net::{LinkParams, Node};
 use crate::workload::WorkloadParams;
 use std::fmt::Write as _;
 
+/// Most agents, disks per agent, process servers or master targets a topology may have.
+pub const ROLE_COUNT_MAX: u8 = 8;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topology {
+    /// Agents, each with `disks` protected disks.
+    pub agents: u8,
+    pub disks: u8,
+    /// Process servers and master targets.
+    pub ps: u8,
+    pub mt: u8,
     pub disk_blocks: u64,
     pub buffer_blocks: u64,
     pub cache_blocks: u64,
@@ -17,11 +26,18 @@ pub struct Topology {
     pub ps_window: usize,
     /// Time a store takes to answer (sync), (min, max) ms.
     pub store_latency_ms: (u64, u64),
+    /// The agents start this long after the servers (0: all at once, so that agents may
+    /// register before some servers have, and their disks are placed on those that have).
+    pub agent_start_ms: u64,
 }
 
 impl Default for Topology {
     fn default() -> Self {
         Topology {
+            agents: 1,
+            disks: 1,
+            ps: 1,
+            mt: 1,
             disk_blocks: 64,
             buffer_blocks: 32,
             cache_blocks: 64,
@@ -30,7 +46,60 @@ impl Default for Topology {
             window: 4,
             ps_window: 3,
             store_latency_ms: (0, 1),
+            agent_start_ms: 0,
         }
+    }
+}
+
+impl Topology {
+    /// Every node: the configuration server, the process servers, the master targets, the
+    /// agents (for one of each, `Node::ALL`).
+    pub fn nodes(&self) -> Vec<Node> {
+        let mut v = vec![Node::Cs];
+        v.extend((0..self.ps).map(Node::Ps));
+        v.extend((0..self.mt).map(Node::Mt));
+        v.extend((0..self.agents).map(Node::Agent));
+        v
+    }
+
+    /// The nodes with a store that can fail: agents, process servers, master targets.
+    pub fn store_nodes(&self) -> Vec<Node> {
+        let mut v: Vec<Node> = (0..self.agents).map(Node::Agent).collect();
+        v.extend((0..self.ps).map(Node::Ps));
+        v.extend((0..self.mt).map(Node::Mt));
+        v
+    }
+
+    /// Pairs of nodes that may talk to each other: every agent with every process server,
+    /// every process server with every master target (placement decides who does), and each
+    /// of them with the configuration server.
+    pub fn links(&self) -> Vec<(Node, Node)> {
+        let (agents, pss, mts) = (0..self.agents, 0..self.ps, 0..self.mt);
+        let mut v = vec![];
+        for a in agents.clone() {
+            v.extend(pss.clone().map(|p| (Node::Agent(a), Node::Ps(p))));
+        }
+        for p in pss.clone() {
+            v.extend(mts.clone().map(|m| (Node::Ps(p), Node::Mt(m))));
+        }
+        v.extend(agents.map(|a| (Node::Agent(a), Node::Cs)));
+        v.extend(pss.map(|p| (Node::Ps(p), Node::Cs)));
+        v.extend(mts.map(|m| (Node::Mt(m), Node::Cs)));
+        v
+    }
+
+    pub fn has(&self, n: Node) -> bool {
+        match n {
+            Node::Cs => true,
+            Node::Ps(i) => i < self.ps,
+            Node::Mt(i) => i < self.mt,
+            Node::Agent(i) => i < self.agents,
+        }
+    }
+
+    /// Protected disks in all.
+    pub fn disk_count(&self) -> usize {
+        self.agents as usize * self.disks as usize
     }
 }
 
@@ -164,7 +233,8 @@ fn num<T: std::str::FromStr>(k: &str, v: &str) -> Result<T, String> {
 }
 
 fn node(s: &str) -> Result<Node, String> {
-    Node::parse(s).ok_or_else(|| format!("unknown role {s:?} (agent, ps, mt, cs)"))
+    Node::parse(s)
+        .ok_or_else(|| format!("unknown role {s:?} (cs, agent, agent2, ps, ps2, mt, mt2...)"))
 }
 
 fn kv(words: &[&str]) -> Result<Vec<(String, String)>, String> {
@@ -205,32 +275,43 @@ impl Scenario {
                 .map_err(|e| format!("line {}: {e}: {line}", i + 1))?;
         }
         s.events.sort_by_key(|(t, _)| *t);
+        s.check_nodes()?;
         Ok(s)
+    }
+
+    /// Every node a fault or expectation names is in the topology.
+    fn check_nodes(&self) -> Result<(), String> {
+        let mut named = self.expect.stopped.clone();
+        for (_, a) in &self.events {
+            match *a {
+                Action::Partition(x, y) | Action::Heal(x, y) | Action::Link(x, y, _) => {
+                    named.extend([x, y])
+                }
+                Action::Crash(x)
+                | Action::Restart(x)
+                | Action::DiskFull(x)
+                | Action::IoError(x)
+                | Action::Clear(x) => named.push(x),
+                Action::HealAll => {}
+            }
+        }
+        match named.into_iter().find(|n| !self.topology.has(*n)) {
+            Some(n) => Err(format!(
+                "{} is not in the topology ({} agents, {} ps, {} mt)",
+                n.name(),
+                self.topology.agents,
+                self.topology.ps,
+                self.topology.mt
+            )),
+            None => Ok(()),
+        }
     }
 
     fn parse_line(&mut self, line: &str) -> Result<(), String> {
         let w: Vec<&str> = line.split_whitespace().collect();
         match w[0] {
             "name" => self.name = w[1..].join(" "),
-            "topology" => {
-                let t = &mut self.topology;
-                for (k, v) in kv(&w[1..])? {
-                    match k.as_str() {
-                        "disk_blocks" => t.disk_blocks = num(&k, &v)?,
-                        "buffer_blocks" => t.buffer_blocks = num(&k, &v)?,
-                        "cache_blocks" => t.cache_blocks = num(&k, &v)?,
-                        "batch_blocks" => t.batch_blocks = num(&k, &v)?,
-                        "batch_delay" => t.batch_delay_ms = dur(&v)?,
-                        "window" => t.window = num(&k, &v)?,
-                        "ps_window" => t.ps_window = num(&k, &v)?,
-                        "store_latency" => t.store_latency_ms = dur_range(&v)?,
-                        _ => return Err(format!("unknown topology setting {k:?}")),
-                    }
-                }
-                if t.disk_blocks < 4 || t.batch_blocks == 0 || t.window == 0 || t.ps_window == 0 {
-                    return Err("disk_blocks >= 4, batch_blocks, window, ps_window > 0".into());
-                }
-            }
+            "topology" => self.parse_topology(&w[1..])?,
             "workload" => {
                 let p = &mut self.workload;
                 for (k, v) in kv(&w[1..])? {
@@ -266,6 +347,38 @@ impl Scenario {
             }
             "expect" => self.parse_expect(&w[1..])?,
             other => return Err(format!("unknown statement {other:?}")),
+        }
+        Ok(())
+    }
+
+    fn parse_topology(&mut self, w: &[&str]) -> Result<(), String> {
+        let t = &mut self.topology;
+        for (k, v) in kv(w)? {
+            match k.as_str() {
+                "agents" => t.agents = num(&k, &v)?,
+                "disks" => t.disks = num(&k, &v)?,
+                "ps" => t.ps = num(&k, &v)?,
+                "mt" => t.mt = num(&k, &v)?,
+                "disk_blocks" => t.disk_blocks = num(&k, &v)?,
+                "buffer_blocks" => t.buffer_blocks = num(&k, &v)?,
+                "cache_blocks" => t.cache_blocks = num(&k, &v)?,
+                "batch_blocks" => t.batch_blocks = num(&k, &v)?,
+                "batch_delay" => t.batch_delay_ms = dur(&v)?,
+                "window" => t.window = num(&k, &v)?,
+                "ps_window" => t.ps_window = num(&k, &v)?,
+                "store_latency" => t.store_latency_ms = dur_range(&v)?,
+                "agent_start" => t.agent_start_ms = dur(&v)?,
+                _ => return Err(format!("unknown topology setting {k:?}")),
+            }
+        }
+        if t.disk_blocks < 4 || t.batch_blocks == 0 || t.window == 0 || t.ps_window == 0 {
+            return Err("disk_blocks >= 4, batch_blocks, window, ps_window > 0".into());
+        }
+        let counts = [t.agents, t.disks, t.ps, t.mt];
+        if counts.iter().any(|c| !(1..=ROLE_COUNT_MAX).contains(c)) {
+            return Err(format!(
+                "agents, disks, ps and mt must be 1 to {ROLE_COUNT_MAX}"
+            ));
         }
         Ok(())
     }
@@ -313,9 +426,9 @@ impl Scenario {
         let _ = writeln!(s, "name {}", self.name);
         let _ = writeln!(
             s,
-            "topology disk_blocks={} buffer_blocks={} cache_blocks={} batch_blocks={} batch_delay={}ms window={} ps_window={} store_latency={}..{}ms",
-            t.disk_blocks, t.buffer_blocks, t.cache_blocks, t.batch_blocks, t.batch_delay_ms,
-            t.window, t.ps_window, t.store_latency_ms.0, t.store_latency_ms.1
+            "topology agents={} disks={} ps={} mt={} disk_blocks={} buffer_blocks={} cache_blocks={} batch_blocks={} batch_delay={}ms window={} ps_window={} store_latency={}..{}ms agent_start={}ms",
+            t.agents, t.disks, t.ps, t.mt, t.disk_blocks, t.buffer_blocks, t.cache_blocks, t.batch_blocks, t.batch_delay_ms,
+            t.window, t.ps_window, t.store_latency_ms.0, t.store_latency_ms.1, t.agent_start_ms
         );
         let _ = writeln!(
             s,
@@ -389,5 +502,25 @@ mod tests {
         let s = Scenario::parse(text).unwrap();
         assert_eq!(s.events.len(), 3);
         assert_eq!(Scenario::parse(&s.to_script()).unwrap(), s);
+    }
+
+    #[test]
+    fn several_of_each_role() {
+        let text = "topology agents=3 disks=2 ps=2 mt=2 agent_start=20ms\nat 1s crash ps2\nat 2s partition agent3 ps1\nat 3s heal agent3 ps\n";
+        let s = Scenario::parse(text).unwrap();
+        assert_eq!(s.topology.disk_count(), 6);
+        assert_eq!(s.events[0].1, Action::Crash(Node::Ps(1)));
+        assert_eq!(
+            s.events[1].1,
+            Action::Partition(Node::Agent(2), Node::Ps(0))
+        );
+        assert_eq!(Scenario::parse(&s.to_script()).unwrap(), s);
+        assert!(
+            Scenario::parse("at 1s crash ps2\n").is_err(),
+            "ps2 needs ps=2"
+        );
+        assert!(Scenario::parse("topology ps=0\n").is_err());
+        assert_eq!(Node::parse("ps0"), None);
+        assert_eq!(Topology::default().nodes(), Node::ALL.to_vec());
     }
 }

@@ -78,6 +78,8 @@ pub enum AgentAnswer {
     /// `version`: the source version this write produced (see `Workload`).
     SourceDone {
         io: IoId,
+        /// The agent's disk slot the write went to.
+        disk: usize,
         version: usize,
         data: Option<Vec<u8>>,
     },
@@ -96,18 +98,25 @@ pub enum AgentAnswer {
 
 #[derive(Default)]
 pub struct AgentStore {
-    /// The durable seq reservation of disk 0.
-    pub reserved: Seq,
+    /// The durable seq reservation of each disk (by the agent's slot).
+    pub reserved: Vec<Seq>,
     pub pending: Pending<AgentAnswer>,
     pub fault: Option<DiskFault>,
 }
 
 impl AgentStore {
+    pub fn new(disks: usize) -> AgentStore {
+        AgentStore {
+            reserved: vec![0; disks],
+            ..AgentStore::default()
+        }
+    }
+
     /// Answers the oldest request, making what it stands for durable.
     pub fn complete(&mut self) -> Option<AgentAnswer> {
         let a = self.pending.pop()?;
-        if let AgentAnswer::Reserved { reserved, .. } = &a {
-            self.reserved = self.reserved.max(*reserved);
+        if let AgentAnswer::Reserved { disk, reserved } = &a {
+            self.reserved[*disk] = self.reserved[*disk].max(*reserved);
         }
         Some(a)
     }
@@ -144,10 +153,10 @@ pub struct PsStore {
     entries: BTreeMap<CacheLoc, (CachedBatch, Vec<u8>)>,
     durable: BTreeSet<CacheLoc>,
     next_loc: u64,
-    /// Highest seq ever durably cached.
-    pub synced_seq: Seq,
-    /// Seq ranges ever durably cached (what the process server may acknowledge).
-    pub durable_ranges: Vec<(Seq, Seq)>,
+    /// Highest seq ever durably cached, per disk.
+    pub synced_seq: BTreeMap<DiskId, Seq>,
+    /// Seq ranges ever durably cached, per disk (what the process server may acknowledge).
+    pub durable_ranges: BTreeMap<DiskId, Vec<(Seq, Seq)>>,
     /// (append id, where, record bytes)
     pub pending: Pending<(u64, CacheLoc, u64)>,
     pub fault: Option<DiskFault>,
@@ -179,8 +188,10 @@ impl PsStore {
         let (id, loc, bytes) = self.pending.pop()?;
         self.durable.insert(loc);
         if let Some((b, _)) = self.entries.get(&loc) {
-            self.synced_seq = self.synced_seq.max(b.last_seq);
-            self.durable_ranges.push((b.first_seq, b.last_seq));
+            let synced = self.synced_seq.entry(b.disk.clone()).or_default();
+            *synced = (*synced).max(b.last_seq);
+            let ranges = self.durable_ranges.entry(b.disk.clone()).or_default();
+            ranges.push((b.first_seq, b.last_seq));
         }
         Some((id, loc, bytes))
     }
@@ -232,59 +243,101 @@ pub struct JournalEntry {
     pub data: Vec<u8>,
 }
 
-/// The master target's replica: metadata, base image and journal (single disk).
-#[derive(Default)]
-pub struct MtStore {
-    pub metas: BTreeMap<DiskId, ReplicaMeta>,
+/// One replica on a master target: metadata, base image and journal.
+pub struct Replica {
+    pub meta: ReplicaMeta,
     /// The replica as the durable journal leaves it.
-    pub replica: Vec<u8>,
+    pub image: Vec<u8>,
     pub digest: crate::rng::BlockDigest,
     pub journal: Vec<JournalEntry>,
     pub journal_bytes: u64,
     /// Recovery points listed: (seq, index of the journal entry that ends there).
     pub points: Vec<(Seq, usize)>,
-    /// (append id, header, raw data)
-    pub pending: Pending<(u64, BatchHeader, Vec<u8>)>,
     /// Last seq appended (durable or pending).
     pub appended_seq: Seq,
+}
+
+impl Replica {
+    /// An empty replica (a sparse base, an empty journal).
+    pub fn new(meta: ReplicaMeta) -> Replica {
+        let image = vec![0; meta.size_bytes as usize];
+        Replica {
+            digest: crate::rng::BlockDigest::new(&image, B),
+            image,
+            meta,
+            journal: vec![],
+            journal_bytes: 0,
+            points: vec![],
+            appended_seq: 0,
+        }
+    }
+
+    pub fn durable_seq(&self) -> Seq {
+        self.journal.last().map_or(0, |e| e.header.last_seq)
+    }
+}
+
+/// A master target's store: its replicas, and its appends not yet durable (one queue, in
+/// emission order, whatever the disk).
+#[derive(Default)]
+pub struct MtStore {
+    pub replicas: BTreeMap<DiskId, Replica>,
+    /// (append id, header, raw data)
+    pub pending: Pending<(u64, BatchHeader, Vec<u8>)>,
     pub fault: Option<DiskFault>,
 }
 
 impl MtStore {
-    pub fn durable_seq(&self) -> Seq {
-        self.journal.last().map_or(0, |e| e.header.last_seq)
+    /// Durable through this seq for `disk` (0 if it has no replica here).
+    pub fn durable_seq(&self, disk: &DiskId) -> Seq {
+        self.replicas.get(disk).map_or(0, Replica::durable_seq)
     }
 
-    /// Makes the oldest append durable; returns (id, journal bytes, the entry's index).
-    pub fn complete(&mut self) -> Option<(u64, u64, usize)> {
-        let (id, header, data) = self.pending.pop()?;
-        apply(&mut self.replica, &header, &data);
+    /// Appends of `disk` in flight.
+    pub fn pending_of(&self, disk: &DiskId) -> usize {
+        self.pending
+            .iter()
+            .filter(|(_, h, _)| &h.disk == disk)
+            .count()
+    }
+
+    /// Makes the oldest append durable; returns (id, disk, journal bytes, the entry's index).
+    pub fn complete(&mut self) -> Result<(u64, DiskId, u64, usize), String> {
+        let (id, header, data) = self.pending.pop().ok_or("no append pending")?;
+        let disk = header.disk.clone();
+        let r = self
+            .replicas
+            .get_mut(&disk)
+            .ok_or_else(|| format!("journal append for {disk}, which has no replica"))?;
+        apply(&mut r.image, &header, &data);
         for op in &header.ops {
             let (first, n) = (op.block as usize, op.blocks as usize);
-            self.digest.update(&self.replica, B, first, n);
+            r.digest.update(&r.image, B, first, n);
         }
-        self.journal_bytes += data.len() as u64;
+        r.journal_bytes += data.len() as u64;
         if header.consistent {
-            self.points.push((header.last_seq, self.journal.len()));
+            r.points.push((header.last_seq, r.journal.len()));
         }
-        self.journal.push(JournalEntry { header, data });
-        Some((id, self.journal_bytes, self.journal.len() - 1))
+        r.journal.push(JournalEntry { header, data });
+        Ok((id, disk, r.journal_bytes, r.journal.len() - 1))
     }
 
     pub fn crash(&mut self) {
         self.pending.clear();
-        self.appended_seq = self.durable_seq();
+        for r in self.replicas.values_mut() {
+            r.appended_seq = r.durable_seq();
+        }
     }
 
     /// What `MasterTarget::new` gets after a restart: the metadata, with what the journal says.
     pub fn recover(&self) -> Vec<ReplicaMeta> {
-        self.metas
+        self.replicas
             .values()
-            .map(|m| {
-                let mut m = m.clone();
-                m.applied_seq = self.durable_seq();
-                m.points = self.points.len() as u64;
-                m.journal_bytes = self.journal_bytes;
+            .map(|r| {
+                let mut m = r.meta.clone();
+                m.applied_seq = r.durable_seq();
+                m.points = r.points.len() as u64;
+                m.journal_bytes = r.journal_bytes;
                 m
             })
             .collect()

@@ -10,6 +10,16 @@ use std::collections::BTreeMap;
 
 const B: usize = BLOCK_BYTES as usize;
 
+/// An agent names each NBD request with one `IoId` across its disks: the workload of the disk
+/// in slot `s` numbers its requests from `s << IO_SLOT_SHIFT` (slot 0 from 1, as when there
+/// was one disk).
+pub const IO_SLOT_SHIFT: u32 = 40;
+
+/// The agent's disk slot a request id belongs to.
+pub fn slot_of_io(io: IoId) -> usize {
+    (io >> IO_SLOT_SHIFT) as usize
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkloadParams {
     /// Writes (trims and zeroes included); flushes come on top.
@@ -50,6 +60,8 @@ pub struct SourceRecord {
 
 pub struct Workload {
     pub p: WorkloadParams,
+    /// The agent's disk slot this workload writes to.
+    pub slot: usize,
     rng: Rng,
     pub source: Vec<u8>,
     /// Version v of the source is the disk after `history[..v]`.
@@ -69,7 +81,7 @@ pub struct Workload {
 }
 
 impl Workload {
-    pub fn new(p: WorkloadParams, rng: Rng, disk_bytes: usize) -> Workload {
+    pub fn new(p: WorkloadParams, rng: Rng, disk_bytes: usize, slot: usize) -> Workload {
         let source = vec![0; disk_bytes];
         let digest = BlockDigest::new(&source, B);
         let digests = vec![digest.sum];
@@ -83,7 +95,8 @@ impl Workload {
             digests,
             seq_version: BTreeMap::new(),
             outstanding: BTreeMap::new(),
-            next_io: 1,
+            next_io: ((slot as u64) << IO_SLOT_SHIFT) + 1,
+            slot,
             next_arrival: Timestamp::ZERO,
             completed: 0,
             failed: 0,
@@ -120,7 +133,10 @@ impl Workload {
         let rng = &mut self.rng;
         if rng.chance(self.p.flush) {
             self.outstanding.insert(io, true);
-            return agent::Input::Flush { io, disk: 0 };
+            return agent::Input::Flush {
+                io,
+                disk: self.slot,
+            };
         }
         self.outstanding.insert(io, false);
         self.left -= 1;
@@ -170,7 +186,7 @@ impl Workload {
         };
         agent::Input::Write {
             io,
-            disk: 0,
+            disk: self.slot,
             op,
             fua,
         }

@@ -2,9 +2,11 @@
 //! schedule, printed as a scenario script (save it as a .scn file and replay it with
 //! `haven-sim run FILE --seed N`).
 
-use haven_sim::swarm::LINKS;
-use haven_sim::{run, Action, LinkParams, Node, Scenario, WorkloadParams};
+use haven_sim::{run, Action, LinkParams, Node, Scenario, Topology, WorkloadParams};
 use proptest::prelude::*;
+
+/// The pairs of nodes that talk to each other, in the topology these cases run (one of each).
+const LINKS: usize = 5;
 
 /// A fault and how long it lasts.
 #[derive(Clone, Debug)]
@@ -18,9 +20,9 @@ enum Fault {
 
 fn fault() -> impl Strategy<Value = Fault> {
     prop_oneof![
-        (0..LINKS.len()).prop_map(Fault::Partition),
+        (0..LINKS).prop_map(Fault::Partition),
         (0..4usize).prop_map(Fault::Crash),
-        (0..LINKS.len(), 0..200u64, 0..50u64).prop_map(|(l, d, r)| Fault::Link(l, d, r)),
+        (0..LINKS, 0..200u64, 0..50u64).prop_map(|(l, d, r)| Fault::Link(l, d, r)),
         (0..3usize).prop_map(Fault::DiskFull),
         (0..3usize).prop_map(Fault::IoError),
     ]
@@ -46,12 +48,15 @@ fn scenario() -> impl Strategy<Value = Scenario> {
     )
         .prop_map(|(workload, faults)| {
             let mut events = vec![];
-            let store_node = |i: usize| [Node::Agent, Node::Ps, Node::Mt][i];
+            let topology = Topology::default();
+            let links = topology.links();
+            assert_eq!(links.len(), LINKS);
+            let store_node = |i: usize| topology.store_nodes()[i];
             for (at, len, f) in faults {
                 let end = at + len;
                 match f {
                     Fault::Partition(l) => {
-                        let (a, b) = LINKS[l];
+                        let (a, b) = links[l];
                         events.push((at, Action::Partition(a, b)));
                         events.push((end, Action::Heal(a, b)));
                     }
@@ -60,7 +65,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                         events.push((end, Action::Restart(Node::ALL[n])));
                     }
                     Fault::Link(l, delay, loss) => {
-                        let (a, b) = LINKS[l];
+                        let (a, b) = links[l];
                         let p = LinkParams {
                             delay_min_ms: 0,
                             delay_max_ms: delay,

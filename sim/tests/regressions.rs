@@ -1,5 +1,6 @@
 //! Seeds that found core bugs, kept as regression cases (the bugs are fixed; these keep them
-//! fixed).
+//! fixed). Seeds found while every swarm topology was one of each replay through
+//! `swarm::scenario_single`.
 
 use haven_sim::{run, run_with, swarm, ReplicaExpect};
 
@@ -11,7 +12,7 @@ use haven_sim::{run, run_with, swarm, ReplicaExpect};
 #[test]
 fn ps_cache_quota_counts_frame_bytes() {
     for seed in [3, 6] {
-        let o = run_with(&swarm::scenario_for(seed), seed, |c| c.cache_slack = 0);
+        let o = run_with(&swarm::scenario_single(seed), seed, |c| c.cache_slack = 0);
         assert!(o.passed(), "seed {seed}: {:?}", o.failure);
     }
 }
@@ -23,7 +24,7 @@ fn ps_cache_quota_counts_frame_bytes() {
 /// complete. (Its recovery points are still correct; it is silently stale.)
 #[test]
 fn agent_crash_gap_is_flagged_without_later_writes() {
-    let mut scn = swarm::scenario_for(70);
+    let mut scn = swarm::scenario_single(70);
     scn.expect.replica = ReplicaExpect::Gap;
     let o = run(&scn, 70);
     assert!(o.agent_crashed);
@@ -38,6 +39,6 @@ fn agent_crash_gap_is_flagged_without_later_writes() {
 /// released, not forwarded.
 #[test]
 fn batch_applied_during_its_append_is_not_forwarded() {
-    let o = run(&swarm::scenario_for(9461), 9461);
+    let o = run(&swarm::scenario_single(9461), 9461);
     assert!(o.passed(), "{:?}", o.failure);
 }

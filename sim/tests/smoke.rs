@@ -53,9 +53,50 @@ fn a_tight_cache_and_buffer_say_busy_and_still_converge() {
 #[test]
 fn a_broken_expectation_fails_with_a_trace() {
     let mut scn = Scenario::default();
-    scn.expect.stopped.push(haven_sim::Node::Mt);
+    scn.expect.stopped.push(haven_sim::Node::Mt(0));
     let o = run(&scn, 1);
     assert!(!o.passed());
     assert!(o.failure.unwrap().contains("expected mt to stop"));
     assert!(!o.tail.is_empty());
+}
+
+fn scenario_file(name: &str) -> Scenario {
+    let path = format!("{}/scenarios/{name}.scn", env!("CARGO_MANIFEST_DIR"));
+    Scenario::parse(&std::fs::read_to_string(&path).expect("readable")).expect("parses")
+}
+
+#[test]
+fn placement_spreads_disks_over_process_servers_and_master_targets() {
+    let scn = scenario_file("many-steady");
+    for seed in 0..3 {
+        let o = run(&scn, seed);
+        assert!(o.passed(), "seed {seed}: {:?}", o.failure);
+        assert_eq!(o.placement.len(), 6, "{:?}", o.placement);
+        for (role, n) in [("ps", 2), ("mt", 2)] {
+            for i in 1..=n {
+                let id = format!(" {role}{i}");
+                let served = o.placement.iter().filter(|p| p.contains(&id)).count();
+                assert!(
+                    served >= 2,
+                    "seed {seed}: {role}{i} serves {served}: {:?}",
+                    o.placement
+                );
+            }
+        }
+        // Each disk wrote its own workload, all of it journaled.
+        assert_eq!(o.seq_journaled, 6 * scn.workload.writes as u64, "{o:?}");
+    }
+}
+
+/// `agent_start`: the agents are not running until then, and start exactly then.
+#[test]
+fn agents_start_when_the_topology_says() {
+    let mut scn = scenario_file("many-steady");
+    scn.topology.agent_start_ms = 30;
+    let mut c = haven_sim::Cluster::new(&scn, 1);
+    while c.agents.iter().all(|a| a.is_none()) {
+        c.step().expect("runs");
+    }
+    assert_eq!(c.ms(), 30);
+    assert!(c.agents.iter().all(|a| a.is_some()));
 }
