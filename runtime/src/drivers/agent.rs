@@ -300,6 +300,9 @@ impl<T: Transport, F: VFile + Send + 'static> Effects for AgentEffects<T, F> {
     type M = Agent;
     type T = T;
     type Extra = NbdRequest;
+    /// Source writes go to the page cache (as the NBD reads come from it); only the round's
+    /// fsync waits for the disk, and it runs under `block_in_place` (see `commit`).
+    const ROUND_BLOCKS: bool = false;
 
     fn net(&mut self) -> &mut Net<T> {
         &mut self.net
@@ -389,13 +392,16 @@ impl<T: Transport, F: VFile + Send + 'static> Effects for AgentEffects<T, F> {
             return Ok(());
         }
         let disks: BTreeSet<usize> = self.syncs.iter().map(|s| s.1).collect();
-        for d in disks {
-            if let Err(e) = self.sources[d].sync() {
-                return Err(fail(format!(
-                    "fsync of source disk failed: {e}; the disk's durability is unknown"
-                )));
+        super::blocking(|| {
+            for d in disks {
+                if let Err(e) = self.sources[d].sync() {
+                    return Err(fail(format!(
+                        "fsync of source disk failed: {e}; the disk's durability is unknown"
+                    )));
+                }
             }
-        }
+            Ok(())
+        })?;
         inputs.extend(self.syncs.drain(..).map(|(io, _)| Input::Synced { io }));
         Ok(())
     }
