@@ -15,15 +15,21 @@ use tokio::sync::watch;
 /// of its timer wake-ups, which come at least every heartbeat interval).
 pub const STATS_PUBLISH_MS: u64 = 250;
 
-/// The agent's routes.
-pub fn agent_router(stats: watch::Receiver<AgentStats>) -> Router {
+/// `/metrics` from `metrics(stats)` and `/stats` as JSON, both from the latest snapshot.
+fn routes<S>(
+    stats: watch::Receiver<S>,
+    metrics: impl Fn(&S) -> axum::response::Response + Clone + Send + Sync + 'static,
+) -> Router
+where
+    S: serde::Serialize + Clone + Send + Sync + 'static,
+{
     let s2 = stats.clone();
     Router::new()
         .route(
             "/metrics",
             get(move || {
-                let s = stats.borrow().clone();
-                async move { Metrics::default().sources(&s.disks).response_owned() }
+                let r = metrics(&stats.borrow());
+                async move { r }
             }),
         )
         .route(
@@ -35,26 +41,19 @@ pub fn agent_router(stats: watch::Receiver<AgentStats>) -> Router {
         )
 }
 
+/// The agent's routes.
+pub fn agent_router(stats: watch::Receiver<AgentStats>) -> Router {
+    routes(stats, |s: &AgentStats| {
+        Metrics::default().sources(&s.disks).response_owned()
+    })
+}
+
 /// The process server's routes.
 pub fn process_server_router(
     component: ComponentId,
     stats: watch::Receiver<ProcessServerStats>,
 ) -> Router {
-    let s2 = stats.clone();
-    Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let s = stats.borrow().clone();
-                let c = component.clone();
-                async move { Metrics::default().cache(&c, &s).response_owned() }
-            }),
-        )
-        .route(
-            "/stats",
-            get(move || {
-                let s = s2.borrow().clone();
-                async move { json(StatusCode::OK, &s) }
-            }),
-        )
+    routes(stats, move |s: &ProcessServerStats| {
+        Metrics::default().cache(&component, s).response_owned()
+    })
 }

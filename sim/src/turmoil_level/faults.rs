@@ -132,25 +132,18 @@ pub fn run(seed: u64, ops: u64, faults: &[(Duration, Fault)]) -> Outcome {
     run_with(seed, ops, faults).0
 }
 
-/// A seeded splitmix64, so that a swarm seed names its faults.
-struct Draw(u64);
+/// The simulation's seeded generator, with the two draws the faults need.
+struct Draw(crate::rng::Rng);
 
 impl Draw {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.below(n)
     }
     fn ms(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.below(hi - lo + 1))
+        Duration::from_millis(lo + self.0.below(hi - lo + 1))
     }
     fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len() as u64) as usize]
+        xs[self.0.below(xs.len() as u64) as usize]
     }
 }
 
@@ -169,7 +162,7 @@ const LINKS: [(&str, &str); 5] = [
 /// agent crash loses the writes it held, which marks the replica inconsistent until the
 /// resync of the next issue exists.)
 pub fn draw(seed: u64) -> (u64, Vec<(Duration, Fault)>) {
-    let mut d = Draw(seed ^ 0x7475_726d_6f69_6c21);
+    let mut d = Draw(crate::rng::Rng::new(seed ^ 0x7475_726d_6f69_6c21));
     let ops = 60 + d.below(61);
     let n = 1 + d.below(3);
     let mut faults = vec![];
