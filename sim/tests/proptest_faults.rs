@@ -100,7 +100,8 @@ fn scenario() -> impl Strategy<Value = Scenario> {
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 24,
-        failure_persistence: None,
+        // Failures are saved to proptest_faults.proptest-regressions (the default file beside
+        // this one) and replayed first on every run.
         ..ProptestConfig::default()
     })]
 
