@@ -183,7 +183,11 @@ fn kill_during_writes(c: &mut Cluster, victim: Daemon, seed: u64) -> (usize, Mod
             );
         }
         let killed_in = p.rounds.load(SeqCst);
-        std::thread::sleep(Duration::from_millis(150));
+        // A moment drawn from the seed, anywhere in the first 450 ms of the round (its qemu-io
+        // pauses 500 ms after its first writes): before, during or after their batch's flight.
+        let delay = Rng(seed ^ 0x6b69_6c6c).below(450);
+        eprintln!("killing {victim:?} {delay} ms into round {killed_in}");
+        std::thread::sleep(Duration::from_millis(delay));
         assert!(
             api.qemu_running.load(SeqCst),
             "qemu-io finished before its pause; the kill would not be mid-round"
