@@ -319,6 +319,8 @@ async fn fio_writes_verify_through_the_nbd_server() {
         "--verify=crc32c".to_string(),
         "--do_verify=1".to_string(),
         "--verify_fatal=1".to_string(),
+        // No verify state file in the working directory.
+        "--verify_state_save=0".to_string(),
         "--randseed=4242".to_string(),
         "--output-format=json".to_string(),
     ];
