@@ -41,6 +41,20 @@ pub struct ReplicaMeta {
     pub inconsistent: Option<String>,
 }
 
+impl ReplicaMeta {
+    /// What the master target reports of this replica (heartbeats, `/metrics`).
+    pub fn stats(&self) -> ReplicaStats {
+        ReplicaStats {
+            disk: self.disk.clone(),
+            size_bytes: self.size_bytes,
+            applied_seq: self.applied_seq,
+            points: self.points,
+            journal_bytes: self.journal_bytes,
+            inconsistent: self.inconsistent.clone(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Input {
     Net(NetEvent),
@@ -134,18 +148,7 @@ impl MasterTarget {
     }
 
     pub fn stats(&self) -> MasterTargetStats {
-        let replicas = self
-            .replicas
-            .values()
-            .map(|r| ReplicaStats {
-                disk: r.meta.disk.clone(),
-                size_bytes: r.meta.size_bytes,
-                applied_seq: r.meta.applied_seq,
-                points: r.meta.points,
-                journal_bytes: r.meta.journal_bytes,
-                inconsistent: r.meta.inconsistent.clone(),
-            })
-            .collect();
+        let replicas = self.replicas.values().map(|r| r.meta.stats()).collect();
         MasterTargetStats { replicas }
     }
 

@@ -105,17 +105,7 @@ async fn list<V: crate::vfs::Vfs + Clone>(State(api): St<V>) -> Response {
 async fn metrics<V: crate::vfs::Vfs + Clone>(State(api): St<V>) -> Response {
     let stats: Vec<ReplicaStats> = {
         let replicas = api.replicas.lock().expect("replica lock");
-        replicas
-            .values()
-            .map(|r| ReplicaStats {
-                disk: r.meta.disk.clone(),
-                size_bytes: r.meta.size_bytes,
-                applied_seq: r.meta.applied_seq,
-                points: r.meta.points,
-                journal_bytes: r.meta.journal_bytes,
-                inconsistent: r.meta.inconsistent.clone(),
-            })
-            .collect()
+        replicas.values().map(|r| r.meta.stats()).collect()
     };
     crate::metrics::Metrics::default()
         .replicas(&stats)

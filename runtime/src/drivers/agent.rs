@@ -366,14 +366,14 @@ impl<T: Transport, F: VFile + Send + 'static> Effects for AgentEffects<T, F> {
             }
             Output::Reserve { disk, reserved } => {
                 self.meta
-                    .set_agent_reserved(&self.sources_id(disk), reserved)
+                    .set_agent_reserved(&self.disk_id(disk), reserved)
                     .map_err(fail)?;
                 inputs.push_back(Input::Reserved { disk, reserved });
             }
             Output::Retired { disk } => self.retired(disk)?,
             Output::StartCopy { disk } => {
                 self.cancel_copy(disk);
-                let id = self.sources_id(disk);
+                let id = self.disk_id(disk);
                 tracing::info!("disk {id} is protected again: copying it");
                 self.copies.push(Copy {
                     disk,
@@ -414,7 +414,7 @@ impl<T: Transport, F: VFile + Send + 'static> Effects for AgentEffects<T, F> {
 }
 
 impl<T: Transport, F: VFile> AgentEffects<T, F> {
-    fn sources_id(&self, disk: usize) -> DiskId {
+    fn disk_id(&self, disk: usize) -> DiskId {
         self.disk_ids[disk].clone()
     }
 
@@ -488,7 +488,7 @@ impl<T: Transport, F: VFile> AgentEffects<T, F> {
     /// A disk's protection ended: its copy stops, and a later protection copies it anew.
     fn retired(&mut self, disk: usize) -> Result<(), RoleError> {
         self.cancel_copy(disk);
-        let id = self.sources_id(disk);
+        let id = self.disk_id(disk);
         self.meta.clear_agent_copied(&id).map_err(fail)?;
         tracing::info!("disk {id} is not protected: served without replication");
         Ok(())
