@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{assert_same, have_qemu_io, poll, Rng, DEADLINE};
+use common::{assert_same, have_qemu_io, poll, Api, Rng, DEADLINE};
 use serde_json::Value;
 use std::fs::OpenOptions;
 use std::net::TcpListener;
@@ -56,25 +56,13 @@ impl Site {
         self.children.push((name.to_string(), child));
     }
 
-    fn haven(&self, args: &[&str]) -> Result<Vec<u8>, String> {
-        let out = Command::new(env!("CARGO_BIN_EXE_haven"))
-            .args(args)
-            .args(["--api", &self.api])
-            .output()
-            .map_err(|e| e.to_string())?;
-        // status exits 3-5 when something is unhealthy, and still prints it.
-        if !matches!(out.status.code(), Some(0 | 3..=5)) {
-            return Err(format!(
-                "haven {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(out.stdout)
+    /// The console of this site (`common::Api`: its status tolerates the unhealthy exit codes).
+    fn console(&self) -> Api {
+        Api::new(&self.api, "", &self.dir)
     }
 
     fn status(&self) -> Result<Value, String> {
-        let out = self.haven(&["status", "--json"])?;
-        serde_json::from_slice(&out).map_err(|e| format!("status JSON: {e}"))
+        self.console().status()
     }
 
     fn wait_online(&self, n: usize) {
@@ -97,7 +85,8 @@ impl Site {
         let out = self.dir.join(format!("{disk}.export"));
         let _ = std::fs::remove_file(&out);
         let path = out.to_str().expect("utf-8");
-        self.haven(&["export", disk, "--point", "latest", "--out", path])
+        self.console()
+            .haven(&["export", disk, "--point", "latest", "--out", path])
             .expect("export");
         std::fs::read(&out).expect("read export")
     }
