@@ -292,6 +292,7 @@ impl ProcessServerFile {
             compression_level: self.compression_level,
             compression: self.compression,
             api_listen: self.api_listen,
+            cache_segment_bytes: haven_runtime::segment::DEFAULT_SEGMENT_BYTES_MAX,
         })
     }
 }

@@ -184,6 +184,7 @@ fn ps_config(dir: &Path, cs: &str, o: &LabOptions) -> drivers::process_server::P
         compression_level: haven_core::batch::ZSTD_LEVEL_DEFAULT,
         compression: o.compression,
         api_listen: Some("127.0.0.1:0".into()),
+        cache_segment_bytes: haven_runtime::segment::DEFAULT_SEGMENT_BYTES_MAX,
     }
 }
 

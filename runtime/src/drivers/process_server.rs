@@ -26,6 +26,9 @@ pub struct ProcessServerConfig {
     pub compression: haven_core::batch::CompressionPolicy,
     /// Where `/metrics` and `/stats` are served, if anywhere.
     pub api_listen: Option<String>,
+    /// Size of one cache segment (`segment::DEFAULT_SEGMENT_BYTES_MAX` unless a test wants
+    /// segments released often).
+    pub cache_segment_bytes: u64,
 }
 
 pub struct ProcessServerHandle {
@@ -46,7 +49,7 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     let vfs = host.vfs.clone();
     crate::vfs::create_dir_all_durable(&vfs, &cfg.data_dir).map_err(fail)?;
     let meta = (host.open_meta)(&cfg.data_dir.join("process-server.redb")).map_err(fail)?;
-    let (cache, cached) = Cache::open(vfs, &cfg.data_dir).map_err(fail)?;
+    let (cache, cached) = Cache::open(vfs, &cfg.data_dir, cfg.cache_segment_bytes).map_err(fail)?;
     let (listener, addr) = super::bind(&host.transport, &cfg.listen, "protocol")
         .await
         .map_err(fail)?;

@@ -79,11 +79,22 @@ pub struct Cache<V: Vfs> {
     /// Logs appended to since the last sync.
     dirty: Vec<DiskId>,
     hot: Hot,
+    segments: SegmentSettings,
 }
 
 impl<V: Vfs + Clone> Cache<V> {
     /// Opens every disk's cache under `root/cache`, returning the cached batches in order.
-    pub fn open(vfs: V, root: &Path) -> Result<(Self, Vec<CachedBatch>), CacheError> {
+    /// Each disk's cache is a segment log cut into segments of `segment_bytes_max`; a segment
+    /// is deleted once every batch in it is applied at the master target.
+    pub fn open(
+        vfs: V,
+        root: &Path,
+        segment_bytes_max: u64,
+    ) -> Result<(Self, Vec<CachedBatch>), CacheError> {
+        let segments = SegmentSettings {
+            segment_bytes_max,
+            ..SegmentSettings::default()
+        };
         let root = root.join("cache");
         crate::vfs::create_dir_all_durable(&vfs, &root)?;
         let mut cache = Cache {
@@ -92,6 +103,7 @@ impl<V: Vfs + Clone> Cache<V> {
             logs: BTreeMap::new(),
             dirty: vec![],
             hot: Hot::default(),
+            segments,
         };
         let mut batches = vec![];
         for dir in vfs.list_dir(&root)? {
@@ -105,8 +117,7 @@ impl<V: Vfs + Clone> Cache<V> {
                 disk: disk.to_string(),
                 source,
             };
-            let (log, metas) =
-                SegmentLog::open(vfs.clone(), dir, SegmentSettings::default()).map_err(seg)?;
+            let (log, metas) = SegmentLog::open(vfs.clone(), dir, segments).map_err(seg)?;
             for m in metas {
                 let header = frame_header(&log, &m).map_err(|what| CacheError::Record {
                     disk: disk.to_string(),
@@ -133,10 +144,12 @@ impl<V: Vfs + Clone> Cache<V> {
     fn log(&mut self, disk: &DiskId) -> Result<&mut SegmentLog<V>, CacheError> {
         if !self.logs.contains_key(disk) {
             let dir = self.root.join(disk.as_str());
-            let (log, metas) = SegmentLog::open(self.vfs.clone(), dir, SegmentSettings::default())
-                .map_err(|source| CacheError::Segment {
-                    disk: disk.to_string(),
-                    source,
+            let (log, metas) =
+                SegmentLog::open(self.vfs.clone(), dir, self.segments).map_err(|source| {
+                    CacheError::Segment {
+                        disk: disk.to_string(),
+                        source,
+                    }
                 })?;
             debug_assert!(metas.is_empty());
             self.logs.insert(disk.clone(), log);

@@ -46,6 +46,11 @@ struct State {
     dirs: BTreeSet<PathBuf>,
     durable_dirs: BTreeSet<PathBuf>,
     faults: Faults,
+    /// `Some((n, seed))`: the `n`-th file sync from the arming loses power instead (see
+    /// [`SimVfs::cut_power_at_sync`]).
+    power_cut: Option<(u64, u64)>,
+    /// Set when an armed power cut happened; taken by [`SimVfs::take_power_cut`].
+    power_cut_fired: bool,
 }
 
 /// True for the root of the namespace, which always exists.
@@ -176,12 +181,88 @@ impl State {
             image.crash(&mut rng, tear);
         }
     }
+
+    /// A copy holding only `dir`, its ancestors and what is under it (names, durable names and
+    /// their inodes), without faults or an armed power cut.
+    fn subtree(&self, dir: &Path) -> State {
+        let keep = |p: &Path| p.starts_with(dir) || dir.starts_with(p);
+        let names: BTreeMap<PathBuf, Ino> = self
+            .names
+            .iter()
+            .filter(|(p, _)| keep(p))
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
+        let durable_names: BTreeMap<PathBuf, Ino> = self
+            .durable_names
+            .iter()
+            .filter(|(p, _)| keep(p))
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
+        let inodes = self
+            .inodes
+            .iter()
+            .filter(|(i, _)| {
+                names
+                    .values()
+                    .chain(durable_names.values())
+                    .any(|n| n == *i)
+            })
+            .map(|(i, img)| (*i, img.clone()))
+            .collect();
+        State {
+            generation: self.generation,
+            next_ino: self.next_ino,
+            inodes,
+            names,
+            durable_names,
+            dirs: self.dirs.iter().filter(|p| keep(p)).cloned().collect(),
+            durable_dirs: self
+                .durable_dirs
+                .iter()
+                .filter(|p| keep(p))
+                .cloned()
+                .collect(),
+            faults: Faults::default(),
+            power_cut: None,
+            power_cut_fired: false,
+        }
+    }
+
+    /// Counts a file sync against an armed power cut; true if this sync is the one that loses
+    /// power: everything unsynced is dropped (the last write maybe torn) and every operation
+    /// fails from now on, as on a machine without power, until the disk is healed.
+    fn power_cut_now(&mut self) -> bool {
+        let Some((left, seed)) = self.power_cut else {
+            return false;
+        };
+        if left > 1 {
+            self.power_cut = Some((left - 1, seed));
+            return false;
+        }
+        self.power_cut = None;
+        self.power_cut_fired = true;
+        self.crash(seed, true);
+        self.faults.set(Some(FaultKind::Io));
+        true
+    }
 }
 
 /// A crash-faithful in-memory file system; clones share one disk. See the module docs.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct SimVfs {
     state: Arc<Mutex<State>>,
+    remove_hook: Arc<Mutex<Option<RemoveHook>>>,
+}
+
+/// Called with a path about to be removed (see [`SimVfs::on_remove`]).
+pub type RemoveHook = Arc<dyn Fn(&Path) + Send + Sync>;
+
+impl std::fmt::Debug for SimVfs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimVfs")
+            .field("state", &self.state)
+            .finish()
+    }
 }
 
 /// A file opened on a [`SimVfs`].
@@ -213,6 +294,47 @@ impl SimVfs {
     /// Handles opened before are stale afterwards.
     pub fn crash(&self, rng_seed: u64, tear: bool) {
         self.lock().crash(rng_seed, tear);
+    }
+
+    /// Arms a power loss at the `nth` file sync from now (1 = the next): that sync does not
+    /// happen; the disk loses everything unsynced and fails every operation until
+    /// [`SimVfs::set_fault`]`(None)`. This puts a crash exactly between a write and its fsync,
+    /// the moment a durability bug needs. [`SimVfs::take_power_cut`] tells when it happened.
+    pub fn cut_power_at_sync(&self, nth: u64, seed: u64) {
+        self.lock().power_cut = Some((nth.max(1), seed));
+    }
+
+    /// True once after an armed power cut has happened.
+    pub fn take_power_cut(&self) -> bool {
+        std::mem::take(&mut self.lock().power_cut_fired)
+    }
+
+    /// What a power loss now would leave of the files under `dir` (no torn write), as a
+    /// separate disk that shares nothing with this one: for checkers that ask what is durable
+    /// at a given moment.
+    pub fn durable_copy(&self, dir: &Path) -> SimVfs {
+        let mut state = self.lock().subtree(dir);
+        state.crash(0, false);
+        SimVfs {
+            state: Arc::new(Mutex::new(state)),
+            ..SimVfs::default()
+        }
+    }
+
+    /// The files under `dir` as they are now (unsynced changes included), as a separate disk:
+    /// what the role itself would read now.
+    pub fn current_copy(&self, dir: &Path) -> SimVfs {
+        let state = self.lock().subtree(dir);
+        SimVfs {
+            state: Arc::new(Mutex::new(state)),
+            ..SimVfs::default()
+        }
+    }
+
+    /// Calls `hook` with the path of every file about to be removed (before the removal, so
+    /// that it can still read the file through [`SimVfs::current_copy`]).
+    pub fn on_remove(&self, hook: RemoveHook) {
+        *self.remove_hook.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
     }
 
     /// Lets `ops` more operations succeed, then injects `kind` until [`SimVfs::set_fault`].
@@ -300,6 +422,14 @@ impl Vfs for SimVfs {
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let hook = self
+            .remove_hook
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(hook) = hook {
+            hook(path);
+        }
         let mut state = self.lock();
         state.faults.check(OpClass::Modify)?;
         match state.names.remove(path) {
@@ -368,10 +498,14 @@ impl VFile for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.with(OpClass::Sync, |img| {
-            img.sync();
-            Ok(())
-        })
+        let mut state = lock(&self.state);
+        state.image(self.ino, self.generation)?;
+        state.faults.check(OpClass::Sync)?;
+        if state.power_cut_now() {
+            return Err(io::Error::other("simulated power loss at this fsync"));
+        }
+        state.image(self.ino, self.generation)?.sync();
+        Ok(())
     }
 
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {

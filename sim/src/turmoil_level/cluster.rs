@@ -1,7 +1,7 @@
 //! Building and running the turmoil cluster.
 
-use super::nbd_client::NbdClient;
-use super::transport::TurmoilTcp;
+use super::durability::Durability;
+use super::tap::{SendHook, TapTcp};
 use crate::storage::{SimRedbDisk, SimVfs};
 use haven_core::agent::AgentSettings;
 use haven_core::config_server::ConfigServerSettings;
@@ -13,11 +13,10 @@ use haven_runtime::drivers::config_server::ConfigServerConfig;
 use haven_runtime::drivers::master_target::MasterTargetConfig;
 use haven_runtime::drivers::process_server::ProcessServerConfig;
 use haven_runtime::drivers::{self, Host};
-use haven_runtime::meta::{MetaStore, PointRecord};
+use haven_runtime::meta::MetaStore;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// Size of the simulated protected disk.
 pub const DISK_BYTES: u64 = 4 << 20;
@@ -40,7 +39,8 @@ pub struct Disks {
 }
 
 impl Disks {
-    pub fn host(&self) -> Host<TurmoilTcp, SimVfs> {
+    /// The host named `name` on these disks; what it sends is shown to `hook`.
+    pub fn host(&self, name: &'static str, hook: Option<SendHook>) -> Host<TapTcp, SimVfs> {
         let redb = self.redb.clone();
         let open_meta = Arc::new(move |path: &Path| {
             let disk = redb
@@ -52,7 +52,7 @@ impl Disks {
             MetaStore::with_backend(disk.backend())
         });
         Host {
-            transport: TurmoilTcp,
+            transport: TapTcp { host: name, hook },
             vfs: self.vfs.clone(),
             open_meta,
             clock_base_us: Some(CLOCK_BASE_US),
@@ -62,19 +62,49 @@ impl Disks {
     /// Power loss: everything not synced is gone (the last unsynced write may be torn).
     pub fn crash(&self, seed: u64) {
         self.vfs.crash(seed, true);
+        self.crash_meta();
+    }
+
+    /// Power loss of the redb files alone (after a power cut of the file system).
+    pub fn crash_meta(&self) {
         for d in self.redb.lock().expect("redb map").values() {
             d.crash();
         }
     }
 }
 
-/// The four hosts' disks.
-#[derive(Clone, Default)]
+/// The four hosts' disks, and the checker of the durability chain that watches them.
+#[derive(Clone)]
 pub struct ClusterDisks {
     pub cs: Disks,
     pub ps: Disks,
     pub mt: Disks,
     pub agent: Disks,
+    pub durability: Arc<Durability>,
+}
+
+impl Default for ClusterDisks {
+    fn default() -> Self {
+        let (ps, mt) = (Disks::default(), Disks::default());
+        let durability = Arc::new(Durability::new(ps.vfs.clone(), mt.vfs.clone()));
+        let d = durability.clone();
+        ps.vfs.on_remove(Arc::new(move |path| d.on_ps_remove(path)));
+        ClusterDisks {
+            cs: Disks::default(),
+            ps,
+            mt,
+            agent: Disks::default(),
+            durability,
+        }
+    }
+}
+
+impl ClusterDisks {
+    /// The hook that shows every message a host sends to the durability checker.
+    fn send_hook(&self) -> SendHook {
+        let d = self.durability.clone();
+        Arc::new(move |host, msg| d.on_send(host, msg))
+    }
 }
 
 type HostResult = Result<(), Box<dyn std::error::Error>>;
@@ -103,7 +133,7 @@ async fn run_role<H>(
 pub fn add_hosts(sim: &mut turmoil::Sim<'_>, disks: &ClusterDisks) {
     let d = disks.cs.clone();
     sim.host("cs", move || {
-        let (host, stops) = (d.host(), d.stops.clone());
+        let (host, stops) = (d.host("cs", None), d.stops.clone());
         async move {
             let settings = ConfigServerSettings {
                 rules: vec![],
@@ -125,9 +155,9 @@ pub fn add_hosts(sim: &mut turmoil::Sim<'_>, disks: &ClusterDisks) {
             .await
         }
     });
-    let d = disks.ps.clone();
+    let (d, hook) = (disks.ps.clone(), disks.send_hook());
     sim.host("ps", move || {
-        let (host, stops) = (d.host(), d.stops.clone());
+        let (host, stops) = (d.host("ps", Some(hook.clone())), d.stops.clone());
         async move {
             run_role(
                 drivers::process_server::start(host, ps_config()).await,
@@ -137,9 +167,9 @@ pub fn add_hosts(sim: &mut turmoil::Sim<'_>, disks: &ClusterDisks) {
             .await
         }
     });
-    let d = disks.mt.clone();
+    let (d, hook) = (disks.mt.clone(), disks.send_hook());
     sim.host("mt", move || {
-        let (host, stops) = (d.host(), d.stops.clone());
+        let (host, stops) = (d.host("mt", Some(hook.clone())), d.stops.clone());
         async move {
             run_role(
                 drivers::master_target::start(host, mt_config()).await,
@@ -151,7 +181,7 @@ pub fn add_hosts(sim: &mut turmoil::Sim<'_>, disks: &ClusterDisks) {
     });
     let d = disks.agent.clone();
     sim.host("agent", move || {
-        let (host, stops) = (d.host(), d.stops.clone());
+        let (host, stops) = (d.host("agent", None), d.stops.clone());
         async move {
             run_role(
                 drivers::agent::start(host, agent_config()).await,
@@ -182,6 +212,9 @@ fn ps_config() -> ProcessServerConfig {
         // Every batch, so that the compressed path is exercised whatever the timing.
         compression: haven_core::batch::CompressionPolicy::Always,
         api_listen: Some("0.0.0.0:7180".into()),
+        // Small segments, so that the cache deletes segments as the master target applies
+        // batches, and the durability checker sees every deletion.
+        cache_segment_bytes: 64 << 10,
     }
 }
 
@@ -225,160 +258,4 @@ fn agent_config() -> AgentConfig {
         nbd_listen: "0.0.0.0:10809".into(),
         api_listen: Some("0.0.0.0:7380".into()),
     }
-}
-
-/// A seeded xorshift for the workload.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
-
-async fn connect_retry(addr: &str) -> std::io::Result<turmoil::net::TcpStream> {
-    let mut last = None;
-    for _ in 0..200 {
-        match turmoil::net::TcpStream::connect(addr.to_string()).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(last.expect("tried"))
-}
-
-/// Applies one random op through NBD and to the model.
-async fn random_op<S>(
-    nbd: &mut NbdClient<S>,
-    model: &mut [u8],
-    rng: &mut Rng,
-) -> std::io::Result<()>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let size = model.len() as u64;
-    let len = match rng.below(4) {
-        0 => 1 + rng.below(9000),
-        1 => 4096 * (1 + rng.below(8)),
-        2 => 512 * (1 + rng.below(64)),
-        _ => 65_536,
-    }
-    .min(size);
-    let off = rng.below(size - len + 1);
-    let range = off as usize..(off + len) as usize;
-    match rng.below(10) {
-        0 => {
-            nbd.trim(off, len as u32).await?;
-            model[range].fill(0);
-        }
-        1 => {
-            nbd.write_zeroes(off, len as u32).await?;
-            model[range].fill(0);
-        }
-        _ => {
-            let fill = (rng.next_u64() & 0xff) as u8;
-            let data: Vec<u8> = (0..len)
-                .map(|i| fill.wrapping_add((i % 251) as u8))
-                .collect();
-            nbd.write(off, &data).await?;
-            model[range].copy_from_slice(&data);
-        }
-    }
-    Ok(())
-}
-
-/// What a workload run ends with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    pub points: Vec<PointRecord>,
-    pub image_digest: u64,
-    pub ops: u64,
-}
-
-pub fn fnv(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-/// The workload: `ops` random writes through NBD with a flush every few, then waits until the
-/// newest recovery point covers everything and checks it equals the model.
-pub async fn workload(seed: u64, ops: u64, result: Arc<Mutex<Option<Outcome>>>) -> HostResult {
-    let mut rng = Rng::new(seed ^ 0x5eed);
-    let stream = connect_retry("agent:10809").await?;
-    let mut nbd = NbdClient::connect(stream, "disk0").await?;
-    let mut model = vec![0u8; nbd.size as usize];
-    for i in 0..ops {
-        random_op(&mut nbd, &mut model, &mut rng).await?;
-        if i % 8 == 7 {
-            nbd.flush().await?;
-        }
-        tokio::time::sleep(Duration::from_millis(rng.below(20))).await;
-    }
-    nbd.flush().await?;
-    // Everything written must reach the replica: poll the newest point until its image equals
-    // the model (the check is on bytes, not on counters).
-    for _ in 0..600 {
-        if let Some((points, image)) = newest_image().await {
-            if image == model {
-                let outcome = Outcome {
-                    points,
-                    image_digest: fnv(&image),
-                    ops,
-                };
-                *result.lock().expect("result") = Some(outcome);
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let status = http_get("cs:7080", "/api/status")
-        .await
-        .map(|b| String::from_utf8_lossy(&b).into_owned());
-    let points = http_get("mt:7280", "/replicas")
-        .await
-        .map(|b| String::from_utf8_lossy(&b).into_owned());
-    Err(format!(
-        "the replica never converged to the source; status: {status:?}; replicas: {points:?}"
-    )
-    .into())
-}
-
-async fn http_get(addr: &str, path: &str) -> Option<Vec<u8>> {
-    let client = haven_runtime::http::Client::new(super::transport::TurmoilTcp, addr);
-    let resp = client
-        .send(haven_runtime::http::Method::GET, path, &[], None)
-        .await
-        .ok()?;
-    if resp.status() != 200 {
-        return None;
-    }
-    let body = haven_runtime::http::read_body(resp.into_body(), 64 << 20).await;
-    body.ok().map(|b| b.to_vec())
-}
-
-/// The newest recovery point and its image, read from the master target's API.
-pub async fn newest_image() -> Option<(Vec<PointRecord>, Vec<u8>)> {
-    let body = http_get("mt:7280", "/replicas/disk0/points").await?;
-    let points: Vec<PointRecord> = serde_json_points(&body)?;
-    let last = points.last()?.seq;
-    let image = http_get("mt:7280", &format!("/replicas/disk0/image?seq={last}")).await?;
-    Some((points, image))
-}
-
-fn serde_json_points(body: &[u8]) -> Option<Vec<PointRecord>> {
-    serde_json::from_slice(body).ok()
 }

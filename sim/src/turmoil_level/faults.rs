@@ -3,7 +3,8 @@
 //! point equals the workload's model (in `cluster::workload`). Used by the turmoil tests and by
 //! the turmoil swarm, which draws the faults from a seed (`draw`).
 
-use super::cluster::{add_hosts, workload, ClusterDisks, Disks, Outcome};
+use super::cluster::{add_hosts, ClusterDisks, Disks};
+use super::workload::{workload, Checks, Outcome};
 use crate::storage::FaultKind;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,21 +32,35 @@ pub enum Fault {
     /// The host's disk is full for `len`: its role stops on the storage error; then the disk
     /// heals and the role is restarted.
     DiskFull { host: &'static str, len: Duration },
+    /// Power loss of a host at its `sync`-th file sync after the fault's start, instead of that
+    /// sync (so exactly between writes and the fsync that would make them durable), and its
+    /// restart `down` later.
+    PowerCut {
+        host: &'static str,
+        sync: u64,
+        down: Duration,
+    },
 }
 
-type Action = (Duration, &'static str, &'static str, &'static str);
+/// When, what, the host or link, and the fault's number (its index in the fault list).
+type Action = (Duration, &'static str, &'static str, &'static str, usize);
 
 fn schedule(faults: &[(Duration, Fault)]) -> Vec<Action> {
     let mut actions: Vec<Action> = vec![];
-    for (at, f) in faults {
+    for (i, (at, f)) in faults.iter().enumerate() {
         let (start, end, a, b, len) = match *f {
             Fault::Crash { host, down } => ("crash", "restart", host, "", down),
             Fault::Partition { a, b, len } => ("partition", "repair", a, b, len),
             Fault::Hold { a, b, len } => ("hold", "release", a, b, len),
             Fault::DiskFull { host, len } => ("full", "heal", host, "", len),
+            Fault::PowerCut { host, .. } => {
+                // The restart is scheduled when the cut happens (see `run_with`).
+                actions.push((*at, "arm", host, "", i));
+                continue;
+            }
         };
-        actions.push((*at, start, a, b));
-        actions.push((*at + len, end, a, b));
+        actions.push((*at, start, a, b, i));
+        actions.push((*at + len, end, a, b, i));
     }
     actions.sort_by_key(|a| a.0);
     actions
@@ -60,9 +75,25 @@ fn disks_of<'a>(disks: &'a ClusterDisks, host: &str) -> &'a Disks {
     }
 }
 
-fn apply(sim: &mut turmoil::Sim<'_>, disks: &ClusterDisks, action: &Action, seed: u64) {
-    let (_, what, a, b) = *action;
+fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    disks: &ClusterDisks,
+    faults: &[(Duration, Fault)],
+    action: &Action,
+    seed: u64,
+) {
+    let (_, what, a, b, i) = *action;
     match what {
+        "arm" => {
+            if let Fault::PowerCut { sync, .. } = faults[i].1 {
+                disks_of(disks, a).vfs.cut_power_at_sync(sync, seed);
+            }
+        }
+        "power-restart" => {
+            let d = disks_of(disks, a);
+            d.vfs.set_fault(None);
+            sim.bounce(a);
+        }
         "crash" => {
             sim.crash(a);
             disks_of(disks, a).crash(seed);
@@ -82,6 +113,31 @@ fn apply(sim: &mut turmoil::Sim<'_>, disks: &ClusterDisks, action: &Action, seed
     }
 }
 
+/// Power cuts that happened in the last step: the host goes down (its redb loses what was not
+/// committed, as its files already did) and comes back after the fault's `down`.
+fn power_cuts(
+    sim: &mut turmoil::Sim<'_>,
+    disks: &ClusterDisks,
+    faults: &[(Duration, Fault)],
+    actions: &mut Vec<Action>,
+    cuts: &mut Vec<(Duration, &'static str)>,
+) {
+    for (i, (_, f)) in faults.iter().enumerate() {
+        let Fault::PowerCut { host, down, .. } = *f else {
+            continue;
+        };
+        let d = disks_of(disks, host);
+        if d.vfs.take_power_cut() {
+            sim.crash(host);
+            d.crash_meta();
+            let now = sim.elapsed();
+            cuts.push((now, host));
+            let at = actions.partition_point(|a| a.0 <= now + down);
+            actions.insert(at, (now + down, "power-restart", host, "", i));
+        }
+    }
+}
+
 pub fn run_with(seed: u64, ops: u64, faults: &[(Duration, Fault)]) -> (Outcome, ClusterDisks) {
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -93,15 +149,21 @@ pub fn run_with(seed: u64, ops: u64, faults: &[(Duration, Fault)]) -> (Outcome, 
     let disks = ClusterDisks::default();
     add_hosts(&mut sim, &disks);
     let result = Arc::new(Mutex::new(None));
-    sim.client("workload", workload(seed, ops, result.clone()));
-    let actions = schedule(faults);
-    let mut next = 0;
+    let checks = Checks {
+        agent: disks.agent.vfs.clone(),
+        durability: disks.durability.clone(),
+    };
+    sim.client("workload", workload(seed, ops, checks, result.clone()));
+    let mut actions = schedule(faults);
+    let (mut next, mut cuts) = (0, vec![]);
     loop {
         while next < actions.len() && sim.elapsed() >= actions[next].0 {
+            let action = actions[next];
             apply(
                 &mut sim,
                 &disks,
-                &actions[next],
+                faults,
+                &action,
                 seed.wrapping_add(next as u64),
             );
             next += 1;
@@ -111,7 +173,22 @@ pub fn run_with(seed: u64, ops: u64, faults: &[(Duration, Fault)]) -> (Outcome, 
             Ok(false) => {}
             Err(e) => panic!("seed {seed}: simulation failed: {e}"),
         }
+        let mut later = actions.split_off(next);
+        power_cuts(&mut sim, &disks, faults, &mut later, &mut cuts);
+        actions.extend(later);
     }
+    for (at, host) in &cuts {
+        eprintln!(
+            "seed {seed}: power cut on {host} at {:.3} s",
+            at.as_secs_f64()
+        );
+    }
+    let report = disks.durability.report();
+    assert!(
+        report.violations.is_empty(),
+        "seed {seed}: the durability chain broke: {:#?}",
+        report.violations
+    );
     eprintln!(
         "seed {seed}: {:.1} simulated seconds",
         sim.elapsed().as_secs_f64()
@@ -124,6 +201,18 @@ pub fn run_with(seed: u64, ops: u64, faults: &[(Duration, Fault)]) -> (Outcome, 
     assert!(
         !outcome.points.is_empty(),
         "seed {seed}: recovery points exist"
+    );
+    eprintln!(
+        "seed {seed}: {} points compared, {} acks / {} cache deletions / {} flushes checked \
+         for durability, {} overlapping ops, {} sent in flight; file syncs: ps {}, mt {}",
+        outcome.points_compared,
+        report.acks,
+        report.releases,
+        report.flushes,
+        outcome.overlapping,
+        outcome.in_flight,
+        disks.ps.vfs.stats().syncs,
+        disks.mt.vfs.stats().syncs
     );
     (outcome, disks)
 }
@@ -157,8 +246,8 @@ const LINKS: [(&str, &str); 5] = [
 ];
 
 /// The workload length and the faults of swarm seed `seed`: one to three faults among power
-/// losses of the process server, master target or configuration server, partitions, holds and
-/// full disks, starting in the first 1.5 simulated seconds (the workload runs 1 to 10). (Agent power loss is left out: an
+/// losses of the process server, master target or configuration server (at a moment, or at a
+/// drawn file sync), partitions, holds and full disks, starting in the first 1.5 simulated seconds (the workload runs 1 to 10). (Agent power loss is left out: an
 /// agent crash loses the writes it held, which marks the replica inconsistent until the
 /// resync of the next issue exists.)
 pub fn draw(seed: u64) -> (u64, Vec<(Duration, Fault)>) {
@@ -168,9 +257,15 @@ pub fn draw(seed: u64) -> (u64, Vec<(Duration, Fault)>) {
     let mut faults = vec![];
     for _ in 0..n {
         let at = d.ms(50, 1500);
-        let fault = match d.below(4) {
+        let fault = match d.below(5) {
             0 => Fault::Crash {
                 host: d.pick(&["ps", "mt", "cs"]),
+                down: d.ms(200, 2000),
+            },
+            4 => Fault::PowerCut {
+                // The configuration server keeps only redb, which the cut does not reach.
+                host: d.pick(&["ps", "mt"]),
+                sync: 1 + d.below(60),
                 down: d.ms(200, 2000),
             },
             1 => {

@@ -10,6 +10,9 @@
 //! the master target's API, equals the model byte for byte.
 
 pub mod cluster;
+pub mod durability;
 pub mod faults;
 pub mod nbd_client;
+pub mod tap;
 pub mod transport;
+pub mod workload;

@@ -1,4 +1,4 @@
-//! A minimal NBD client (fixed newstyle, EXPORT_NAME, one request at a time) for the simulated
+//! A minimal NBD client (fixed newstyle, EXPORT_NAME; requests one at a time or several in flight) for the simulated
 //! workload: it reaches the agent exactly as qemu does, through the NBD server.
 
 use std::io;
@@ -9,11 +9,11 @@ const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
 const REQUEST_MAGIC: u32 = 0x2560_9513;
 const REPLY_MAGIC: u32 = 0x6744_6698;
 const OPT_EXPORT_NAME: u32 = 1;
-const CMD_READ: u16 = 0;
-const CMD_WRITE: u16 = 1;
-const CMD_FLUSH: u16 = 3;
-const CMD_TRIM: u16 = 4;
-const CMD_WRITE_ZEROES: u16 = 6;
+pub const CMD_READ: u16 = 0;
+pub const CMD_WRITE: u16 = 1;
+pub const CMD_FLUSH: u16 = 3;
+pub const CMD_TRIM: u16 = 4;
+pub const CMD_WRITE_ZEROES: u16 = 6;
 const FLAG_FIXED_NEWSTYLE: u32 = 1;
 const FLAG_NO_ZEROES: u32 = 2;
 
@@ -44,13 +44,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> NbdClient<S> {
         Ok(NbdClient { s, size, handle: 1 })
     }
 
-    async fn request(
-        &mut self,
-        cmd: u16,
-        offset: u64,
-        len: u32,
-        data: &[u8],
-    ) -> io::Result<Vec<u8>> {
+    /// Sends a request without waiting for its reply (requests may be in flight together);
+    /// returns its handle.
+    pub async fn send(&mut self, cmd: u16, offset: u64, len: u32, data: &[u8]) -> io::Result<u64> {
         let handle = self.handle;
         self.handle += 1;
         self.s.write_u32(REQUEST_MAGIC).await?;
@@ -61,15 +57,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> NbdClient<S> {
         self.s.write_u32(len).await?;
         self.s.write_all(data).await?;
         self.s.flush().await?;
+        Ok(handle)
+    }
+
+    /// Reads one reply without a payload (any request but a read); returns its handle.
+    pub async fn recv(&mut self) -> io::Result<u64> {
         if self.s.read_u32().await? != REPLY_MAGIC {
             return Err(bad("bad reply magic"));
         }
         let error = self.s.read_u32().await?;
-        if self.s.read_u64().await? != handle {
-            return Err(bad("reply for another request"));
-        }
+        let handle = self.s.read_u64().await?;
         if error != 0 {
             return Err(io::Error::other(format!("NBD error {error}")));
+        }
+        Ok(handle)
+    }
+
+    async fn request(
+        &mut self,
+        cmd: u16,
+        offset: u64,
+        len: u32,
+        data: &[u8],
+    ) -> io::Result<Vec<u8>> {
+        let handle = self.send(cmd, offset, len, data).await?;
+        if self.recv().await? != handle {
+            return Err(bad("reply for another request"));
         }
         let mut out = vec![0u8; if cmd == CMD_READ { len as usize } else { 0 }];
         self.s.read_exact(&mut out).await?;
