@@ -330,6 +330,10 @@ fn agent_holds_writes_past_its_buffer_and_completes_them_after_acks() {
 // ---------------------------------------------------------------------------------------------
 // process server cache full: agents are told Busy and wait
 
+/// Also a regression test of the agent's `Busy` handling (a later "resend now" must not cut an
+/// earlier wait short): checked 2026-12-03 by reverting that fix (core/src/agent/net.rs), this
+/// test fails after 20-30 s with "the cluster does not settle" (agent and process server
+/// loop); `a_later_busy_never_shortens_an_earlier_wait` in core/tests/agent.rs fails at once.
 #[test]
 fn a_full_cache_makes_the_agent_wait_without_a_resend_storm() {
     let mut settings = agent_settings();

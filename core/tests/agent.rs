@@ -1,0 +1,230 @@
+//! The agent driven alone, message by message, for orderings the cluster harness cannot pin
+//! down (docs/simulation.md, "Core bugs found").
+
+mod common;
+
+use common::*;
+use haven_core::agent::{self, Agent, SourceOp};
+use haven_core::net::{NetCommand, NetEvent};
+use haven_core::protocol::{Assignment, Message};
+use haven_core::{ComponentId, ConnId, Epoch, Machine, Timestamp};
+
+const CS: ConnId = ConnId(1);
+const PS: ConnId = ConnId(2);
+const EPOCH: Epoch = Epoch(1);
+
+struct A {
+    agent: Agent,
+    now: Timestamp,
+    /// Messages sent to the process server, in order.
+    to_ps: Vec<Message>,
+    /// Connections the agent closed.
+    closed: Vec<ConnId>,
+    /// Connections to the process server the agent made (`PS` first).
+    ps_conns: Vec<ConnId>,
+    next_io: u64,
+}
+
+impl A {
+    /// An agent with one disk, registered and streaming to its process server (`StreamState`
+    /// answered), nothing written yet.
+    fn streaming() -> A {
+        let mut settings = agent_settings();
+        settings.batch_bytes_max = haven_core::batch::BLOCK_BYTES; // one batch per block write
+        let now = Timestamp::from_millis(1_000_000);
+        let disks = vec![(disk_id(), DISK_BYTES as u64, 0)];
+        let mut a = A {
+            agent: Agent::new(settings, disks, now),
+            now,
+            to_ps: vec![],
+            closed: vec![],
+            ps_conns: vec![],
+            next_io: 1,
+        };
+        a.run();
+        let assign = Assignment {
+            disk: disk_id(),
+            epoch: EPOCH,
+            process_server: ComponentId::new("ps1").unwrap(),
+            process_server_addr: Node::Ps.addr().into(),
+            batch_bytes_max: None,
+            batch_delay_ms: None,
+        };
+        a.recv(CS, Message::Assign(vec![assign]));
+        assert!(
+            a.to_ps.iter().any(|m| m.kind() == "OpenStream"),
+            "{:?}",
+            a.to_ps
+        );
+        let state = Message::StreamState {
+            disk: disk_id(),
+            epoch: EPOCH,
+            cached_seq: 0,
+            applied_seq: 0,
+        };
+        a.recv(PS, state);
+        a.to_ps.clear();
+        a
+    }
+
+    fn input(&mut self, i: agent::Input) {
+        self.agent.handle(self.now, i);
+        self.run();
+    }
+
+    fn recv(&mut self, conn: ConnId, msg: Message) {
+        let data = vec![];
+        self.input(agent::Input::Net(NetEvent::Received { conn, msg, data }));
+    }
+
+    /// Advances the clock by `ms`, one tick per millisecond.
+    fn advance(&mut self, ms: u64) {
+        for _ in 0..ms {
+            self.now = self.now.plus_millis(1);
+            self.input(agent::Input::Tick);
+        }
+    }
+
+    fn write_block(&mut self, block: usize) {
+        let io = self.next_io;
+        self.next_io += 1;
+        let op = SourceOp::Write {
+            offset: (block * B) as u64,
+            data: vec![block as u8 + 1; B],
+        };
+        let (disk, fua) = (0, false);
+        self.input(agent::Input::Write { io, disk, op, fua });
+    }
+
+    /// Carries out the agent's outputs: storage at once, connections to the configuration
+    /// server (`CS`) and the process server (`PS`) accepted.
+    fn run(&mut self) {
+        while let Some(o) = self.agent.poll_output() {
+            let next = match o {
+                agent::Output::Reserve { disk, reserved } => {
+                    Some(agent::Input::Reserved { disk, reserved })
+                }
+                agent::Output::SourceWrite { io, op, .. } => {
+                    let data = match op {
+                        SourceOp::Write { data, .. } => Some(data),
+                        SourceOp::Zero { .. } => None,
+                    };
+                    Some(agent::Input::SourceDone { io, data })
+                }
+                agent::Output::SourceSync { io, .. } => Some(agent::Input::Synced { io }),
+                agent::Output::StartCopy { disk } => Some(agent::Input::CopyDone { disk }),
+                agent::Output::Net(NetCommand::Connect { token, addr }) => {
+                    let (conn, peer) = if addr == Node::Cs.addr() {
+                        (CS, Node::Cs.hello())
+                    } else {
+                        assert_eq!(addr, Node::Ps.addr());
+                        let conn = ConnId(PS.0 + 10 * self.ps_conns.len() as u64);
+                        self.ps_conns.push(conn);
+                        (conn, Node::Ps.hello())
+                    };
+                    Some(agent::Input::Net(NetEvent::Connected { token, conn, peer }))
+                }
+                agent::Output::Net(NetCommand::Send { conn, msg, .. }) if conn != CS => {
+                    self.to_ps.push(msg);
+                    None
+                }
+                agent::Output::Net(NetCommand::Close { conn }) => {
+                    self.closed.push(conn);
+                    let reason = "closed".into();
+                    Some(agent::Input::Net(NetEvent::Closed { conn, reason }))
+                }
+                _ => None,
+            };
+            if let Some(i) = next {
+                self.agent.handle(self.now, i);
+            }
+        }
+    }
+
+    fn batches_sent(&self) -> Vec<u64> {
+        self.to_ps
+            .iter()
+            .filter_map(|m| match m {
+                Message::Batch(h) => Some(h.first_seq),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// A full cache answers the first batch with `Busy` "wait 100 ms"; the batches the agent had
+/// already sent behind it then arrive out of order and are answered `Busy` "resend now"
+/// (`retry_after_ms: 0`). The later `Busy` must not cut the wait short: the agent resends
+/// nothing until the 100 ms are over (found while fixing the simulation's bugs: agent and
+/// process server looped on refusals).
+///
+/// Checked 2026-12-03 by reverting the fix (`Message::Busy` in core/src/agent/net.rs setting
+/// `busy_until` to the latest Busy's time instead of the later of the two): this test fails with
+/// "resent before the wait was over: [1, 2, 3, 1, 2, 3]"; so does
+/// `a_full_cache_makes_the_agent_wait_without_a_resend_storm` in data_path.rs, after 20-30 s,
+/// with "the cluster does not settle" (the resend loop never ends).
+#[test]
+fn a_later_busy_never_shortens_an_earlier_wait() {
+    let mut a = A::streaming();
+    for block in 0..3 {
+        a.write_block(block);
+        a.advance(1);
+    }
+    a.advance(20);
+    assert_eq!(a.batches_sent(), [1, 2, 3]);
+    a.to_ps.clear();
+
+    let busy = |first_seq, retry_after_ms| Message::Busy {
+        disk: disk_id(),
+        first_seq,
+        retry_after_ms,
+    };
+    a.recv(PS, busy(1, 100)); // batch 1: the cache is full
+    a.recv(PS, busy(1, 0)); // batch 2: out of order
+    a.recv(PS, busy(1, 0)); // batch 3: out of order
+    a.advance(90);
+    assert!(
+        a.batches_sent().is_empty(),
+        "resent before the wait was over: {:?}",
+        a.batches_sent()
+    );
+    a.advance(20);
+    assert_eq!(a.batches_sent(), [1, 2, 3], "resent once the wait is over");
+}
+
+/// A stream whose answers stop (its packets are lost in a partition, which TCP alone does not
+/// notice) is closed after `STREAM_STALL_MS` of silence with batches outstanding, and reopened
+/// (found by the turmoil level, where such a stream hung forever).
+///
+/// Checked 2026-12-03 by reverting the fix (`on_timers` in core/src/agent/handle.rs no longer
+/// closing a stalled stream): this test fails with "the stalled stream to the process server is
+/// not closed"; at the turmoil level `partitions_heal_and_replication_resumes` no longer ends
+/// (the agent-process server partition's stream never recovers; still running after 180 s).
+#[test]
+fn a_stream_that_goes_silent_is_reopened() {
+    let mut a = A::streaming();
+    a.write_block(0);
+    a.advance(20);
+    assert_eq!(a.batches_sent(), [1]);
+    a.to_ps.clear();
+    // No answer at all, as across a partition that loses packets.
+    a.advance(haven_core::agent::STREAM_STALL_MS - 100);
+    assert!(
+        a.closed.is_empty(),
+        "closed before the stall bound: {:?}",
+        a.closed
+    );
+    a.advance(200);
+    assert_eq!(
+        a.closed,
+        [PS],
+        "the stalled stream to the process server is not closed"
+    );
+    a.advance(100); // past the reconnect delay
+    assert_eq!(a.ps_conns.len(), 2, "reconnected: {:?}", a.ps_conns);
+    assert!(
+        matches!(a.to_ps[..], [Message::OpenStream { first_seq: 1, .. }]),
+        "the new stream reopens at the unanswered batch: {:?}",
+        a.to_ps
+    );
+}
