@@ -485,8 +485,8 @@ impl Api {
         let exited = wall_ms();
         model.apply(ops);
         let prev = model.rounds.last().map_or(0, |r| r.seq);
-        // Every command that reaches the disk takes at least one seq.
-        let writes = ops.iter().filter(|op| !matches!(op, Op::Sleep(_))).count() as u64;
+        // Every command that writes the disk takes at least one seq.
+        let writes = ops.iter().filter(|op| op.takes_seq()).count() as u64;
         let seq = self.fresh_disk(exited, prev + writes).written;
         model.end_round(seq);
         seq
@@ -495,11 +495,16 @@ impl Api {
 
 /// One workload command, as qemu-io runs it and as the model applies it: (offset, length,
 /// pattern); `Sleep` pauses qemu-io with its connection open and its writes not yet flushed.
+/// `AioWrite`s are submitted without waiting, so several are in flight on the NBD connection
+/// at once; `AioFlush` waits for them all; `Flush` sends an NBD flush.
 #[derive(Clone, Debug)]
 pub enum Op {
     Write(u64, u64, u8),
+    AioWrite(u64, u64, u8),
     Zero(u64, u64),
     Discard(u64, u64),
+    AioFlush,
+    Flush,
     Sleep(u64),
 }
 
@@ -507,18 +512,27 @@ impl Op {
     pub fn command(&self) -> String {
         match *self {
             Op::Write(off, len, pat) => format!("write -P {pat:#04x} {off} {len}"),
+            Op::AioWrite(off, len, pat) => format!("aio_write -P {pat:#04x} {off} {len}"),
             Op::Zero(off, len) => format!("write -z {off} {len}"),
             Op::Discard(off, len) => format!("discard {off} {len}"),
+            Op::AioFlush => "aio_flush".into(),
+            Op::Flush => "flush".into(),
             Op::Sleep(ms) => format!("sleep {ms}"),
         }
     }
 
+    /// True for a command that writes the disk: the agent gives it one seq, in the order the
+    /// commands reach it (qemu sends in-flight requests in submission order).
+    pub fn takes_seq(&self) -> bool {
+        !matches!(self, Op::Sleep(_) | Op::AioFlush | Op::Flush)
+    }
+
     fn apply(&self, disk: &mut [u8]) {
         let (off, len, fill) = match *self {
-            Op::Write(off, len, pat) => (off, len, pat),
+            Op::Write(off, len, pat) | Op::AioWrite(off, len, pat) => (off, len, pat),
             // The agent punches holes for discards: they read back as zeros.
             Op::Zero(off, len) | Op::Discard(off, len) => (off, len, 0),
-            Op::Sleep(_) => return,
+            Op::Sleep(_) | Op::AioFlush | Op::Flush => return,
         };
         disk[off as usize..(off + len) as usize].fill(fill);
     }
@@ -576,7 +590,7 @@ impl Model {
         }
         let round_ops = &self.ops[prev_ops..self.rounds[r].ops];
         let io: Vec<usize> = (0..round_ops.len())
-            .filter(|i| !matches!(round_ops[*i], Op::Sleep(_)))
+            .filter(|i| round_ops[*i].takes_seq())
             .collect();
         if io.len() as u64 != self.rounds[r].seq - prev_seq {
             return None;
@@ -610,7 +624,8 @@ impl Rng {
 }
 
 /// One round of writes spread over the disk: patterned writes, an unaligned overwrite, an
-/// unaligned small write, aligned and unaligned discards over written data, and zeroing.
+/// unaligned small write, aligned and unaligned discards over written data, zeroing, two
+/// consecutive overlapping writes, two overlapping writes in flight together, and flushes.
 pub fn gen_round(rng: &mut Rng, round: usize) -> Vec<Op> {
     const B: u64 = 4096;
     let pat = |i: usize| (1 + (round * 13 + i) % 254) as u8;
@@ -621,6 +636,7 @@ pub fn gen_round(rng: &mut Rng, round: usize) -> Vec<Op> {
         )
     };
     let w = [spot(), spot(), spot()];
+    let (o, l) = spot();
     let mut ops: Vec<Op> = (0..3).map(|i| Op::Write(w[i].0, w[i].1, pat(i))).collect();
     ops.push(Op::Write(
         w[0].0 + w[0].1 / 2 + 7,
@@ -640,6 +656,16 @@ pub fn gen_round(rng: &mut Rng, round: usize) -> Vec<Op> {
         // The last bytes of the disk, unaligned start.
         ops.push(Op::Write(DISK_BYTES - B - 333, B + 333, pat(5)));
     }
+    // Order matters from here: each write lands on part of the one before it, so a swap
+    // anywhere on the path shows as a byte difference.
+    ops.push(Op::Write(o, l, pat(6)));
+    ops.push(Op::Write(o + l / 3 + 5, l / 2, pat(7)));
+    ops.push(Op::Flush);
+    ops.push(Op::AioWrite(o + 1000, 6000, pat(8)));
+    ops.push(Op::AioWrite(o + 3000, 9000, pat(9)));
+    ops.push(Op::AioWrite(o, 4096, pat(10)));
+    ops.push(Op::AioFlush);
+    ops.push(Op::Flush);
     ops
 }
 
