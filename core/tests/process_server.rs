@@ -179,18 +179,24 @@ fn appended(out: &[ps::Output]) -> (u64, u64) {
 /// queuing the batch whatever `applied_seq` says): this test fails with "a batch the master
 /// target already applied was forwarded", while `batch_applied_during_its_append_is_not_forwarded`
 /// in sim/tests/regressions.rs (seed 9461) no longer reaches this ordering and passes.
+/// The master target's answer to the stream's `OpenStream`: it holds everything through
+/// `applied`.
+fn stream_state(applied: Seq) -> Message {
+    Message::StreamState {
+        disk: disk_id(),
+        epoch: EPOCH,
+        cached_seq: applied,
+        applied_seq: applied,
+    }
+}
+
 #[test]
 fn a_batch_found_applied_when_its_append_completes_is_released_not_forwarded() {
     let mut p = Ps::new(ps_settings(), 0, 1);
     let out = p.batch(1);
     let (id, bytes) = appended(&out);
     // The master target answers the stream's OpenStream while the append runs: it has seq 1.
-    let state = Message::StreamState {
-        disk: disk_id(),
-        epoch: EPOCH,
-        cached_seq: 1,
-        applied_seq: 1,
-    };
+    let state = stream_state(1);
     p.recv(MT, state, vec![]);
     let loc = CacheLoc {
         segment: 0,
@@ -278,12 +284,7 @@ fn the_cache_quota_counts_whole_frames() {
 #[test]
 fn a_master_target_stream_that_goes_silent_is_reopened() {
     let mut p = Ps::new(ps_settings(), 0, 1);
-    let state = Message::StreamState {
-        disk: disk_id(),
-        epoch: EPOCH,
-        cached_seq: 0,
-        applied_seq: 0,
-    };
+    let state = stream_state(0);
     p.recv(MT, state, vec![]);
     let out = p.batch(1);
     let (id, bytes) = appended(&out);
