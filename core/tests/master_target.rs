@@ -7,10 +7,10 @@ use common::mt_alone::*;
 use common::*;
 use haven_core::batch::{BatchHeader, Encoding};
 use haven_core::master_target as mt;
-use haven_core::net::NetEvent;
+use haven_core::net::{NetCommand, NetEvent};
 use haven_core::protocol::Message;
 use haven_core::Machine;
-use haven_core::{ConnId, Timestamp};
+use haven_core::{ConnId, Epoch, Timestamp};
 
 // ---------------------------------------------------------------------------------------------
 // (e) master target alone
@@ -196,4 +196,322 @@ fn master_target_marks_a_gap_inconsistent() {
         m.stats().replicas[0].inconsistent.is_some(),
         "still inconsistent until a resync"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The master target's link to the configuration server, its timers, `Retire` and `OpenStream`.
+
+const CS_CONN: ConnId = ConnId(1);
+
+fn at(ms: u64) -> Timestamp {
+    Timestamp::from_millis(ms)
+}
+
+fn mt_net(m: &mut mt::MasterTarget, ms: u64, ev: NetEvent) -> Vec<mt::Output> {
+    m.handle(at(ms), mt::Input::Net(ev));
+    mt_outputs(m)
+}
+
+fn mt_tick(m: &mut mt::MasterTarget, ms: u64) -> Vec<mt::Output> {
+    m.handle(at(ms), mt::Input::Tick);
+    mt_outputs(m)
+}
+
+fn connects(outs: &[mt::Output]) -> usize {
+    outs.iter()
+        .filter(|o| {
+            matches!(o, mt::Output::Net(NetCommand::Connect { addr, .. }) if addr == Node::Cs.addr())
+        })
+        .count()
+}
+
+/// The configuration server's connection comes up on `conn` at `ms`; returns what was sent.
+fn cs_connected(m: &mut mt::MasterTarget, ms: u64, conn: ConnId) -> Vec<mt::Output> {
+    mt_net(
+        m,
+        ms,
+        NetEvent::Connected {
+            token: u64::MAX,
+            conn,
+            peer: Node::Cs.hello(),
+        },
+    )
+}
+
+/// What was sent on `conn`.
+fn sent_on(outs: &[mt::Output], on: ConnId) -> Vec<Message> {
+    outs.iter()
+        .filter_map(|o| match o {
+            mt::Output::Net(NetCommand::Send { conn, msg, .. }) if *conn == on => Some(msg.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn heartbeats(outs: &[mt::Output]) -> usize {
+    sent_on(outs, CS_CONN)
+        .iter()
+        .filter(|m| matches!(m, Message::MasterTargetHeartbeat(_)))
+        .count()
+}
+
+fn closed(conn: ConnId) -> NetEvent {
+    NetEvent::Closed {
+        conn,
+        reason: "gone".into(),
+    }
+}
+
+/// A master target registered with the configuration server (on `CS_CONN`) with a replica of
+/// epoch `epoch` streamed on the process server's connection; everything sent so far drained.
+fn mt_with_replica(epoch: u64) -> (mt::MasterTarget, ConnId) {
+    let (mut m, ps) = mt_alone();
+    mt_outputs(&mut m);
+    cs_connected(&mut m, 1000, CS_CONN);
+    mt_recv(&mut m, ps, open(epoch, 1), vec![]);
+    (m, ps)
+}
+
+fn retire(disk: haven_core::DiskId, epoch: u64) -> Message {
+    Message::Retire(vec![haven_core::protocol::Retired {
+        disk,
+        epoch: Epoch(epoch),
+    }])
+}
+
+fn removed(outs: &[mt::Output]) -> bool {
+    outs.iter()
+        .any(|o| matches!(o, mt::Output::RemoveReplica(d) if *d == disk_id()))
+}
+
+#[test]
+fn master_target_heartbeats_every_interval_while_registered() {
+    let (mut m, _) = mt_alone();
+    let outs = mt_outputs(&mut m);
+    assert_eq!(connects(&outs), 1, "{outs:?}");
+    assert_eq!(m.poll_timeout(), Some(at(2000)), "the next heartbeat");
+    let outs = cs_connected(&mut m, 1000, CS_CONN);
+    assert!(matches!(
+        sent_on(&outs, CS_CONN)[..],
+        [Message::Register(_)]
+    ));
+    assert_eq!(mt_tick(&mut m, 1999).len(), 0);
+    let outs = mt_tick(&mut m, 2000);
+    assert_eq!(heartbeats(&outs), 1, "{outs:?}");
+    assert_eq!(m.poll_timeout(), Some(at(3000)));
+    assert_eq!(heartbeats(&mt_tick(&mut m, 2500)), 0);
+    assert_eq!(heartbeats(&mt_tick(&mut m, 3000)), 1);
+    assert_eq!(heartbeats(&mt_tick(&mut m, 3001)), 0);
+    assert_eq!(m.poll_timeout(), Some(at(4000)));
+}
+
+#[test]
+fn master_target_reconnects_to_the_config_server_after_a_backoff() {
+    let (mut m, _) = mt_alone();
+    mt_outputs(&mut m);
+    cs_connected(&mut m, 1000, CS_CONN);
+    // The configuration server's connection drops: reconnect after reconnect_delay_ms (50).
+    let outs = mt_net(&mut m, 1200, closed(CS_CONN));
+    assert_eq!(connects(&outs), 0, "{outs:?}");
+    assert_eq!(m.poll_timeout(), Some(at(1250)), "the backoff deadline");
+    assert_eq!(connects(&mt_tick(&mut m, 1249)), 0);
+    assert_eq!(connects(&mt_tick(&mut m, 1250)), 1);
+    assert_eq!(
+        m.poll_timeout(),
+        Some(at(2000)),
+        "connecting: the heartbeat"
+    );
+    // No heartbeat goes out while not connected.
+    assert_eq!(mt_tick(&mut m, 2000).len(), 0);
+    // A failed attempt backs off again.
+    let outs = mt_net(
+        &mut m,
+        2100,
+        NetEvent::ConnectFailed {
+            token: u64::MAX,
+            reason: "refused".into(),
+        },
+    );
+    assert_eq!(connects(&outs), 0);
+    assert_eq!(m.poll_timeout(), Some(at(2150)));
+    assert_eq!(connects(&mt_tick(&mut m, 2150)), 1);
+    // Connected again: registers again, then heartbeats on the new connection.
+    let conn = ConnId(2);
+    let outs = cs_connected(&mut m, 2200, conn);
+    assert!(matches!(sent_on(&outs, conn)[..], [Message::Register(_)]));
+    let outs = mt_tick(&mut m, 3000);
+    assert!(
+        matches!(
+            sent_on(&outs, conn)[..],
+            [Message::MasterTargetHeartbeat(_)]
+        ),
+        "{outs:?}"
+    );
+}
+
+#[test]
+fn master_target_a_closed_stream_leaves_the_config_server_link_alone() {
+    let (mut m, ps) = mt_with_replica(1);
+    let outs = mt_net(&mut m, 1100, closed(ps));
+    assert!(outs.is_empty(), "{outs:?}");
+    assert_eq!(m.poll_timeout(), Some(at(2000)));
+    assert_eq!(connects(&mt_tick(&mut m, 1200)), 0);
+    assert_eq!(heartbeats(&mt_tick(&mut m, 2000)), 1, "still registered");
+}
+
+#[test]
+fn master_target_a_closed_connection_ends_only_its_own_stream() {
+    let (mut m, ps) = mt_with_replica(1);
+    // Another connection (a second process server) closes: the stream on `ps` goes on.
+    let other = ConnId(20);
+    mt_net(
+        &mut m,
+        1001,
+        NetEvent::Accepted {
+            conn: other,
+            peer: Node::Ps.hello(),
+        },
+    );
+    mt_net(&mut m, 1001, closed(other));
+    let (_, persisted) = mt_apply(&mut m, ps, 1, 1, 1);
+    assert!(matches!(
+        sent_on(&persisted, ps)[..],
+        [Message::Applied { applied_seq: 1, .. }]
+    ));
+    // An append in flight when its stream closes: nothing is sent to the closed connection,
+    // and a batch on it is refused (its stream ended).
+    let (h, d) = data_batch(1, 2, 2);
+    let outs = mt_recv(&mut m, ps, Message::Batch(h), d);
+    let id = outs
+        .iter()
+        .find_map(|o| match o {
+            mt::Output::JournalAppend { id, .. } => Some(*id),
+            _ => None,
+        })
+        .expect("appended");
+    mt_net(&mut m, 1002, closed(ps));
+    m.handle(
+        at(1003),
+        mt::Input::JournalPersisted {
+            id,
+            journal_bytes: 200,
+        },
+    );
+    let outs = mt_outputs(&mut m);
+    assert!(sent(&outs).is_empty(), "{outs:?}");
+    assert_eq!(m.stats().replicas[0].applied_seq, 2, "still applied");
+    let (h, d) = data_batch(1, 3, 3);
+    let outs = mt_recv(&mut m, ps, Message::Batch(h), d);
+    assert!(
+        matches!(sent(&outs)[..], [Message::Reject { .. }]),
+        "{outs:?}"
+    );
+}
+
+#[test]
+fn master_target_takes_retire_only_from_the_config_server() {
+    let (mut m, ps) = mt_with_replica(1);
+    let outs = mt_recv(&mut m, ps, retire(disk_id(), 1), vec![]);
+    assert!(!removed(&outs), "{outs:?}");
+    assert!(matches!(sent_on(&outs, ps)[..], [Message::Reject { .. }]));
+    assert!(closes(&outs));
+    assert_eq!(m.stats().replicas.len(), 1);
+    // From the configuration server: removed, and its stream closed.
+    let (mut m, ps) = mt_with_replica(1);
+    let outs = mt_recv(&mut m, CS_CONN, retire(disk_id(), 1), vec![]);
+    assert!(removed(&outs), "{outs:?}");
+    assert!(outs
+        .iter()
+        .any(|o| matches!(o, mt::Output::Net(NetCommand::Close { conn }) if *conn == ps)));
+    assert!(sent(&outs).is_empty(), "{outs:?}");
+    assert!(m.stats().replicas.is_empty());
+    // Once the configuration server's connection closed, a Retire on it is not taken.
+    let (mut m, _) = mt_with_replica(1);
+    mt_net(&mut m, 1001, closed(CS_CONN));
+    let outs = mt_recv(&mut m, CS_CONN, retire(disk_id(), 1), vec![]);
+    assert!(!removed(&outs), "{outs:?}");
+    assert_eq!(m.stats().replicas.len(), 1);
+}
+
+#[test]
+fn master_target_retire_keeps_a_replica_of_a_newer_epoch() {
+    for (retired, gone) in [(1, false), (2, true), (3, true)] {
+        let (mut m, _) = mt_with_replica(2);
+        let outs = mt_recv(&mut m, CS_CONN, retire(disk_id(), retired), vec![]);
+        assert_eq!(removed(&outs), gone, "retired epoch {retired}: {outs:?}");
+        assert_eq!(
+            m.stats().replicas.is_empty(),
+            gone,
+            "retired epoch {retired}"
+        );
+    }
+    // Another disk's retirement leaves this one alone.
+    let (mut m, _) = mt_with_replica(2);
+    let other = haven_core::DiskId::new("disk9").unwrap();
+    let outs = mt_recv(&mut m, CS_CONN, retire(other, 2), vec![]);
+    assert!(outs.is_empty(), "{outs:?}");
+    assert_eq!(m.stats().replicas.len(), 1);
+}
+
+#[test]
+fn master_target_refuses_a_size_not_a_positive_multiple_of_a_block() {
+    for size in [0, 4097, DISK_BYTES as u64 + 1] {
+        let (mut m, ps) = mt_alone();
+        mt_outputs(&mut m);
+        let msg = Message::OpenStream {
+            disk: disk_id(),
+            epoch: Epoch(1),
+            size_bytes: size,
+            first_seq: 1,
+        };
+        let outs = mt_recv(&mut m, ps, msg, vec![]);
+        assert!(
+            matches!(sent(&outs)[..], [Message::Reject { .. }]),
+            "{size}: {outs:?}"
+        );
+        assert!(closes(&outs));
+        assert!(
+            !outs
+                .iter()
+                .any(|o| matches!(o, mt::Output::CreateReplica(_))),
+            "{size}"
+        );
+        assert!(m.stats().replicas.is_empty());
+    }
+}
+
+#[test]
+fn master_target_persists_a_new_epoch_only_when_it_changes() {
+    let (mut m, ps) = mt_alone();
+    mt_outputs(&mut m);
+    let saves = |outs: &[mt::Output]| -> Vec<mt::ReplicaMeta> {
+        outs.iter()
+            .filter_map(|o| match o {
+                mt::Output::SaveReplica(meta) => Some(meta.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let outs = mt_recv(&mut m, ps, open(1, 1), vec![]);
+    assert!(
+        saves(&outs).is_empty(),
+        "created, nothing else to save: {outs:?}"
+    );
+    // The same epoch again (a process server reconnecting): nothing to save.
+    let outs = mt_recv(&mut m, ps, open(1, 1), vec![]);
+    assert!(saves(&outs).is_empty(), "{outs:?}");
+    assert!(matches!(sent(&outs)[..], [Message::StreamState { .. }]));
+    // A failover's new epoch is persisted, so that a restart still fences the old one.
+    let outs = mt_recv(&mut m, ps, open(3, 1), vec![]);
+    let saved = saves(&outs);
+    assert_eq!(saved.len(), 1, "{outs:?}");
+    assert_eq!(saved[0].epoch, Epoch(3));
+    assert!(saved[0].inconsistent.is_none());
+    assert!(matches!(
+        sent(&outs)[..],
+        [Message::StreamState {
+            epoch: Epoch(3),
+            ..
+        }]
+    ));
 }
