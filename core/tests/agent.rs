@@ -7,6 +7,7 @@ use common::*;
 use haven_core::agent::{self, Agent, SourceOp};
 use haven_core::net::{NetCommand, NetEvent};
 use haven_core::protocol::{Assignment, Message};
+use haven_core::stats::ReplicationMode;
 use haven_core::{ComponentId, ConnId, Epoch, Machine, Timestamp};
 
 const CS: ConnId = ConnId(1);
@@ -23,6 +24,8 @@ struct A {
     /// Connections to the process server the agent made (`PS` first).
     ps_conns: Vec<ConnId>,
     next_io: u64,
+    /// `StartCopy` outputs seen (each answered `CopyDone` at once).
+    copies_started: usize,
 }
 
 impl A {
@@ -40,6 +43,7 @@ impl A {
             closed: vec![],
             ps_conns: vec![],
             next_io: 1,
+            copies_started: 0,
         };
         a.run();
         let assign = Assignment {
@@ -112,7 +116,10 @@ impl A {
                     Some(agent::Input::SourceDone { io, data })
                 }
                 agent::Output::SourceSync { io, .. } => Some(agent::Input::Synced { io }),
-                agent::Output::StartCopy { disk } => Some(agent::Input::CopyDone { disk }),
+                agent::Output::StartCopy { disk } => {
+                    self.copies_started += 1;
+                    Some(agent::Input::CopyDone { disk })
+                }
                 agent::Output::Net(NetCommand::Connect { token, addr }) => {
                     let (conn, peer) = if addr == Node::Cs.addr() {
                         (CS, Node::Cs.hello())
@@ -225,6 +232,84 @@ fn a_stream_that_goes_silent_is_reopened() {
     assert!(
         matches!(a.to_ps[..], [Message::OpenStream { first_seq: 1, .. }]),
         "the new stream reopens at the unanswered batch: {:?}",
+        a.to_ps
+    );
+}
+
+/// A stream with nothing outstanding is idle, not stalled: however long it stays quiet after
+/// its last batch was acknowledged, it is not closed.
+#[test]
+fn an_idle_stream_is_not_taken_for_a_stalled_one() {
+    let mut a = A::streaming();
+    a.write_block(0);
+    a.advance(20);
+    assert_eq!(a.batches_sent(), [1]);
+    let ack = Message::BatchAck {
+        disk: disk_id(),
+        epoch: EPOCH,
+        cached_seq: 1,
+        applied_seq: 1,
+    };
+    a.recv(PS, ack);
+    a.advance(haven_core::agent::STREAM_STALL_MS + 500);
+    assert!(a.closed.is_empty(), "an idle stream closed: {:?}", a.closed);
+    assert_eq!(a.ps_conns, [PS]);
+    assert!(a.agent.stats().disks[0].connected);
+}
+
+/// `Retire` ends the protection: what was buffered is dropped, the stream reads as caught up,
+/// later writes reach the disk without being buffered or streamed, and a new assignment
+/// starts over with a full copy.
+#[test]
+fn a_retired_disk_drops_its_buffer_and_streams_nothing() {
+    let mut a = A::streaming();
+    for block in 0..3 {
+        a.write_block(block);
+        a.advance(1);
+    }
+    a.advance(20);
+    assert_eq!(a.batches_sent(), [1, 2, 3]);
+    a.to_ps.clear();
+    let s = &a.agent.stats().disks[0];
+    assert_eq!(s.mode, ReplicationMode::Data);
+    assert_eq!(s.buffered_bytes, 3 * B as u64);
+    assert!(s.rpo_ms > 0);
+
+    let retired = haven_core::protocol::Retired {
+        disk: disk_id(),
+        epoch: EPOCH,
+    };
+    a.recv(CS, Message::Retire(vec![retired]));
+    assert_eq!(a.closed, [PS], "the stream is closed");
+    let s = &a.agent.stats().disks[0];
+    assert_eq!(s.mode, ReplicationMode::Unprotected);
+    assert_eq!(s.buffered_bytes, 0);
+    assert_eq!((s.seq_written, s.seq_cached, s.seq_applied), (3, 3, 3));
+    assert_eq!(s.rpo_ms, 0);
+    // Writes go on, unbuffered and unstreamed.
+    for block in 0..8 {
+        a.write_block(block);
+        a.advance(1);
+    }
+    a.advance(200);
+    assert!(a.to_ps.is_empty(), "{:?}", a.to_ps);
+    let s = &a.agent.stats().disks[0];
+    assert_eq!((s.seq_written, s.buffered_bytes), (3, 0));
+    assert_eq!(s.mode, ReplicationMode::Unprotected);
+    // Protected again: a full copy first.
+    let assign = Assignment {
+        disk: disk_id(),
+        epoch: Epoch(2),
+        process_server: ComponentId::new("ps1").unwrap(),
+        process_server_addr: Node::Ps.addr().into(),
+        batch_bytes_max: None,
+        batch_delay_ms: None,
+    };
+    a.recv(CS, Message::Assign(vec![assign]));
+    assert_eq!(a.copies_started, 1);
+    assert!(
+        matches!(a.to_ps[..], [Message::OpenStream { first_seq: 4, .. }]),
+        "{:?}",
         a.to_ps
     );
 }
