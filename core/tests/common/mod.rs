@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod agent_alone;
 mod cluster;
 pub mod mt_alone;
 mod storage;
