@@ -37,7 +37,11 @@ fn ack(cached_seq: u64, applied_seq: u64) -> Message {
 #[test]
 fn the_agent_heartbeats_every_interval() {
     let mut a = A::streaming();
-    assert!(matches!(a.to_cs[..], [Message::Register(_)]), "{:?}", a.to_cs);
+    assert!(
+        matches!(a.to_cs[..], [Message::Register(_)]),
+        "{:?}",
+        a.to_cs
+    );
     a.advance(999);
     assert_eq!(heartbeats(&a), 0);
     a.advance(1);

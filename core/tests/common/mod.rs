@@ -10,6 +10,7 @@
 pub mod agent_alone;
 mod cluster;
 pub mod mt_alone;
+pub mod ps_alone;
 mod storage;
 
 pub use cluster::Cluster;

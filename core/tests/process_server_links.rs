@@ -1,0 +1,453 @@
+//! The process server driven alone: its heartbeat, its links to the configuration server and
+//! the master target (failures, reconnects, connect tokens, the seq a reopened stream starts
+//! at), who may send `Routes` and `Retire`, `OpenStream` (fencing, what is saved, gaps),
+//! refused batches, resent batches, the cache quota and its counters, `poll_timeout`.
+
+mod common;
+
+use common::ps_alone::*;
+use common::*;
+use haven_core::batch::Encoding;
+use haven_core::net::{NetCommand, NetEvent};
+use haven_core::process_server::{self as ps, CacheLoc};
+use haven_core::protocol::{self, Message, Retired, Route};
+use haven_core::{ComponentId, ConnId, DiskId, Epoch, Machine, Seq};
+
+const LOC: CacheLoc = CacheLoc {
+    segment: 0,
+    offset: 0,
+};
+
+fn tick(p: &mut Ps, ms: u64) -> Vec<ps::Output> {
+    p.now = p.now.plus_millis(ms);
+    p.ps.handle(p.now, ps::Input::Tick);
+    p.outputs()
+}
+
+fn net(p: &mut Ps, ev: NetEvent) -> Vec<ps::Output> {
+    p.ps.handle(p.now, ps::Input::Net(ev));
+    p.outputs()
+}
+
+fn closed(p: &mut Ps, conn: ConnId) -> Vec<ps::Output> {
+    let reason = "gone".into();
+    net(p, NetEvent::Closed { conn, reason })
+}
+
+fn connected(p: &mut Ps, token: u64, conn: ConnId) -> Vec<ps::Output> {
+    let peer = Node::Mt.hello();
+    net(p, NetEvent::Connected { token, conn, peer })
+}
+
+fn failed(p: &mut Ps, token: u64) -> Vec<ps::Output> {
+    let reason = "refused".into();
+    net(p, NetEvent::ConnectFailed { token, reason })
+}
+
+/// The `Connect`s among the outputs, to `addr`: their tokens.
+fn connects(out: &[ps::Output], addr: &str) -> Vec<u64> {
+    out.iter()
+        .filter_map(|o| match o {
+            ps::Output::Net(NetCommand::Connect { token, addr: a }) if a == addr => Some(*token),
+            _ => None,
+        })
+        .collect()
+}
+
+fn closes(out: &[ps::Output]) -> Vec<ConnId> {
+    out.iter()
+        .filter_map(|o| match o {
+            ps::Output::Net(NetCommand::Close { conn }) => Some(*conn),
+            _ => None,
+        })
+        .collect()
+}
+
+fn saves(out: &[ps::Output]) -> usize {
+    out.iter()
+        .filter(|o| matches!(o, ps::Output::SaveDisk(_)))
+        .count()
+}
+
+fn refused(out: &[ps::Output], conn: ConnId) -> bool {
+    matches!(sent(out, conn)[..], [Message::Reject { .. }]) && closes(out) == [conn]
+}
+
+/// The agent's batch `seq` appended and persisted; returns the outputs of the persist.
+fn cache(p: &mut Ps, seq: Seq) -> Vec<ps::Output> {
+    let out = p.batch(seq);
+    let (id, bytes) = appended(&out);
+    p.ps.handle(
+        p.now,
+        ps::Input::CachePersisted {
+            id,
+            loc: LOC,
+            bytes,
+        },
+    );
+    p.outputs()
+}
+
+fn open(epoch: u64, size_bytes: u64, first_seq: Seq) -> Message {
+    Message::OpenStream {
+        disk: disk_id(),
+        epoch: Epoch(epoch),
+        size_bytes,
+        first_seq,
+    }
+}
+
+fn frame_of(seq: Seq) -> u64 {
+    let (h, d) = one_block_batch(seq);
+    protocol::encode(&Message::Batch(h), &d).unwrap().len() as u64
+}
+
+#[test]
+fn the_process_server_heartbeats_every_interval() {
+    let mut p = Ps::new(ps_settings(), 0, 1);
+    let beats = |out: &[ps::Output]| {
+        sent(out, CS)
+            .iter()
+            .filter(|m| matches!(m, Message::ProcessServerHeartbeat(_)))
+            .count()
+    };
+    assert_eq!(p.ps.poll_timeout(), Some(p.now.plus_millis(1000)));
+    assert_eq!(beats(&tick(&mut p, 999)), 0);
+    assert_eq!(beats(&tick(&mut p, 1)), 1, "heartbeat_interval_ms is 1000");
+    assert_eq!(p.ps.poll_timeout(), Some(p.now.plus_millis(1000)));
+    assert_eq!(beats(&tick(&mut p, 500)), 0);
+    assert_eq!(beats(&tick(&mut p, 500)), 1);
+}
+
+/// The master target's connection closes: reconnect after `reconnect_delay_ms`, and meanwhile
+/// the agent still hears what is cached. The agent's connection closes: no more answers to it.
+#[test]
+fn a_closed_master_target_link_reconnects_and_the_agent_is_still_acked() {
+    let mut p = Ps::new(ps_settings(), 0, 1);
+    p.recv(MT, stream_state(0), vec![]);
+    let out = closed(&mut p, MT);
+    assert!(connects(&out, Node::Mt.addr()).is_empty());
+    assert_eq!(
+        p.ps.poll_timeout(),
+        Some(p.now.plus_millis(50)),
+        "the backoff"
+    );
+    assert!(connects(&tick(&mut p, 49), Node::Mt.addr()).is_empty());
+    assert_eq!(connects(&tick(&mut p, 1), Node::Mt.addr()).len(), 1);
+    let out = cache(&mut p, 1);
+    assert!(
+        matches!(
+            sent(&out, AGENT)[..],
+            [Message::BatchAck { cached_seq: 1, .. }]
+        ),
+        "{out:?}"
+    );
+    closed(&mut p, AGENT);
+    let out = cache_after_close(&mut p);
+    assert!(sent(&out, AGENT).is_empty(), "{out:?}");
+}
+
+/// A batch appending when the agent's connection closes: persisted, nothing sent to the agent.
+fn cache_after_close(p: &mut Ps) -> Vec<ps::Output> {
+    // The agent reconnects on another connection, sends batch 2 and goes away before it is
+    // persisted.
+    let agent2 = ConnId(30);
+    p.recv(agent2, open(1, DISK_BYTES as u64, 2), vec![]);
+    let (h, d) = one_block_batch(2);
+    let out = p.recv(agent2, Message::Batch(h), d);
+    let (id, bytes) = appended(&out);
+    closed(p, agent2);
+    p.ps.handle(
+        p.now,
+        ps::Input::CachePersisted {
+            id,
+            loc: LOC,
+            bytes,
+        },
+    );
+    let out = p.outputs();
+    assert!(sent(&out, agent2).is_empty(), "{out:?}");
+    out
+}
+
+#[test]
+fn failed_connects_back_off_and_retry_each_link() {
+    let mut p = Ps::new(ps_settings(), 0, 1);
+    // The master target: refused, retried after the delay; the configuration server untouched.
+    closed(&mut p, MT);
+    let token = connects(&tick(&mut p, 50), Node::Mt.addr())[0];
+    let out = failed(&mut p, token);
+    assert!(out.is_empty(), "{out:?}");
+    let out = tick(&mut p, 50);
+    assert_eq!(connects(&out, Node::Mt.addr()).len(), 1, "{out:?}");
+    assert!(connects(&out, Node::Cs.addr()).is_empty(), "{out:?}");
+    // The configuration server: the same.
+    closed(&mut p, CS);
+    let out = tick(&mut p, 50);
+    let token = connects(&out, Node::Cs.addr())[0];
+    failed(&mut p, token);
+    let out = tick(&mut p, 49);
+    assert!(connects(&out, Node::Cs.addr()).is_empty());
+    let out = tick(&mut p, 1);
+    assert_eq!(connects(&out, Node::Cs.addr()).len(), 1, "{out:?}");
+}
+
+/// Every connection attempt has its own token, so that each `Connected` reaches the stream
+/// that asked for it.
+#[test]
+fn connect_tokens_are_never_reused() {
+    let mut p = Ps::new(ps_settings(), 0, 1);
+    let disk1 = DiskId::new("disk1").unwrap();
+    let route = Route {
+        disk: disk1.clone(),
+        epoch: EPOCH,
+        size_bytes: DISK_BYTES as u64,
+        master_target: ComponentId::new("mt2").unwrap(),
+        master_target_addr: "mt2:7002".into(),
+    };
+    let out = p.recv(CS, Message::Routes(vec![route]), vec![]);
+    let token1 = connects(&out, "mt2:7002")[0];
+    closed(&mut p, MT);
+    let token0 = connects(&tick(&mut p, 50), Node::Mt.addr())[0];
+    assert_ne!(token0, token1);
+    let out = connected(&mut p, token1, ConnId(40));
+    assert!(
+        matches!(&sent(&out, ConnId(40))[..], [Message::OpenStream { disk, .. }] if *disk == disk1),
+        "{out:?}"
+    );
+    let out = connected(&mut p, token0, ConnId(41));
+    assert!(
+        matches!(&sent(&out, ConnId(41))[..], [Message::OpenStream { disk, .. }] if *disk == disk_id()),
+        "{out:?}"
+    );
+}
+
+/// The master target's stream reopens while a batch is being appended: it starts at that
+/// batch (the first seq not yet cached), not past it, which would read as a gap.
+#[test]
+fn a_reopened_stream_starts_at_a_batch_still_appending() {
+    let mut p = Ps::new(ps_settings(), 0, 1);
+    p.recv(MT, stream_state(0), vec![]);
+    appended(&p.batch(1));
+    closed(&mut p, MT);
+    let token = connects(&tick(&mut p, 50), Node::Mt.addr())[0];
+    let out = connected(&mut p, token, ConnId(12));
+    assert!(
+        matches!(
+            sent(&out, ConnId(12))[..],
+            [Message::OpenStream { first_seq: 1, .. }]
+        ),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn routes_and_retire_only_from_the_configuration_server() {
+    let mut p = Ps::new(ps_settings(), 0, 1);
+    let route = Route {
+        disk: disk_id(),
+        epoch: EPOCH,
+        size_bytes: DISK_BYTES as u64,
+        master_target: ComponentId::new("mt2").unwrap(),
+        master_target_addr: "mt2:7002".into(),
+    };
+    let out = p.recv(AGENT, Message::Routes(vec![route]), vec![]);
+    assert!(refused(&out, AGENT), "{out:?}");
+    assert!(connects(&out, "mt2:7002").is_empty());
+    let mut p = Ps::new(ps_settings(), 0, 1);
+    let retire = |epoch| {
+        Message::Retire(vec![Retired {
+            disk: disk_id(),
+            epoch: Epoch(epoch),
+        }])
+    };
+    let out = p.recv(AGENT, retire(1), vec![]);
+    assert!(refused(&out, AGENT), "{out:?}");
+    assert_eq!(p.ps.stats().disks.len(), 1);
+    // From the configuration server: an older protection's retirement leaves the disk alone.
+    let out = p.recv(CS, retire(0), vec![]);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(p.ps.stats().disks.len(), 1);
+    for epoch in [1, 2] {
+        let mut p = Ps::new(ps_settings(), 0, 1);
+        cache(&mut p, 1);
+        let out = p.recv(CS, retire(epoch), vec![]);
+        let mut c = closes(&out);
+        c.sort();
+        assert_eq!(c, [MT, AGENT], "{out:?}");
+        assert!(out.iter().any(|o| matches!(
+            o,
+            ps::Output::CacheRelease {
+                through: Seq::MAX,
+                ..
+            }
+        )));
+        assert!(out
+            .iter()
+            .any(|o| matches!(o, ps::Output::ForgetDisk(d) if *d == disk_id())));
+        assert!(p.ps.stats().disks.is_empty());
+        assert_eq!(p.ps.cache_bytes(), 0);
+    }
+}
+
+#[test]
+fn open_stream_fences_older_epochs_and_saves_what_changed() {
+    let size = DISK_BYTES as u64;
+    let mut p = Ps::new(ps_settings(), 0, 1);
+    let agent2 = ConnId(20);
+    let out = p.recv(agent2, open(0, size, 1), vec![]);
+    assert!(refused(&out, agent2), "an older epoch: {out:?}");
+    // Unchanged: nothing to save.
+    let out = p.recv(agent2, open(1, size, 1), vec![]);
+    assert!(
+        matches!(sent(&out, agent2)[..], [Message::StreamState { .. }]),
+        "{out:?}"
+    );
+    assert_eq!(saves(&out), 0, "{out:?}");
+    // A new size, then a new epoch: saved.
+    let out = p.recv(agent2, open(1, 2 * size, 1), vec![]);
+    assert_eq!(saves(&out), 1, "{out:?}");
+    let out = p.recv(agent2, open(2, 2 * size, 1), vec![]);
+    assert_eq!(saves(&out), 1, "{out:?}");
+    assert!(matches!(
+        sent(&out, agent2)[..],
+        [Message::StreamState {
+            epoch: Epoch(2),
+            ..
+        }]
+    ));
+}
+
+/// The agent lost writes (it crashed): its stream resumes past a gap with nothing cached, so
+/// the master target's stream is reopened at once to carry the gap.
+#[test]
+fn a_gap_with_nothing_cached_reopens_the_master_target_stream() {
+    let mut p = Ps::new(ps_settings(), 0, 1);
+    p.recv(MT, stream_state(0), vec![]);
+    let agent2 = ConnId(20);
+    let out = p.recv(agent2, open(1, DISK_BYTES as u64, 10), vec![]);
+    assert_eq!(closes(&out), [MT], "{out:?}");
+    let token = connects(&out, Node::Mt.addr())[0]; // reconnected at once
+    closed(&mut p, MT);
+    let out = connected(&mut p, token, ConnId(12));
+    assert!(
+        matches!(
+            sent(&out, ConnId(12))[..],
+            [Message::OpenStream { first_seq: 10, .. }]
+        ),
+        "{out:?}"
+    );
+    // A stream resuming where it was is no gap.
+    let out = p.recv(ConnId(21), open(1, DISK_BYTES as u64, 10), vec![]);
+    assert!(closes(&out).is_empty(), "{out:?}");
+}
+
+#[test]
+fn batches_not_matching_their_stream_are_refused() {
+    let mut bad = vec![];
+    let (mut h, d) = one_block_batch(1);
+    h.epoch = Epoch(2);
+    bad.push((h, d));
+    let (mut h, d) = one_block_batch(1);
+    h.encoding = Encoding::Zstd;
+    bad.push((h, d));
+    let (h, mut d) = one_block_batch(1);
+    d.push(0);
+    bad.push((h, d));
+    for (h, d) in bad {
+        let what = format!("{h:?} {}", d.len());
+        let mut p = Ps::new(ps_settings(), 0, 1);
+        let out = p.recv(AGENT, Message::Batch(h), d);
+        assert!(refused(&out, AGENT), "{what}: {out:?}");
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, ps::Output::CacheAppend { .. })),
+            "{what}"
+        );
+    }
+}
+
+/// A resent batch is acknowledged once it is cached; while its append runs, it is only dropped.
+#[test]
+fn a_resent_batch_is_acknowledged_only_once_cached() {
+    let mut p = Ps::new(ps_settings(), 0, 1);
+    let out = p.batch(1);
+    let (id, bytes) = appended(&out);
+    let out = p.batch(1);
+    assert!(out.is_empty(), "appending: {out:?}");
+    p.ps.handle(
+        p.now,
+        ps::Input::CachePersisted {
+            id,
+            loc: LOC,
+            bytes,
+        },
+    );
+    p.outputs();
+    let out = p.batch(1);
+    assert!(
+        matches!(
+            sent(&out, AGENT)[..],
+            [Message::BatchAck { cached_seq: 1, .. }]
+        ),
+        "{out:?}"
+    );
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, ps::Output::CacheAppend { .. })));
+}
+
+/// An empty cache takes a batch larger than its quota (or the stream would stall); a batch that
+/// fills the cache exactly is taken; appends count whole frames while they run; the counters
+/// follow what comes in, goes out and is applied.
+#[test]
+fn the_cache_quota_bounds_and_counters() {
+    let frame = frame_of(1);
+    let mut settings = ps_settings();
+    settings.cache_bytes_max = frame - 1;
+    let mut p = Ps::new(settings, 0, 1);
+    let out = p.batch(1);
+    appended(&out);
+    assert_eq!(
+        p.ps.cache_bytes(),
+        frame,
+        "an append counts its whole frame"
+    );
+
+    let mut settings = ps_settings();
+    settings.cache_bytes_max = 2 * frame;
+    let mut p = Ps::new(settings, 0, 1);
+    cache(&mut p, 1);
+    assert_eq!(p.ps.cache_bytes(), frame);
+    let out = p.batch(2);
+    appended(&out);
+    assert_eq!(p.ps.cache_bytes(), 2 * frame, "filled exactly");
+    let stats = p.ps.stats();
+    assert_eq!((stats.bytes_in, stats.bytes_out), (2 * B as u64, 0));
+
+    // Forwarded once the master target's stream is up, then applied.
+    let out = p.recv(MT, stream_state(0), vec![]);
+    let forwards = out
+        .iter()
+        .filter(|o| matches!(o, ps::Output::Forward { conn: MT, .. }))
+        .count();
+    assert_eq!(forwards, 1, "{out:?}");
+    assert_eq!(p.ps.stats().bytes_out, frame);
+    let applied = Message::Applied {
+        disk: disk_id(),
+        epoch: EPOCH,
+        applied_seq: 1,
+    };
+    p.recv(MT, applied, vec![]);
+    assert_eq!(p.ps.cache_bytes(), frame, "batch 2 still appending");
+    assert_eq!(p.ps.stats().disks[0].cached_bytes, 0);
+}
+
+#[test]
+fn poll_timeout_is_the_heartbeat_or_a_backoff() {
+    let mut p = Ps::new(ps_settings(), 0, 1);
+    tick(&mut p, 200);
+    assert_eq!(p.ps.poll_timeout(), Some(p.now.plus_millis(800)));
+    closed(&mut p, MT);
+    assert_eq!(p.ps.poll_timeout(), Some(p.now.plus_millis(50)));
+}
