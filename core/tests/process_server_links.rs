@@ -451,3 +451,28 @@ fn poll_timeout_is_the_heartbeat_or_a_backoff() {
     closed(&mut p, MT);
     assert_eq!(p.ps.poll_timeout(), Some(p.now.plus_millis(50)));
 }
+
+/// A master-target stream idle for longer than the stall bound is not stalled: the first batch
+/// forwarded after the quiet starts the clock, the stream is not closed at once.
+#[test]
+fn a_batch_forwarded_after_a_long_idle_is_not_a_stall() {
+    let mut p = Ps::new(ps_settings(), 0, 1);
+    p.recv(MT, stream_state(0), vec![]);
+    for _ in 0..20 {
+        tick(&mut p, 1000);
+    }
+    let out = cache(&mut p, 1);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, ps::Output::Forward { conn: MT, .. })),
+        "{out:?}"
+    );
+    assert!(closes(&out).is_empty(), "{out:?}");
+    let out = tick(&mut p, 100);
+    assert!(closes(&out).is_empty(), "{out:?}");
+    assert_eq!(
+        p.ps.poll_timeout(),
+        Some(p.now.plus_millis(900)),
+        "the heartbeat, before the stall bound"
+    );
+}
