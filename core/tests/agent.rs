@@ -20,8 +20,9 @@ use haven_core::{ComponentId, Epoch};
 /// "resent before the wait was over: [1, 2, 3, 1, 2, 3]"; so does
 /// `a_full_cache_makes_the_agent_wait_without_a_resend_storm` in data_path.rs, after 20-30 s,
 /// with "the cluster does not settle" (the resend loop never ends).
-#[test]
-fn a_later_busy_never_shortens_an_earlier_wait() {
+/// A streaming agent that wrote three blocks 1 ms apart and sent them as three batches (what it
+/// sent is cleared).
+fn three_batches_sent() -> A {
     let mut a = A::streaming();
     for block in 0..3 {
         a.write_block(block);
@@ -30,6 +31,12 @@ fn a_later_busy_never_shortens_an_earlier_wait() {
     a.advance(20);
     assert_eq!(a.batches_sent(), [1, 2, 3]);
     a.to_ps.clear();
+    a
+}
+
+#[test]
+fn a_later_busy_never_shortens_an_earlier_wait() {
+    let mut a = three_batches_sent();
 
     let busy = |first_seq, retry_after_ms| Message::Busy {
         disk: disk_id(),
@@ -112,14 +119,7 @@ fn an_idle_stream_is_not_taken_for_a_stalled_one() {
 /// starts over with a full copy.
 #[test]
 fn a_retired_disk_drops_its_buffer_and_streams_nothing() {
-    let mut a = A::streaming();
-    for block in 0..3 {
-        a.write_block(block);
-        a.advance(1);
-    }
-    a.advance(20);
-    assert_eq!(a.batches_sent(), [1, 2, 3]);
-    a.to_ps.clear();
+    let mut a = three_batches_sent();
     let s = &a.agent.stats().disks[0];
     assert_eq!(s.mode, ReplicationMode::Data);
     assert_eq!(s.buffered_bytes, 3 * B as u64);
