@@ -20,8 +20,11 @@
 //! handles that are still open, as on POSIX, until the next crash.
 //!
 //! Faults (see [`FaultKind`]): `DiskFull` fails writes, growing `set_len`, file creation and
-//! `create_dir_all` with `StorageFull`; `Io` fails every operation. See the parent module for
-//! the shared model.
+//! `create_dir_all` with `StorageFull`; `Io` fails every operation. A power cut can be armed for
+//! the n-th file sync (`cut_power_at_sync`): that sync crashes the disk instead. Checkers read
+//! what a crash would leave without causing one (`durable_copy`), or the current state
+//! (`current_copy`), and may watch removals (`on_remove`). See the parent module for the shared
+//! model.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
