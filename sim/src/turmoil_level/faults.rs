@@ -120,6 +120,7 @@ fn power_cuts(
     disks: &ClusterDisks,
     faults: &[(Duration, Fault)],
     actions: &mut Vec<Action>,
+    next: usize,
     cuts: &mut Vec<(Duration, &'static str)>,
 ) {
     for (i, (_, f)) in faults.iter().enumerate() {
@@ -132,7 +133,8 @@ fn power_cuts(
             d.crash_meta();
             let now = sim.elapsed();
             cuts.push((now, host));
-            let at = actions.partition_point(|a| a.0 <= now + down);
+            // Among the actions not applied yet, in time order.
+            let at = next + actions[next..].partition_point(|a| a.0 <= now + down);
             actions.insert(at, (now + down, "power-restart", host, "", i));
         }
     }
@@ -173,9 +175,7 @@ pub fn run_with(seed: u64, ops: u64, faults: &[(Duration, Fault)]) -> (Outcome, 
             Ok(false) => {}
             Err(e) => panic!("seed {seed}: simulation failed: {e}"),
         }
-        let mut later = actions.split_off(next);
-        power_cuts(&mut sim, &disks, faults, &mut later, &mut cuts);
-        actions.extend(later);
+        power_cuts(&mut sim, &disks, faults, &mut actions, next, &mut cuts);
     }
     for (at, host) in &cuts {
         eprintln!(

@@ -52,15 +52,6 @@ pub struct Outcome {
     pub in_flight: u64,
 }
 
-pub fn fnv(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 /// Where the workload talks to the cluster and what it checks with.
 #[derive(Clone)]
 pub struct Checks {
@@ -232,7 +223,7 @@ pub async fn workload(
     let points_compared = every_point(&points, &model, ops).await?;
     let outcome = Outcome {
         points,
-        image_digest: fnv(&model.disk),
+        image_digest: crate::image_digest(&model.disk),
         ops,
         points_compared,
         overlapping: gen.overlapping,
