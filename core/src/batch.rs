@@ -332,6 +332,97 @@ mod tests {
     }
 
     #[test]
+    fn the_op_and_data_limits_are_inclusive() {
+        let ops: Vec<Op> = (0..BATCH_OPS_MAX as u64)
+            .map(|i| op(1, i, 1, OpKind::Zero))
+            .collect();
+        let mut h = header(1, ops);
+        h.validate().expect("exactly BATCH_OPS_MAX ops");
+        h.ops.push(op(1, 0, 1, OpKind::Zero));
+        assert_eq!(h.validate(), Err(BatchError::TooManyOps(BATCH_OPS_MAX + 1)));
+
+        let blocks = (BATCH_DATA_BYTES_MAX / BLOCK_BYTES) as u32;
+        header(1, vec![op(1, 0, blocks, OpKind::Data)])
+            .validate()
+            .expect("exactly BATCH_DATA_BYTES_MAX bytes");
+        let too_big = header(1, vec![op(1, 0, blocks + 1, OpKind::Data)]);
+        assert!(matches!(
+            too_big.validate(),
+            Err(BatchError::DataLength { .. })
+        ));
+    }
+
+    #[test]
+    fn covered_bytes_counts_data_and_zeroed_blocks() {
+        let h = header(
+            1,
+            vec![op(1, 0, 3, OpKind::Data), op(2, 10, 5, OpKind::Zero)],
+        );
+        assert_eq!(h.covered_bytes(), 8 * BLOCK_BYTES);
+        assert_eq!(h.raw_bytes, 3 * BLOCK_BYTES);
+    }
+
+    #[test]
+    fn compression_policies_parse_from_their_names() {
+        for (name, policy) in [
+            ("adaptive", CompressionPolicy::Adaptive),
+            ("always", CompressionPolicy::Always),
+            ("off", CompressionPolicy::Off),
+        ] {
+            assert_eq!(name.parse::<CompressionPolicy>(), Ok(policy));
+        }
+        let err = "fast".parse::<CompressionPolicy>().unwrap_err();
+        assert!(err.contains("adaptive, always or off"), "{err}");
+        assert!(
+            ZSTD_LEVELS.contains(&ZSTD_LEVEL_DEFAULT),
+            "the default level is accepted"
+        );
+    }
+
+    /// Xorshift bytes: incompressible.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x: u64 = 0x2545f4914f6cdd1d;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn half_compressible_data_is_compressed() {
+        // Blocks alternating noise and zeros: about half the size once compressed.
+        let mut raw = vec![];
+        for _ in 0..64 {
+            raw.extend(noise(2048));
+            raw.extend([0u8; 2048]);
+        }
+        let (enc, packed) = compress(raw.clone());
+        assert_eq!(
+            enc,
+            Encoding::Zstd,
+            "shrinks to {} of {}",
+            packed.len(),
+            raw.len()
+        );
+        assert!(packed.len() < raw.len() * 6 / 10);
+    }
+
+    #[test]
+    fn a_compressible_sample_does_not_decide_for_the_rest() {
+        // The sample (the first 64 KiB) is zeros, the rest is noise: the whole does not shrink
+        // enough, so it is sent raw.
+        let mut raw = vec![0u8; COMPRESS_SAMPLE_BYTES];
+        raw.extend(noise(1 << 20));
+        let (enc, out) = compress(raw.clone());
+        assert_eq!(enc, Encoding::Raw);
+        assert_eq!(out, raw);
+    }
+
+    #[test]
     fn corrupt_compressed_data_is_an_error() {
         let mut h = header(1, vec![op(1, 0, 1, OpKind::Data)]);
         h.encoding = Encoding::Zstd;

@@ -117,10 +117,19 @@ mod tests {
         assert_eq!(DiskId::new(""), Err(NameError::Empty));
         assert!(matches!(DiskId::new("a/b"), Err(NameError::BadChar(_))));
         assert!(matches!(DiskId::new(".."), Err(NameError::BadChar(_))));
+        assert!(
+            DiskId::new("x".repeat(NAME_BYTES_MAX)).is_ok(),
+            "the limit itself"
+        );
         assert!(matches!(
-            DiskId::new("x".repeat(65)),
+            DiskId::new("x".repeat(NAME_BYTES_MAX + 1)),
             Err(NameError::TooLong(_))
         ));
+    }
+
+    #[test]
+    fn epochs_print_as_logs_and_messages_name_them() {
+        assert_eq!(Epoch(7).to_string(), "e7");
     }
 
     #[test]

@@ -140,4 +140,44 @@ mod tests {
         );
         assert_eq!(ix.lookup(12, 3), None);
     }
+
+    #[test]
+    fn the_data_ops_of_a_batch_follow_each_other_in_its_body() {
+        let mut ix = BlockIndex::new();
+        assert!(ix.is_empty());
+        let ops = vec![
+            Op {
+                seq: 4,
+                block: 0,
+                blocks: 2,
+                kind: OpKind::Data,
+            },
+            Op {
+                seq: 5,
+                block: 7,
+                blocks: 1,
+                kind: OpKind::Zero,
+            },
+            Op {
+                seq: 6,
+                block: 20,
+                blocks: 3,
+                kind: OpKind::Data,
+            },
+        ];
+        ix.insert_batch(&batch(ops), (1, 0), 64);
+        assert_eq!(ix.len(), 6);
+        assert!(!ix.is_empty());
+        let at = |body_offset| {
+            Some(BlockSource::Journal {
+                record: (1, 0),
+                body_offset,
+            })
+        };
+        assert_eq!(ix.lookup(1, 6), at(64 + BLOCK_BYTES));
+        assert_eq!(ix.lookup(7, 6), Some(BlockSource::Zero));
+        // The second data op starts after the first op's two blocks (zeroes take no room).
+        assert_eq!(ix.lookup(20, 6), at(64 + 2 * BLOCK_BYTES));
+        assert_eq!(ix.lookup(22, 6), at(64 + 4 * BLOCK_BYTES));
+    }
 }

@@ -33,3 +33,45 @@ pub fn tick_if_due<M: Machine>(m: &mut M, now: Timestamp) -> bool {
     }
     due
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A machine whose only deadline is `due`; it counts its ticks.
+    struct Alarm {
+        due: Option<Timestamp>,
+        ticks: u32,
+    }
+
+    impl Machine for Alarm {
+        type Input = ();
+        type Output = ();
+        fn handle(&mut self, _now: Timestamp, _input: ()) {
+            self.ticks += 1;
+        }
+        fn poll_output(&mut self) -> Option<()> {
+            None
+        }
+        fn poll_timeout(&self) -> Option<Timestamp> {
+            self.due
+        }
+        fn tick() {}
+        fn net(_ev: NetEvent) {}
+    }
+
+    #[test]
+    fn a_machine_is_ticked_once_its_deadline_is_reached() {
+        let mut m = Alarm {
+            due: Some(Timestamp(10)),
+            ticks: 0,
+        };
+        assert!(!tick_if_due(&mut m, Timestamp(9)));
+        assert_eq!(m.ticks, 0, "not before the deadline");
+        assert!(tick_if_due(&mut m, Timestamp(10)));
+        assert_eq!(m.ticks, 1, "at the deadline");
+        m.due = None;
+        assert!(!tick_if_due(&mut m, Timestamp(u64::MAX)));
+        assert_eq!(m.ticks, 1, "no deadline, no tick");
+    }
+}

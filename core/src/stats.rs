@@ -82,3 +82,21 @@ pub struct ReplicaStats {
 pub struct MasterTargetStats {
     pub replicas: Vec<ReplicaStats>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `haven status` and the metrics show these names; docs/api.md lists them.
+    #[test]
+    fn replication_modes_have_the_names_status_shows() {
+        let names = [
+            ReplicationMode::Data,
+            ReplicationMode::InitialCopy,
+            ReplicationMode::Starting,
+            ReplicationMode::Unprotected,
+        ]
+        .map(ReplicationMode::name);
+        assert_eq!(names, ["data", "initial-copy", "starting", "unprotected"]);
+    }
+}

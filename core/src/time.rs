@@ -38,3 +38,30 @@ pub fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp>
         (None, b) => b,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_convert_and_saturate() {
+        let t = Timestamp::from_millis(1_234);
+        assert_eq!(t, Timestamp(1_234_000));
+        assert_eq!(t.as_micros(), 1_234_000);
+        assert_eq!(Timestamp(1_234_999).as_millis(), 1_234);
+        assert_eq!(Timestamp::from_millis(u64::MAX), Timestamp(u64::MAX));
+        assert_eq!(t.plus_millis(6).as_millis(), 1_240);
+        assert_eq!(t.millis_since(Timestamp::from_millis(1_000)), 234);
+        assert_eq!(Timestamp::ZERO.millis_since(t), 0);
+    }
+
+    #[test]
+    fn earliest_takes_the_sooner_deadline_or_the_only_one() {
+        let (a, b) = (Some(Timestamp(5)), Some(Timestamp(9)));
+        assert_eq!(earliest(a, b), a);
+        assert_eq!(earliest(b, a), a);
+        assert_eq!(earliest(None, b), b);
+        assert_eq!(earliest(b, None), b);
+        assert_eq!(earliest(None, None), None);
+    }
+}

@@ -306,6 +306,41 @@ fn segment_log_surfaces_disk_full_and_io_errors() {
     assert_eq!(metas[4].last, 4);
 }
 
+/// A log directory that cannot be listed (its permissions changed) is an error, never a log
+/// opened empty over the records it hides (cargo-mutants' `list_segments` mutant taking every
+/// listing error for a missing directory; docs/testing.md).
+#[test]
+fn a_log_directory_that_cannot_be_listed_is_an_error_not_an_empty_log() {
+    let vfs = SimVfs::new();
+    vfs.create_dir_all_synced(Path::new("/host/ps")).unwrap();
+    let (mut log, _) = SegmentLog::open(vfs.clone(), LOG_DIR, log_settings()).unwrap();
+    for i in 0..3 {
+        log.append(i, i, &[i as u8; 40]).unwrap();
+    }
+    log.sync().unwrap();
+    drop(log);
+    vfs.set_fault(Some(FaultKind::Unlistable));
+    let err = SegmentLog::open(vfs.clone(), LOG_DIR, log_settings())
+        .err()
+        .expect("an unlistable log directory must not open");
+    assert_eq!(
+        io_source(&err).kind(),
+        io::ErrorKind::PermissionDenied,
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(LOG_DIR),
+        "the error names the directory: {err}"
+    );
+    vfs.set_fault(None);
+    let (_, metas) = SegmentLog::open(vfs.clone(), LOG_DIR, log_settings()).unwrap();
+    assert_eq!(
+        metas.len(),
+        3,
+        "the records are all there once it can be listed"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // redb on SimRedbDisk
 

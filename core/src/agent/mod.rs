@@ -199,3 +199,30 @@ pub struct Agent {
 
 mod handle;
 mod net;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_op_is_aligned_only_when_its_offset_and_length_both_are() {
+        let write = |offset: u64, len: usize| SourceOp::Write {
+            offset,
+            data: vec![1; len],
+        };
+        assert!(write(BLOCK_BYTES, 2 * BLOCK_BYTES as usize).aligned());
+        assert!(!write(0, 100).aligned(), "aligned offset, short length");
+        assert!(
+            !write(100, BLOCK_BYTES as usize).aligned(),
+            "unaligned offset"
+        );
+        let zero = |offset: u64, len: u64| SourceOp::Zero {
+            offset,
+            len,
+            punch: false,
+        };
+        assert!(zero(0, BLOCK_BYTES).aligned());
+        assert!(!zero(BLOCK_BYTES, 10).aligned());
+        assert!(!zero(10, BLOCK_BYTES).aligned());
+    }
+}

@@ -359,12 +359,58 @@ fn oversized_messages_are_not_encoded() {
 
 #[test]
 fn reject_reasons_are_bounded() {
-    let long = "é".repeat(2000);
+    // One ASCII byte first, so that the limit falls inside a two-byte character.
+    let long = format!("a{}", "é".repeat(2000));
     let Message::Reject { reason } = Message::reject(long) else {
         panic!()
     };
-    assert!(reason.len() <= message::REASON_BYTES_MAX);
-    assert!(reason.chars().all(|c| c == 'é'));
+    assert_eq!(reason.len(), message::REASON_BYTES_MAX - 1);
+    assert!(reason[1..].chars().all(|c| c == 'é'));
+}
+
+/// A registration whose control part is `ctl_bytes` long once encoded.
+fn registration_of(ctl_bytes: usize) -> Message {
+    let with_path = |len: usize| {
+        Message::Register(Registration {
+            data_addr: "ps:7001".into(),
+            api_addr: "ps:7080".into(),
+            disks: vec![DiskInfo {
+                disk: disk(),
+                size_bytes: 1 << 30,
+                source_path: "p".repeat(len),
+            }],
+        })
+    };
+    let overhead = postcard::to_allocvec(&with_path(0)).unwrap().len();
+    // The path's length prefix grows with it: try the lengths around the estimate.
+    (ctl_bytes.saturating_sub(overhead + 4)..=ctl_bytes - overhead)
+        .map(with_path)
+        .find(|m| postcard::to_allocvec(m).unwrap().len() == ctl_bytes)
+        .expect("some path length gives exactly ctl_bytes")
+}
+
+#[test]
+fn the_frame_limits_themselves_are_allowed() {
+    // A control part of exactly the limit encodes and decodes; one byte more does not encode.
+    let max = FRAME_CONTROL_BYTES_MAX as usize;
+    let msg = registration_of(max);
+    let frame = encode_head(&msg, &[]).expect("a control part at the limit");
+    assert_eq!(decode(&frame).unwrap().map(|(m, ..)| m), Some(msg));
+    assert!(matches!(
+        encode_head(&registration_of(max + 1), &[]),
+        Err(FrameError::TooLargeToEncode(_))
+    ));
+    // A body of exactly the limit.
+    let ctl = postcard::to_allocvec(&Message::reject("x")).unwrap().len();
+    let data = vec![7u8; FRAME_BODY_BYTES_MAX as usize - ctl];
+    let head = encode_head(&Message::reject("x"), &data).expect("a body at the limit");
+    let mut frame = head;
+    frame.extend_from_slice(&data);
+    let (m, d, used) = decode(&frame).unwrap().unwrap();
+    assert_eq!(
+        (m, d.len(), used),
+        (Message::reject("x"), data.len(), frame.len())
+    );
 }
 
 #[test]

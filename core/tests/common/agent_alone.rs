@@ -5,7 +5,7 @@ use super::*;
 use haven_core::agent::{self, Agent, SourceOp};
 use haven_core::net::{NetCommand, NetEvent};
 use haven_core::protocol::{Assignment, Message};
-use haven_core::{ComponentId, ConnId, Epoch, Machine, Seq, Timestamp};
+use haven_core::{ComponentId, ConnId, DiskId, Epoch, Machine, Seq, Timestamp};
 
 pub const CS: ConnId = ConnId(1);
 pub const PS: ConnId = ConnId(2);
@@ -29,6 +29,24 @@ pub struct A {
     pub reserves: Vec<u64>,
     /// `Complete` outputs, in order.
     pub completed: Vec<(agent::IoId, Result<(), String>)>,
+    /// Every message sent to a process server, with its connection.
+    pub ps_sends: Vec<(ConnId, Message)>,
+    /// The addresses of the process-server connections made, as `ps_conns`.
+    pub ps_addrs: Vec<String>,
+    /// `Retired` outputs (disk indexes), in order.
+    pub retired: Vec<usize>,
+}
+
+/// An assignment of `disk` to process server ps1 at `addr`, with no batch bounds of its own.
+pub fn assignment(disk: DiskId, epoch: Epoch, addr: &str) -> Assignment {
+    Assignment {
+        disk,
+        epoch,
+        process_server: ComponentId::new("ps1").unwrap(),
+        process_server_addr: addr.into(),
+        batch_bytes_max: None,
+        batch_delay_ms: None,
+    }
 }
 
 impl A {
@@ -63,8 +81,20 @@ impl A {
         let mut settings = agent_settings();
         settings.batch_bytes_max = haven_core::batch::BLOCK_BYTES; // one batch per block write
         f(&mut settings);
+        let mut a = A::new(settings, vec![(disk_id(), DISK_BYTES as u64, reserved)]);
+        let assign = assignment(disk_id(), EPOCH, Node::Ps.addr());
+        a.recv(CS, Message::Assign(vec![assign]));
+        assert!(
+            a.to_ps.iter().any(|m| m.kind() == "OpenStream"),
+            "{:?}",
+            a.to_ps
+        );
+        a
+    }
+
+    /// An agent with `disks`, registered with the configuration server, none assigned yet.
+    pub fn new(settings: agent::AgentSettings, disks: Vec<(DiskId, u64, Seq)>) -> A {
         let now = Timestamp::from_millis(1_000_000);
-        let disks = vec![(disk_id(), DISK_BYTES as u64, reserved)];
         let mut a = A {
             agent: Agent::new(settings, disks, now),
             now,
@@ -76,22 +106,11 @@ impl A {
             to_cs: vec![],
             reserves: vec![],
             completed: vec![],
+            ps_sends: vec![],
+            ps_addrs: vec![],
+            retired: vec![],
         };
         a.run();
-        let assign = Assignment {
-            disk: disk_id(),
-            epoch: EPOCH,
-            process_server: ComponentId::new("ps1").unwrap(),
-            process_server_addr: Node::Ps.addr().into(),
-            batch_bytes_max: None,
-            batch_delay_ms: None,
-        };
-        a.recv(CS, Message::Assign(vec![assign]));
-        assert!(
-            a.to_ps.iter().any(|m| m.kind() == "OpenStream"),
-            "{:?}",
-            a.to_ps
-        );
         a
     }
 
@@ -114,13 +133,18 @@ impl A {
     }
 
     pub fn write_block(&mut self, block: usize) {
+        self.write_block_on(0, block);
+    }
+
+    /// Writes one block of disk number `disk`.
+    pub fn write_block_on(&mut self, disk: usize, block: usize) {
         let io = self.next_io;
         self.next_io += 1;
         let op = SourceOp::Write {
             offset: (block * B) as u64,
             data: vec![block as u8 + 1; B],
         };
-        let (disk, fua) = (0, false);
+        let fua = false;
         self.input(agent::Input::Write { io, disk, op, fua });
     }
 
@@ -153,15 +177,20 @@ impl A {
                     let (conn, peer) = if addr == Node::Cs.addr() {
                         (CS, Node::Cs.hello())
                     } else {
-                        assert_eq!(addr, Node::Ps.addr());
                         let conn = ConnId(PS.0 + 10 * self.ps_conns.len() as u64);
                         self.ps_conns.push(conn);
+                        self.ps_addrs.push(addr);
                         (conn, Node::Ps.hello())
                     };
                     Some(agent::Input::Net(NetEvent::Connected { token, conn, peer }))
                 }
                 agent::Output::Net(NetCommand::Send { conn, msg, .. }) if conn != CS => {
+                    self.ps_sends.push((conn, msg.clone()));
                     self.to_ps.push(msg);
+                    None
+                }
+                agent::Output::Retired { disk } => {
+                    self.retired.push(disk);
                     None
                 }
                 agent::Output::Net(NetCommand::Send { msg, .. }) => {
@@ -173,7 +202,6 @@ impl A {
                     let reason = "closed".into();
                     Some(agent::Input::Net(NetEvent::Closed { conn, reason }))
                 }
-                _ => None,
             };
             if let Some(i) = next {
                 self.agent.handle(self.now, i);

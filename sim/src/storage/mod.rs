@@ -57,6 +57,9 @@ pub enum FaultKind {
     DiskFull,
     /// Device error (EIO): every operation fails.
     Io,
+    /// Directory listings are refused (EACCES, as for a directory whose read permission was
+    /// taken away); everything else works, so a missing directory is not what it looks like.
+    Unlistable,
 }
 
 /// What an operation does, for fault matching and counting.
@@ -68,8 +71,10 @@ pub(crate) enum OpClass {
     /// Changes data without needing space (truncate, punch, remove).
     Modify,
     Sync,
-    /// Metadata queries (len, list).
+    /// Metadata queries (len, existence).
     Query,
+    /// Listing a directory.
+    List,
 }
 
 /// Operation counts of a simulated disk, for reports.
@@ -113,7 +118,7 @@ impl Faults {
             OpClass::Read => self.stats.reads += 1,
             OpClass::Write | OpClass::Modify => self.stats.writes += 1,
             OpClass::Sync => self.stats.syncs += 1,
-            OpClass::Query => {}
+            OpClass::Query | OpClass::List => {}
         }
         if let Some((left, kind)) = self.countdown {
             if left == 0 {
@@ -128,6 +133,10 @@ impl Faults {
             Some(FaultKind::DiskFull) if class == OpClass::Write => Some(io::Error::new(
                 io::ErrorKind::StorageFull,
                 "simulated disk full (ENOSPC)",
+            )),
+            Some(FaultKind::Unlistable) if class == OpClass::List => Some(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "simulated permission denied on a directory listing (EACCES)",
             )),
             _ => None,
         };

@@ -20,7 +20,8 @@
 //! handles that are still open, as on POSIX, until the next crash.
 //!
 //! Faults (see [`FaultKind`]): `DiskFull` fails writes, growing `set_len`, file creation and
-//! `create_dir_all` with `StorageFull`; `Io` fails every operation. A power cut can be armed for
+//! `create_dir_all` with `StorageFull`; `Io` fails every operation; `Unlistable` fails only directory
+//! listings (`PermissionDenied`). A power cut can be armed for
 //! the n-th file sync (`cut_power_at_sync`): that sync crashes the disk instead. Checkers read
 //! what a crash would leave without causing one (`durable_copy`), or the current state
 //! (`current_copy`), and may watch removals (`on_remove`). See the parent module for the shared
@@ -134,7 +135,7 @@ impl State {
     }
 
     fn list_dir(&mut self, path: &Path) -> io::Result<Vec<PathBuf>> {
-        self.faults.check(OpClass::Query)?;
+        self.faults.check(OpClass::List)?;
         if !self.dir_exists(path) {
             return Err(not_found(path));
         }
