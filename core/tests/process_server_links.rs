@@ -476,3 +476,59 @@ fn a_batch_forwarded_after_a_long_idle_is_not_a_stall() {
         "the heartbeat, before the stall bound"
     );
 }
+
+/// Ticks `ms` milliseconds, one tick each 100 ms; returns the connections closed meanwhile.
+fn closes_within(p: &mut Ps, ms: u64) -> Vec<ConnId> {
+    (0..ms / 100).flat_map(|_| closes(&tick(p, 100))).collect()
+}
+
+/// The master target goes silent with a batch outstanding (its packets are lost in a
+/// partition): the stream is closed after `STREAM_STALL_MS` and reconnected; one opening but
+/// never answered is closed the same way. A stream with nothing outstanding stays open.
+#[test]
+fn a_master_target_stream_silent_while_waiting_is_closed_after_the_stall_bound() {
+    let stall = ps::STREAM_STALL_MS;
+    // Opening, unanswered (`Ps::new` leaves the master target's OpenStream unanswered).
+    let mut p = Ps::new(ps_settings(), 0, 1);
+    assert_eq!(
+        p.ps.poll_timeout(),
+        Some(p.now.plus_millis(1000)),
+        "the heartbeat comes first"
+    );
+    assert!(closes_within(&mut p, stall - 200).is_empty());
+    assert_eq!(closes_within(&mut p, 300), [MT], "an unanswered open");
+
+    // Ready, a batch forwarded, no answer.
+    let mut p = Ps::new(ps_settings(), 0, 1);
+    p.recv(MT, stream_state(0), vec![]);
+    assert!(
+        closes_within(&mut p, 2 * stall).is_empty(),
+        "idle is not stalled"
+    );
+    cache(&mut p, 1);
+    assert!(closes_within(&mut p, stall - 200).is_empty());
+    let out: Vec<_> = (0..4).flat_map(|_| tick(&mut p, 100)).collect();
+    assert_eq!(closes(&out), [MT], "a batch unanswered: {out:?}");
+    assert_eq!(
+        connects(&out, Node::Mt.addr()).len(),
+        1,
+        "reconnects: {out:?}"
+    );
+}
+
+/// A retired disk's streams both close: the agent's and the master target's.
+#[test]
+fn a_retired_disk_closes_the_agent_stream_and_the_master_target_stream() {
+    let mut p = Ps::new(ps_settings(), 0, 1);
+    p.recv(MT, stream_state(0), vec![]);
+    let r = Retired {
+        disk: disk_id(),
+        epoch: EPOCH,
+    };
+    let out = p.recv(CS, Message::Retire(vec![r]), vec![]);
+    let mut closed = closes(&out);
+    closed.sort();
+    let mut both = vec![AGENT, MT];
+    both.sort();
+    assert_eq!(closed, both, "{out:?}");
+}
