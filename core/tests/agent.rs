@@ -156,89 +156,33 @@ fn a_retired_disk_drops_its_buffer_and_streams_nothing() {
         batch_delay_ms: None,
     };
     a.recv(CS, Message::Assign(vec![assign]));
-    assert_eq!(a.copies_started, 1);
     assert!(
         matches!(a.to_ps[..], [Message::OpenStream { first_seq: 4, .. }]),
         "{:?}",
         a.to_ps
     );
-    // The copy found nothing to copy (`CopyDone`): later batches are recovery points again.
+    assert_eq!(a.agent.stats().disks[0].mode, ReplicationMode::InitialCopy);
+    // The copy reads the whole (small) disk in one chunk, with the writes made meanwhile. Its
+    // batch filled at once (one block per batch here), so the disk's last block is recorded
+    // once more to carry the first recovery point of the new protection.
+    let reads_before = a.copy_reads.len();
+    let conn = *a.ps_conns.last().unwrap();
+    a.recv(conn, stream_state_at(Epoch(2), 3));
+    a.advance(20);
+    assert_eq!(a.copy_reads[reads_before..], [(0, 0)]);
+    let last = DISK_BLOCKS as u64 - 1;
+    assert_eq!(
+        a.batch_headers(),
+        [(4, 0, DISK_BLOCKS as u32, false), (5, last, 1, true)]
+    );
     assert_eq!(a.agent.stats().disks[0].mode, ReplicationMode::Data);
 }
 
-/// The initial copy: copy chunks are streamed like writes, in seq order with the writes made
-/// meanwhile, as batches that are not recovery points, until the batch that ends with the last
-/// chunk; from there on every batch is consistent.
-#[test]
-fn the_initial_copy_streams_chunks_and_its_last_batch_is_the_first_consistent_point() {
-    let mut a = A::streaming();
-    a.copy_chunk(0, 2, false);
-    assert_eq!(a.agent.stats().disks[0].mode, ReplicationMode::InitialCopy);
-    a.write_block(5);
-    a.copy_chunk(8, 1, true);
-    a.advance(20);
-    assert_eq!(
-        a.batch_headers(),
-        [(1, 0, 2, false), (2, 5, 1, false), (3, 8, 1, true)]
-    );
-    let s = &a.agent.stats().disks[0];
-    assert_eq!(s.mode, ReplicationMode::Data);
-    assert_eq!(s.bytes_written, 4 * B as u64);
-    a.to_ps.clear();
-    a.write_block(6);
-    a.advance(20);
-    assert_eq!(a.batch_headers(), [(4, 6, 1, true)]);
-    assert_eq!(a.agent.seqs(0), (4, 0));
-    let ack = Message::BatchAck {
+fn stream_state_at(epoch: Epoch, cached_seq: u64) -> Message {
+    Message::StreamState {
         disk: disk_id(),
-        epoch: EPOCH,
-        cached_seq: 3,
-        applied_seq: 1,
-    };
-    a.recv(PS, ack);
-    assert_eq!(a.agent.seqs(0), (4, 3));
-}
-
-/// A copy chunk read before the protection ended arrives after `Retire`: nobody takes it.
-#[test]
-fn a_copy_chunk_after_retire_is_dropped() {
-    let mut a = A::streaming();
-    a.copy_chunk(0, 1, false);
-    a.advance(20);
-    let retired = haven_core::protocol::Retired {
-        disk: disk_id(),
-        epoch: EPOCH,
-    };
-    a.recv(CS, Message::Retire(vec![retired]));
-    a.to_ps.clear();
-    a.copy_chunk(1, 1, false);
-    a.copy_chunk(2, 1, true);
-    a.advance(20);
-    assert!(a.to_ps.is_empty(), "{:?}", a.to_ps);
-    let s = &a.agent.stats().disks[0];
-    assert_eq!((s.seq_written, s.buffered_bytes), (1, 0));
-    assert_eq!(s.mode, ReplicationMode::Unprotected);
-}
-
-/// `has_room` (the driver feeds copy chunks while it holds) is false once the buffer is full,
-/// and true again when the process server has cached what filled it.
-#[test]
-fn has_room_until_the_buffer_is_full() {
-    let mut a = A::streaming_with(|s| s.buffer_bytes_max = 4 * haven_core::batch::BLOCK_BYTES);
-    for block in 0..3 {
-        a.write_block(block);
-        assert!(a.agent.has_room(0), "{} blocks buffered", block + 1);
+        epoch,
+        cached_seq,
+        applied_seq: cached_seq,
     }
-    a.write_block(3);
-    a.advance(20);
-    assert_eq!(a.agent.stats().disks[0].buffered_bytes, 4 * B as u64);
-    assert!(!a.agent.has_room(0), "the buffer is full");
-    let ack = Message::BatchAck {
-        disk: disk_id(),
-        epoch: EPOCH,
-        cached_seq: 1,
-        applied_seq: 0,
-    };
-    a.recv(PS, ack);
-    assert!(a.agent.has_room(0), "one batch cached");
 }

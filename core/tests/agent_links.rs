@@ -30,7 +30,11 @@ fn two_streaming() -> (A, ConnId) {
     let mut settings = agent_settings();
     settings.batch_bytes_max = haven_core::batch::BLOCK_BYTES;
     let size = DISK_BYTES as u64;
-    let mut a = A::new(settings, vec![(disk_id(), size, 0), (disk1(), size, 0)]);
+    let disks = vec![
+        copied_disk(disk_id(), size, 0),
+        copied_disk(disk1(), size, 0),
+    ];
+    let mut a = A::new(settings, disks);
     let list = vec![
         assignment(disk_id(), EPOCH, Node::Ps.addr()),
         assignment(disk1(), EPOCH, Node::Ps.addr()),
@@ -73,7 +77,10 @@ fn each_disk_streams_on_its_own_connection() {
 fn connects_answered_out_of_order_reach_their_own_disks() {
     let now = Timestamp::from_millis(1_000);
     let size = DISK_BYTES as u64;
-    let disks = vec![(disk_id(), size, 0), (disk1(), size, 0)];
+    let disks = vec![
+        copied_disk(disk_id(), size, 0),
+        copied_disk(disk1(), size, 0),
+    ];
     let mut agent = Agent::new(agent_settings(), disks, now);
     let mut connects = vec![];
     let drain = |agent: &mut Agent, connects: &mut Vec<u64>| {

@@ -11,7 +11,7 @@ use crate::rng::{Fnv, Rng};
 use crate::scenario::{Scenario, Topology};
 use crate::stores::{AgentStore, CsStore, MtStore, PsStore, Replica};
 use crate::workload::Workload;
-use haven_core::agent::{Agent, AgentSettings};
+use haven_core::agent::{Agent, AgentDisk, AgentSettings};
 use haven_core::batch::BLOCK_BYTES;
 use haven_core::config_server::{ConfigServer, ConfigServerSettings};
 use haven_core::master_target::{MasterTarget, MasterTargetSettings};
@@ -352,7 +352,13 @@ impl Cluster {
                     let disk = &mut self.disks[d];
                     let reserved = self.agent_stores[a].reserved[disk.slot];
                     disk.incarnation_base = reserved;
-                    list.push((disk.id.clone(), disk.wl.source.len() as u64, reserved));
+                    // The simulated disks start as zeros on both sides: nothing to copy.
+                    list.push(AgentDisk {
+                        disk: disk.id.clone(),
+                        size_bytes: disk.wl.source.len() as u64,
+                        reserved,
+                        copied: true,
+                    });
                 }
                 let settings = self.agent_settings[a].clone();
                 self.agents[a] = Some(Agent::new(settings, list, now));

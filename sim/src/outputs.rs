@@ -91,8 +91,11 @@ impl Cluster {
                 let answer = AgentAnswer::Reserved { disk, reserved };
                 self.agent_stores[a].pending.push(at, answer);
             }
-            agent::Output::StartCopy { .. } | agent::Output::Retired { .. } => {
+            agent::Output::Retired { .. } => {
                 return Err(format!("{o:?}: the simulation never ends a protection"));
+            }
+            agent::Output::CopyRead { .. } | agent::Output::CopyCached { .. } => {
+                return Err(format!("{o:?}: the simulated disks are never copied"));
             }
         }
         Ok(())

@@ -575,12 +575,17 @@ impl Model {
         });
     }
 
-    /// The disk as it was right after write `seq`, when the seqs of that write's round can be
-    /// told apart: each qemu-io command is one NBD request and takes one seq, in order, so a
+    /// The disk as it was right after write `seq` (at `start_seq`: before the first round), when
+    /// the seqs of that write's round can be told apart: each qemu-io command is one NBD request and takes one seq, in order, so a
     /// round whose seq span equals its number of commands maps seq to command exactly. None for
     /// a seq outside the rounds or in a round whose span differs (then the mapping is unknown).
     pub fn at_seq(&self, seq: u64, start_seq: u64) -> Option<Vec<u8>> {
         let r = self.rounds.iter().position(|r| r.seq >= seq)?;
+        if r == 0 && seq == start_seq && seq > 0 {
+            // The point the initial copy ended at (`Cluster::start` waits for it): the disk
+            // before the first round, all zeros.
+            return Some(vec![0; DISK_BYTES as usize]);
+        }
         let (prev_seq, prev_ops) = match r {
             0 => (start_seq, 0),
             _ => (self.rounds[r - 1].seq, self.rounds[r - 1].ops),

@@ -3,15 +3,16 @@
 use super::*;
 
 impl Agent {
-    /// `disks`: (disk, size, durable seq reservation). Starting reserves a fresh range of seqs
-    /// above the stored one, so that a crash never reuses a seq.
-    pub fn new(settings: AgentSettings, disks: Vec<(DiskId, u64, Seq)>, now: Timestamp) -> Agent {
+    /// `disks` as the driver found them. Starting reserves a fresh range of seqs above each
+    /// stored one, so that a crash never reuses a seq; a disk not yet copied is copied.
+    pub fn new(settings: AgentSettings, disks: Vec<AgentDisk>, now: Timestamp) -> Agent {
         let n = disks.len();
+        let copied: Vec<bool> = disks.iter().map(|d| d.copied).collect();
         let mut agent = Agent {
             settings,
             streams: disks
                 .into_iter()
-                .map(|(d, size, reserved)| Stream::new(d, size, reserved))
+                .map(|d| Stream::new(d.disk, d.size_bytes, d.reserved))
                 .collect(),
             links: vec![Link::Idle; n],
             ps_addrs: vec![None; n],
@@ -19,6 +20,7 @@ impl Agent {
             progress_at: vec![now; n],
             cs: Link::Idle,
             held: VecDeque::new(),
+            copies: vec![copy::CopyState::Idle; n],
             pending: VecDeque::new(),
             batch_deadline: vec![None; n],
             next_heartbeat: now,
@@ -26,6 +28,11 @@ impl Agent {
             out: VecDeque::new(),
             now,
         };
+        for (disk, copied) in copied.into_iter().enumerate() {
+            if !copied {
+                agent.start_copy(disk);
+            }
+        }
         for disk in 0..n {
             agent.reserve_more(disk);
         }
@@ -60,22 +67,20 @@ impl Agent {
         (s.seq_written(), s.cached_seq)
     }
 
-    /// True when the driver may feed another initial-copy chunk for `disk` without it being held.
-    pub fn has_room(&self, disk: usize) -> bool {
-        self.held.is_empty() && self.streams[disk].buffered_bytes() < self.settings.buffer_bytes_max
-    }
-
     fn can_start(&self, input: &Input) -> bool {
         let disk = match input {
-            Input::Write { disk, .. } | Input::CopyChunk { disk, .. } => *disk,
+            Input::Write { disk, .. } => *disk,
             Input::Flush { .. } => return true,
             _ => unreachable!("only writes are held"),
         };
         let s = &self.streams[disk];
         // One seq per op; an op may not start until its seq is durably reserved. A retired
-        // disk assigns no seqs and buffers nothing.
+        // disk assigns no seqs and buffers nothing. A write waits for an outstanding copy read
+        // of its disk, whose chunk takes the seq before it.
         s.retired
-            || (s.next_seq <= s.reserved && s.buffered_bytes() < self.settings.buffer_bytes_max)
+            || (s.next_seq <= s.reserved
+                && s.buffered_bytes() < self.settings.buffer_bytes_max
+                && !self.copy_reading(disk))
     }
 
     fn release_held(&mut self) {
@@ -101,33 +106,6 @@ impl Agent {
                 self.batch_deadline[disk] = None;
                 self.pump(disk);
                 self.out.push_back(Output::SourceSync { io, disk });
-            }
-            Input::CopyChunk {
-                disk,
-                block,
-                data,
-                last,
-            } if self.streams[disk].retired => {
-                // A copy chunk that was read before the protection ended: nobody takes it.
-                let _ = (block, data, last);
-            }
-            Input::CopyChunk {
-                disk,
-                block,
-                data,
-                last,
-            } => {
-                let blocks = (data.len() as u64 / BLOCK_BYTES) as u32;
-                // The batch that ends with the last chunk is the first consistent point: every
-                // block was copied after all earlier writes to it, and later writes have later
-                // seqs.
-                self.streams[disk].copying = !last;
-                self.record(disk, block, blocks, Some(data));
-                if last {
-                    self.streams[disk].close_batch();
-                    self.batch_deadline[disk] = None;
-                    self.pump(disk);
-                }
             }
             _ => unreachable!("only writes start"),
         }
@@ -176,7 +154,7 @@ impl Agent {
         });
     }
 
-    fn record(&mut self, disk: usize, block: u64, blocks: u32, data: Option<Vec<u8>>) {
+    pub(super) fn record(&mut self, disk: usize, block: u64, blocks: u32, data: Option<Vec<u8>>) {
         let now = self.now;
         let s = &self.streams[disk];
         let max = s.batch_bytes_max.unwrap_or(self.settings.batch_bytes_max);
@@ -236,6 +214,7 @@ impl Agent {
             }
             self.connect_ps(disk);
             self.pump(disk);
+            self.copy_cached(disk);
         }
         if matches!(self.cs, Link::Backoff(at) if at <= now) {
             self.connect_cs();
@@ -282,19 +261,17 @@ impl crate::machine::Machine for Agent {
 
     fn handle(&mut self, now: Timestamp, input: Input) {
         self.now = self.now.max(now);
+        let tick = matches!(input, Input::Tick);
         match input {
             Input::Net(ev) => self.on_net(ev),
-            Input::Write { .. } | Input::Flush { .. } | Input::CopyChunk { .. } => {
+            Input::Write { .. } | Input::Flush { .. } => {
                 if self.held.is_empty() && self.can_start(&input) {
                     self.start(input);
                 } else {
                     self.held.push_back(input);
                 }
             }
-            Input::CopyDone { disk } if !self.streams[disk].retired => {
-                self.streams[disk].copying = false;
-            }
-            Input::CopyDone { .. } => {}
+            Input::CopyData { disk, offset, data } => self.on_copy_data(disk, offset, data),
             Input::SourceDone { io, data } => self.on_source_done(io, data),
             Input::SourceFailed { io, error } => self.on_source_failed(io, error),
             Input::Synced { io } => self.out.push_back(Output::Complete { io, result: Ok(()) }),
@@ -307,6 +284,9 @@ impl crate::machine::Machine for Agent {
         }
         self.on_timers();
         self.release_held();
+        if tick {
+            self.copy_step();
+        }
     }
 
     fn poll_output(&mut self) -> Option<Output> {
@@ -335,6 +315,9 @@ impl crate::machine::Machine for Agent {
             if *b > self.now && self.streams[i].has_unsent() {
                 t = earliest(t, Some(*b));
             }
+        }
+        if (0..self.streams.len()).any(|d| self.copy_read_due(d)) {
+            t = Some(self.now); // The next chunk of a copy, at the next tick.
         }
         t
     }

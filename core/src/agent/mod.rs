@@ -99,17 +99,13 @@ pub enum Input {
         io: IoId,
         disk: usize,
     },
-    /// A chunk of the initial copy: `data` is whole blocks read from the source at `block`.
-    /// `last` marks the final chunk: the batch it ends is the first consistent point.
-    CopyChunk {
+    /// The driver carried out `CopyRead{disk}`: `data` is whole blocks of the source read at
+    /// `offset` (at or after the offset asked for: holes may be skipped). Empty: the disk holds
+    /// no data at or after the offset asked for.
+    CopyData {
         disk: usize,
-        block: u64,
+        offset: u64,
         data: Vec<u8>,
-        last: bool,
-    },
-    /// The initial copy of a disk is done and found nothing to copy (an all-zero disk).
-    CopyDone {
-        disk: usize,
     },
     /// The driver carried out `SourceWrite{io}`; `data` holds the touched blocks as they are
     /// now (None when the op was aligned zeroing).
@@ -157,13 +153,21 @@ pub enum Output {
         disk: usize,
         reserved: Seq,
     },
-    /// The disk is protected again after its protection ended: copy it anew (feed
-    /// `CopyChunk`s from the start, as for a first protection).
-    StartCopy {
+    /// Read the source disk's first chunk holding data at or after `offset`: up to
+    /// `COPY_CHUNK_BYTES` from a multiple of it (holes may be skipped), whole blocks (the last
+    /// block padded with zeros), carried out in emission order like a `SourceWrite`; answer
+    /// `CopyData`.
+    CopyRead {
+        disk: usize,
+        offset: u64,
+    },
+    /// The process server holds the whole initial copy of the disk: persist that it is copied,
+    /// so that a restart does not copy it again.
+    CopyCached {
         disk: usize,
     },
-    /// The disk's protection ended: stop any copy of it and forget that it was copied, so that
-    /// a later protection copies it again.
+    /// The disk's protection ended: persist that it is not copied, so that a later protection
+    /// (or a restart during one) copies it again.
     Retired {
         disk: usize,
     },
@@ -188,6 +192,8 @@ pub struct Agent {
     progress_at: Vec<Timestamp>,
     cs: Link,
     held: VecDeque<Input>,
+    /// Each disk's initial copy.
+    copies: Vec<copy::CopyState>,
     /// Source writes emitted and not yet done, in emission order.
     pending: VecDeque<(IoId, Pending)>,
     batch_deadline: Vec<Option<Timestamp>>,
@@ -197,8 +203,23 @@ pub struct Agent {
     now: Timestamp,
 }
 
+mod copy;
 mod handle;
 mod net;
+
+pub use copy::COPY_CHUNK_BYTES;
+
+/// One disk as the driver found it when the agent starts.
+#[derive(Clone, Debug)]
+pub struct AgentDisk {
+    pub disk: DiskId,
+    pub size_bytes: u64,
+    /// The durable seq reservation.
+    pub reserved: Seq,
+    /// Whether a copy of the whole disk is cached at the process server (`CopyCached` was
+    /// persisted); if not, the agent copies it.
+    pub copied: bool,
+}
 
 #[cfg(test)]
 mod tests {

@@ -184,8 +184,7 @@ impl Agent {
             if s.retired {
                 // Protected again: stream anew from the next seq, starting with a full copy.
                 s.retired = false;
-                s.copying = true;
-                self.out.push_back(Output::StartCopy { disk: i });
+                self.start_copy(i);
             }
             let s = &mut self.streams[i];
             let changed = self.ps_addrs[i].as_deref() != Some(a.process_server_addr.as_str())
@@ -218,6 +217,7 @@ impl Agent {
             }
             self.streams[i].retire();
             self.streams[i].epoch = r.epoch;
+            self.copies[i] = super::copy::CopyState::Idle;
             if let Link::Opening(c) | Link::Ready(c) = self.links[i] {
                 self.out
                     .push_back(Output::Net(NetCommand::Close { conn: c }));

@@ -2,7 +2,8 @@
 //! connections to the configuration server (`CS`) and the process server (`PS`) accepted.
 
 use super::*;
-use haven_core::agent::{self, Agent, SourceOp};
+use haven_core::agent::{self, Agent, AgentDisk, SourceOp, COPY_CHUNK_BYTES};
+use haven_core::batch::BatchHeader;
 use haven_core::net::{NetCommand, NetEvent};
 use haven_core::protocol::{Assignment, Message};
 use haven_core::{ComponentId, ConnId, DiskId, Epoch, Machine, Seq, Timestamp};
@@ -21,8 +22,12 @@ pub struct A {
     /// Connections to the process server the agent made (`PS` first).
     pub ps_conns: Vec<ConnId>,
     pub next_io: u64,
-    /// `StartCopy` outputs seen (each answered `CopyDone` at once).
-    pub copies_started: usize,
+    /// Each disk's source image: source writes change it, copy reads read it.
+    pub images: Vec<Vec<u8>>,
+    /// `CopyRead` outputs (disk, offset), each answered at once from `images`.
+    pub copy_reads: Vec<(usize, u64)>,
+    /// `CopyCached` outputs (disk indexes), in order.
+    pub copies_cached: Vec<usize>,
     /// Messages sent to the configuration server, in order.
     pub to_cs: Vec<Message>,
     /// The `Reserve` outputs' `reserved`, in order (each answered `Reserved` at once).
@@ -35,6 +40,18 @@ pub struct A {
     pub ps_addrs: Vec<String>,
     /// `Retired` outputs (disk indexes), in order.
     pub retired: Vec<usize>,
+    /// Every batch sent, with its data part, in order.
+    pub batches: Vec<(BatchHeader, Vec<u8>)>,
+}
+
+/// A disk whose copy is cached at the process server already (nothing to copy).
+pub fn copied_disk(disk: DiskId, size_bytes: u64, reserved: Seq) -> AgentDisk {
+    AgentDisk {
+        disk,
+        size_bytes,
+        reserved,
+        copied: true,
+    }
 }
 
 /// An assignment of `disk` to process server ps1 at `addr`, with no batch bounds of its own.
@@ -81,7 +98,8 @@ impl A {
         let mut settings = agent_settings();
         settings.batch_bytes_max = haven_core::batch::BLOCK_BYTES; // one batch per block write
         f(&mut settings);
-        let mut a = A::new(settings, vec![(disk_id(), DISK_BYTES as u64, reserved)]);
+        let disk = copied_disk(disk_id(), DISK_BYTES as u64, reserved);
+        let mut a = A::new(settings, vec![disk]);
         let assign = assignment(disk_id(), EPOCH, Node::Ps.addr());
         a.recv(CS, Message::Assign(vec![assign]));
         assert!(
@@ -92,9 +110,14 @@ impl A {
         a
     }
 
-    /// An agent with `disks`, registered with the configuration server, none assigned yet.
-    pub fn new(settings: agent::AgentSettings, disks: Vec<(DiskId, u64, Seq)>) -> A {
+    /// An agent with `disks` (all zeros), registered with the configuration server, none
+    /// assigned yet.
+    pub fn new(settings: agent::AgentSettings, disks: Vec<AgentDisk>) -> A {
         let now = Timestamp::from_millis(1_000_000);
+        let images = disks
+            .iter()
+            .map(|d| vec![0; d.size_bytes as usize])
+            .collect();
         let mut a = A {
             agent: Agent::new(settings, disks, now),
             now,
@@ -102,13 +125,16 @@ impl A {
             closed: vec![],
             ps_conns: vec![],
             next_io: 1,
-            copies_started: 0,
+            images,
+            copy_reads: vec![],
+            copies_cached: vec![],
             to_cs: vec![],
             reserves: vec![],
             completed: vec![],
             ps_sends: vec![],
             ps_addrs: vec![],
             retired: vec![],
+            batches: vec![],
         };
         a.run();
         a
@@ -161,18 +187,22 @@ impl A {
                     self.completed.push((io, result));
                     None
                 }
-                agent::Output::SourceWrite { io, op, .. } => {
-                    let data = match op {
-                        SourceOp::Write { data, .. } => Some(data),
-                        SourceOp::Zero { .. } => None,
-                    };
+                agent::Output::SourceWrite { io, disk, op } => {
+                    let data = self.apply(disk, &op);
                     Some(agent::Input::SourceDone { io, data })
                 }
-                agent::Output::SourceSync { io, .. } => Some(agent::Input::Synced { io }),
-                agent::Output::StartCopy { disk } => {
-                    self.copies_started += 1;
-                    Some(agent::Input::CopyDone { disk })
+                agent::Output::CopyRead { disk, offset } => {
+                    self.copy_reads.push((disk, offset));
+                    let image = &self.images[disk];
+                    let end = (offset + COPY_CHUNK_BYTES).min(image.len() as u64);
+                    let data = image[offset.min(end) as usize..end as usize].to_vec();
+                    Some(agent::Input::CopyData { disk, offset, data })
                 }
+                agent::Output::CopyCached { disk } => {
+                    self.copies_cached.push(disk);
+                    None
+                }
+                agent::Output::SourceSync { io, .. } => Some(agent::Input::Synced { io }),
                 agent::Output::Net(NetCommand::Connect { token, addr }) => {
                     let (conn, peer) = if addr == Node::Cs.addr() {
                         (CS, Node::Cs.hello())
@@ -184,7 +214,10 @@ impl A {
                     };
                     Some(agent::Input::Net(NetEvent::Connected { token, conn, peer }))
                 }
-                agent::Output::Net(NetCommand::Send { conn, msg, .. }) if conn != CS => {
+                agent::Output::Net(NetCommand::Send { conn, msg, data }) if conn != CS => {
+                    if let Message::Batch(h) = &msg {
+                        self.batches.push((h.clone(), data.to_vec()));
+                    }
                     self.ps_sends.push((conn, msg.clone()));
                     self.to_ps.push(msg);
                     None
@@ -209,15 +242,24 @@ impl A {
         }
     }
 
-    /// A chunk of the initial copy: `blocks` blocks at `block`.
-    pub fn copy_chunk(&mut self, block: u64, blocks: usize, last: bool) {
-        let data = vec![0xc0 + block as u8; blocks * B];
-        self.input(agent::Input::CopyChunk {
-            disk: 0,
-            block,
-            data,
-            last,
-        });
+    /// Carries out a source op on the image of `disk`; returns the blocks it touched as they
+    /// are now (None for aligned zeroing), as a driver does.
+    fn apply(&mut self, disk: usize, op: &SourceOp) -> Option<Vec<u8>> {
+        let image = &mut self.images[disk];
+        let (first, blocks) = op.block_span();
+        match op {
+            SourceOp::Write { offset, data } => {
+                image[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
+            }
+            SourceOp::Zero { offset, len, .. } => {
+                image[*offset as usize..(*offset + *len) as usize].fill(0);
+                if op.aligned() {
+                    return None;
+                }
+            }
+        }
+        let start = first as usize * B;
+        Some(image[start..start + blocks as usize * B].to_vec())
     }
 
     /// The headers of the batches sent: (first seq, first block, blocks, consistent).

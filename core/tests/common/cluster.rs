@@ -77,7 +77,15 @@ impl Cluster {
             cs: ConfigServer::new(cs_settings(), Default::default(), now),
             ps: with_ps.then(|| ProcessServer::new(ps_settings(), vec![], vec![], now)),
             mt: MasterTarget::new(mt_settings(), vec![], now),
-            agent: Agent::new(agent_settings, vec![(disk_id(), DISK_BYTES as u64, 0)], now),
+            agent: Agent::new(
+                agent_settings,
+                vec![super::agent_alone::copied_disk(
+                    disk_id(),
+                    DISK_BYTES as u64,
+                    0,
+                )],
+                now,
+            ),
             net: VecDeque::new(),
             conns: BTreeMap::new(),
             next_conn: 1,

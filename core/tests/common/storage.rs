@@ -18,7 +18,14 @@ impl Cluster {
     pub(super) fn agent_output(&mut self, o: agent::Output) {
         match o {
             agent::Output::Net(cmd) => self.net_cmd(Node::Agent, cmd),
-            agent::Output::StartCopy { disk } => self.lifecycle.push(format!("StartCopy {disk}")),
+            agent::Output::CopyRead { disk, offset } => {
+                self.lifecycle.push(format!("CopyRead {disk} {offset}"));
+                let end = (offset as usize + agent::COPY_CHUNK_BYTES as usize).min(DISK_BYTES);
+                let data = self.source[(offset as usize).min(end)..end].to_vec();
+                self.local
+                    .push_back(Local::Agent(agent::Input::CopyData { disk, offset, data }));
+            }
+            agent::Output::CopyCached { disk } => self.lifecycle.push(format!("CopyCached {disk}")),
             agent::Output::Retired { disk } => self.lifecycle.push(format!("Retired {disk}")),
             agent::Output::SourceWrite { io, disk, op } => {
                 assert_eq!(disk, 0);

@@ -9,7 +9,10 @@ use crate::net::Net;
 use crate::stores::source::SourceDisk;
 use crate::transport::Transport;
 use crate::vfs::{VFile, Vfs};
-use haven_core::agent::{Agent, AgentSettings, Input, IoId, Output, SourceOp};
+use haven_core::agent::{
+    Agent, AgentDisk, AgentSettings, Input, IoId, Output, SourceOp, COPY_CHUNK_BYTES,
+};
+use haven_core::batch::BLOCK_BYTES;
 use haven_core::ids::{DiskId, Epoch};
 use haven_core::protocol::{Hello, Role, PROTOCOL_VERSION};
 use haven_core::time::Timestamp;
@@ -182,11 +185,12 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
             .canonicalize(&d.path)
             .map_err(|e| fail(format!("disk {}: {}: {e}", d.disk, d.path.display())))?;
         paths.push(path.to_string_lossy().into_owned());
-        disks.push((
-            d.disk.clone(),
-            src.size_bytes(),
-            meta.agent_reserved(&d.disk).map_err(fail)?,
-        ));
+        disks.push(AgentDisk {
+            disk: d.disk.clone(),
+            size_bytes: src.size_bytes(),
+            reserved: meta.agent_reserved(&d.disk).map_err(fail)?,
+            copied: meta.agent_copied(&d.disk).map_err(fail)?,
+        });
         sources.push(src);
     }
     drop(nbd_tx);
@@ -227,25 +231,12 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
         }
         None => None,
     };
-    let mut copies = vec![];
-    for (i, d) in cfg.disks.iter().enumerate() {
-        if !meta.agent_copied(&d.disk).map_err(fail)? {
-            copies.push(Copy {
-                disk: i,
-                id: d.disk.clone(),
-                next: 0,
-                pending: None,
-            });
-        }
-    }
     let effects = AgentEffects {
         net,
         sources,
         meta,
         replies: BTreeMap::new(),
         next_io: 1,
-        copies,
-        copied: vec![],
         disk_ids: cfg.disks.iter().map(|d| d.disk.clone()).collect(),
         syncs: vec![],
         stats,
@@ -266,11 +257,6 @@ struct AgentEffects<T: Transport, F: VFile> {
     meta: MetaStore,
     replies: BTreeMap<IoId, oneshot::Sender<Result<(), String>>>,
     next_io: IoId,
-    /// Initial copies in progress.
-    copies: Vec<Copy>,
-    /// Copies sent, waiting to be cached: (disk id, index, last seq of the copy once the core
-    /// has taken its last chunk).
-    copied: Vec<(DiskId, usize, Option<haven_core::ids::Seq>)>,
     /// The disks' ids, by index.
     disk_ids: Vec<DiskId>,
     /// FUA writes and flushes of this round, waiting for the round's fsync of their disk.
@@ -278,22 +264,6 @@ struct AgentEffects<T: Transport, F: VFile> {
     /// The stats snapshot the API reads, and when it was last refreshed.
     stats: watch::Sender<haven_core::stats::AgentStats>,
     stats_at: Option<Timestamp>,
-}
-
-/// Bytes read per initial-copy chunk.
-pub const COPY_CHUNK_BYTES: u64 = 1 << 20;
-/// Chunks an initial copy may read (holes included) before the loop runs a round.
-const COPY_READS_PER_ROUND: u32 = 16;
-
-/// The initial copy of a disk: every non-zero chunk of the source is sent through the change
-/// stream (interleaved with the workload's writes, which get later seqs, so the replica ends
-/// equal to the source). It restarts from the beginning if the agent stops before it completes.
-struct Copy {
-    disk: usize,
-    id: DiskId,
-    next: u64,
-    /// The newest non-zero chunk read, fed once the next one is found (so the last can be marked).
-    pending: Option<(u64, Vec<u8>)>,
 }
 
 impl<T: Transport, F: VFile + Send + 'static> Effects for AgentEffects<T, F> {
@@ -323,28 +293,6 @@ impl<T: Transport, F: VFile + Send + 'static> Effects for AgentEffects<T, F> {
         }
     }
 
-    /// Feeds the initial copies (a chunk per disk per round while the agent has room) and
-    /// records the copies the process server holds.
-    fn before_wait(
-        &mut self,
-        agent: &mut Agent,
-        inputs: &mut VecDeque<Input>,
-        now: Timestamp,
-    ) -> Result<Option<Timestamp>, RoleError> {
-        // Copies whose last chunk went in before the previous round now know their last seq.
-        self.check_copied(agent)?;
-        if !self.copies.is_empty() {
-            super::blocking(|| self.copy_step(agent, inputs))?;
-        }
-        Ok(if self.copies.iter().any(|c| agent.has_room(c.disk)) {
-            Some(now)
-        } else if !self.copies.is_empty() || !self.copied.is_empty() {
-            Some(now.plus_millis(10))
-        } else {
-            None
-        })
-    }
-
     fn execute(&mut self, out: Output, inputs: &mut VecDeque<Input>) -> Result<(), RoleError> {
         match out {
             Output::Net(cmd) => self.net.execute(cmd),
@@ -370,17 +318,19 @@ impl<T: Transport, F: VFile + Send + 'static> Effects for AgentEffects<T, F> {
                     .map_err(fail)?;
                 inputs.push_back(Input::Reserved { disk, reserved });
             }
-            Output::Retired { disk } => self.retired(disk)?,
-            Output::StartCopy { disk } => {
-                self.cancel_copy(disk);
+            Output::Retired { disk } => {
                 let id = self.disk_id(disk);
-                tracing::info!("disk {id} is protected again: copying it");
-                self.copies.push(Copy {
-                    disk,
-                    id,
-                    next: 0,
-                    pending: None,
-                });
+                self.meta.clear_agent_copied(&id).map_err(fail)?;
+                tracing::info!("disk {id} is not protected: served without replication");
+            }
+            Output::CopyRead { disk, offset } => {
+                let (offset, data) = super::blocking(|| self.copy_read(disk, offset))?;
+                inputs.push_back(Input::CopyData { disk, offset, data });
+            }
+            Output::CopyCached { disk } => {
+                let id = self.disk_id(disk);
+                self.meta.set_agent_copied(&id).map_err(fail)?;
+                tracing::info!("initial copy of {id} is cached at the process server");
             }
         }
         Ok(())
@@ -418,98 +368,30 @@ impl<T: Transport, F: VFile> AgentEffects<T, F> {
         self.disk_ids[disk].clone()
     }
 
-    /// Reads each copying disk on until one non-zero chunk is queued for the core (or
-    /// `COPY_READS_PER_ROUND` chunks were holes), while the agent has room for it.
-    fn copy_step(&mut self, agent: &Agent, inputs: &mut VecDeque<Input>) -> Result<(), RoleError> {
-        let mut i = 0;
-        while i < self.copies.len() {
-            let c = &mut self.copies[i];
-            let (disk, size) = (c.disk, self.sources[c.disk].size_bytes());
-            let mut reads = 0;
-            let mut fed = false;
-            while c.next < size && agent.has_room(disk) && !fed && reads < COPY_READS_PER_ROUND {
-                let data = self.sources[disk]
-                    .next_data(c.next)
-                    .map_err(|e| fail(format!("initial copy: finding data: {e}")))?;
-                // Skip holes, a chunk at a time (chunks stay aligned to COPY_CHUNK_BYTES).
-                let off = data.map_or(size, |d| {
-                    c.next.max(d / COPY_CHUNK_BYTES * COPY_CHUNK_BYTES)
-                });
-                c.next = off.min(size);
-                if off >= size {
-                    break;
-                }
-                let n = COPY_CHUNK_BYTES.min(size - off);
-                let mut buf = vec![0u8; n as usize];
-                self.sources[disk]
-                    .read_at(&mut buf, off)
-                    .map_err(|e| fail(format!("initial copy read: {e}")))?;
-                c.next += n;
-                reads += 1;
-                if !crate::vfs::is_zero(&buf) {
-                    let block = off / haven_core::batch::BLOCK_BYTES;
-                    if let Some((block, data)) = c.pending.replace((block, buf)) {
-                        inputs.push_back(Input::CopyChunk {
-                            disk,
-                            block,
-                            data,
-                            last: false,
-                        });
-                        fed = true;
-                    }
-                }
-            }
-            if c.next >= size {
-                inputs.push_back(match c.pending.take() {
-                    Some((block, data)) => Input::CopyChunk {
-                        disk,
-                        block,
-                        data,
-                        last: true,
-                    },
-                    None => Input::CopyDone { disk },
-                });
-                tracing::info!("initial copy of {} read to its end", c.id);
-                let c = self.copies.remove(i);
-                self.copied.push((c.id, disk, None));
-            } else {
-                i += 1;
-            }
+    /// Reads the first chunk of `disk` holding data at or after `offset` (holes skipped a
+    /// chunk at a time): its offset and whole blocks, the last padded with zeros; nothing at
+    /// the end of the disk.
+    fn copy_read(&self, disk: usize, offset: u64) -> Result<(u64, Vec<u8>), RoleError> {
+        let src = &self.sources[disk];
+        let size = src.size_bytes();
+        if offset == 0 {
+            tracing::info!("initial copy of {}: copying the disk", self.disk_id(disk));
         }
-        Ok(())
-    }
-
-    /// Forgets any copy of `disk` in progress or waiting to be cached.
-    fn cancel_copy(&mut self, disk: usize) {
-        self.copies.retain(|c| c.disk != disk);
-        self.copied.retain(|c| c.1 != disk);
-    }
-
-    /// A disk's protection ended: its copy stops, and a later protection copies it anew.
-    fn retired(&mut self, disk: usize) -> Result<(), RoleError> {
-        self.cancel_copy(disk);
-        let id = self.disk_id(disk);
-        self.meta.clear_agent_copied(&id).map_err(fail)?;
-        tracing::info!("disk {id} is not protected: served without replication");
-        Ok(())
-    }
-
-    /// Records a copy as complete once the process server holds all of it durably.
-    fn check_copied(&mut self, agent: &Agent) -> Result<(), RoleError> {
-        let mut i = 0;
-        while i < self.copied.len() {
-            let (id, disk, seq) = &mut self.copied[i];
-            // Entries come from the previous `copy_step`, whose last chunk the round since has
-            // handled: the disk's newest seq now covers the whole copy.
-            let last = *seq.get_or_insert(agent.seqs(*disk).0);
-            if agent.seqs(*disk).1 >= last {
-                self.meta.set_agent_copied(id).map_err(fail)?;
-                tracing::info!("initial copy of {id} is cached at the process server");
-                self.copied.remove(i);
-            } else {
-                i += 1;
-            }
+        let data_at = src
+            .next_data(offset)
+            .map_err(|e| fail(format!("initial copy: finding data: {e}")))?;
+        let off = data_at.map_or(size, |d| {
+            offset.max(d / COPY_CHUNK_BYTES * COPY_CHUNK_BYTES)
+        });
+        if off >= size {
+            tracing::info!("initial copy of {} read to its end", self.disk_id(disk));
+            return Ok((size, Vec::new()));
         }
-        Ok(())
+        let padded = size.div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+        let mut buf = vec![0u8; COPY_CHUNK_BYTES.min(padded - off) as usize];
+        let in_file = (size - off).min(buf.len() as u64) as usize;
+        src.read_at(&mut buf[..in_file], off)
+            .map_err(|e| fail(format!("initial copy read: {e}")))?;
+        Ok((off, buf))
     }
 }
