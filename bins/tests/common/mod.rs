@@ -152,10 +152,26 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(tmp: tempfile::TempDir) -> Cluster {
+        let c = Cluster::start_with(tmp, None, "", &DAEMONS);
+        c.wait_assigned();
+        c
+    }
+
+    /// The daemons `roles` only (the others with `spawn`), disk0 first written as `image` if
+    /// given, `agent_extra` added to the agent's configuration; nothing waited for.
+    pub fn start_with(
+        tmp: tempfile::TempDir,
+        image: Option<&[u8]>,
+        agent_extra: &str,
+        roles: &[Daemon],
+    ) -> Cluster {
         let _one_at_a_time = STARTUP.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tmp.path().to_path_buf();
         let ports = free_ports();
-        write_configs(&dir, &ports);
+        write_configs(&dir, &ports, agent_extra);
+        if let Some(image) = image {
+            std::fs::write(dir.join("disk0.img"), image).expect("write disk0.img");
+        }
         let api = Api {
             api: format!("http://127.0.0.1:{}", ports.cs_api),
             nbd: format!("nbd://127.0.0.1:{}/{DISK}", ports.nbd),
@@ -169,14 +185,13 @@ impl Cluster {
             dir,
             _tmp: tmp,
         };
-        for role in DAEMONS {
-            c.spawn(role);
+        for role in roles {
+            c.spawn(*role);
         }
-        c.wait_assigned();
         c
     }
 
-    fn spawn(&mut self, role: Daemon) {
+    pub fn spawn(&mut self, role: Daemon) {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -252,7 +267,7 @@ impl Drop for Cluster {
     }
 }
 
-fn write_configs(dir: &Path, p: &Ports) {
+fn write_configs(dir: &Path, p: &Ports, agent_extra: &str) {
     let (d, cs, hb) = (dir.display(), format!("127.0.0.1:{}", p.cs), HEARTBEAT_MS);
     let common =
         format!("config_server = \"{cs}\"\nheartbeat_interval_ms = {hb}\nreconnect_delay_ms = 100");
@@ -268,6 +283,7 @@ fn write_configs(dir: &Path, p: &Ports) {
 data_dir = "{d}/agent"
 nbd_listen = "127.0.0.1:{}"
 api_listen = "127.0.0.1:{}"
+{agent_extra}
 
 [[disk]]
 id = "{DISK}"
@@ -445,7 +461,9 @@ impl Api {
         std::fs::read(self.dir.join("disk0.img")).expect("read source disk")
     }
 
-    /// Runs qemu-io with `cmds` against the NBD export; (success, combined output).
+    /// Runs qemu-io with `cmds` against the NBD export; (success, combined output). Its output
+    /// is read once it exits, so keep to a few hundred commands per call (a pipe holds 64 KiB:
+    /// about 600 writes' worth of qemu-io's messages, past which it blocks).
     pub fn qemu_io(&self, cmds: &[String]) -> (bool, String) {
         let mut cmd = Command::new("qemu-io");
         cmd.args(["-f", "raw"]);
@@ -527,7 +545,7 @@ impl Op {
         !matches!(self, Op::Sleep(_) | Op::AioFlush | Op::Flush)
     }
 
-    fn apply(&self, disk: &mut [u8]) {
+    pub fn apply(&self, disk: &mut [u8]) {
         let (off, len, fill) = match *self {
             Op::Write(off, len, pat) | Op::AioWrite(off, len, pat) => (off, len, pat),
             // The agent punches holes for discards: they read back as zeros.
