@@ -3,11 +3,11 @@
 
 mod common;
 
+use common::cs::*;
 use common::mt_alone::open;
 use common::*;
 use haven_core::config_server::{
-    self as cs, Command, CommandErrorKind, CommandResult, ConfigServer, ConfigState, PolicyChange,
-    ProtectionState, Record,
+    self as cs, Command, CommandErrorKind, ConfigServer, ConfigState, PolicyChange, ProtectionState,
 };
 use haven_core::net::{NetCommand, NetEvent};
 use haven_core::protocol::{DiskInfo, Hello, Message, Registration, Role, PROTOCOL_VERSION};
@@ -16,19 +16,6 @@ use haven_core::{ComponentId, ConnId, DiskId, Epoch, Timestamp};
 
 // ---------------------------------------------------------------------------------------------
 // (g) configuration server
-
-/// Drains the server's outputs, answering every persist at once; returns the messages sent.
-fn sends(s: &mut ConfigServer, now: Timestamp) -> Vec<(ConnId, Message)> {
-    let mut out = vec![];
-    while let Some(o) = s.poll_output() {
-        match o {
-            cs::Output::Net(NetCommand::Send { conn, msg, .. }) => out.push((conn, msg)),
-            cs::Output::Persist { id, .. } => s.handle(now, cs::Input::Persisted { id }),
-            _ => {}
-        }
-    }
-    out
-}
 
 #[test]
 fn config_server_assigns_the_disk_to_the_registered_process_server_and_master_target() {
@@ -163,103 +150,6 @@ fn the_cluster_is_wired_by_the_config_server() {
     );
     assert!(c.agent.stats().disks[0].connected);
     assert!(c.ps.as_ref().unwrap().stats().disks[0].master_target_connected);
-}
-
-/// A server with an agent (disk0), two process servers and two master targets registered.
-fn registered(auto_protect: bool) -> (ConfigServer, Timestamp) {
-    let now = Timestamp::from_millis(5);
-    let mut settings = cs_settings();
-    settings.auto_protect = auto_protect;
-    let mut s = ConfigServer::new(settings, Default::default(), now);
-    let peers = [
-        (1, Role::Agent, "agent1", ""),
-        (2, Role::ProcessServer, "ps1", "ps1:7001"),
-        (3, Role::ProcessServer, "ps2", "ps2:7001"),
-        (4, Role::MasterTarget, "mt1", "mt1:7002"),
-        (5, Role::MasterTarget, "mt2", "mt2:7002"),
-    ];
-    for (conn, role, id, addr) in peers {
-        let peer = Hello {
-            version: PROTOCOL_VERSION,
-            role,
-            component: ComponentId::new(id).unwrap(),
-            epoch: Epoch(0),
-        };
-        s.handle(
-            now,
-            cs::Input::Net(NetEvent::Accepted {
-                conn: ConnId(conn),
-                peer,
-            }),
-        );
-        let disks = match role {
-            Role::Agent => ["disk0", "disk1"]
-                .iter()
-                .map(|d| DiskInfo {
-                    disk: DiskId::new(*d).unwrap(),
-                    size_bytes: DISK_BYTES as u64,
-                    source_path: String::new(),
-                })
-                .collect(),
-            _ => vec![],
-        };
-        let reg = Registration {
-            data_addr: addr.into(),
-            api_addr: String::new(),
-            disks,
-        };
-        let msg = Message::Register(reg);
-        s.handle(
-            now,
-            cs::Input::Net(NetEvent::Received {
-                conn: ConnId(conn),
-                msg,
-                data: vec![],
-            }),
-        );
-        sends(&mut s, now);
-    }
-    (s, now)
-}
-
-/// Runs a command; returns its answer and the records it persisted (answered at once).
-fn run(s: &mut ConfigServer, now: Timestamp, command: Command) -> (CommandResult, Vec<Record>) {
-    s.handle(now, cs::Input::Command { id: 7, command });
-    let mut records = vec![];
-    let mut answer = None;
-    let mut persists = vec![];
-    while let Some(o) = s.poll_output() {
-        match o {
-            cs::Output::Persist { id, records: r } => {
-                records.extend(r);
-                persists.push(id);
-            }
-            cs::Output::CommandDone { id: 7, result } => answer = Some(result),
-            _ => {}
-        }
-    }
-    assert!(
-        answer.is_none() || persists.is_empty(),
-        "a command that changed state answered before its persist"
-    );
-    for id in persists {
-        s.handle(now, cs::Input::Persisted { id });
-        while let Some(o) = s.poll_output() {
-            if let cs::Output::CommandDone { id: 7, result } = o {
-                answer = Some(result);
-            }
-        }
-    }
-    (answer.expect("every command is answered"), records)
-}
-
-fn protect(agent: &str, disk: &str) -> Command {
-    Command::Protect {
-        agent: ComponentId::new(agent).unwrap(),
-        disk: DiskId::new(disk).unwrap(),
-        process_server: None,
-        master_target: None,
-    }
 }
 
 #[test]
@@ -434,15 +324,6 @@ fn unprotect_retires_the_disk_everywhere_and_a_new_protection_bumps_the_epoch() 
     assert_eq!(s.status().disks[0].epoch, Epoch(2));
 }
 
-fn online(s: &ConfigServer) -> Vec<String> {
-    s.status()
-        .components
-        .iter()
-        .filter(|c| c.online)
-        .map(|c| c.id.to_string())
-        .collect()
-}
-
 #[test]
 fn a_paused_server_does_not_call_everyone_offline_but_silence_after_it_does() {
     let (mut s, now) = registered(false);
@@ -475,19 +356,6 @@ fn a_paused_server_does_not_call_everyone_offline_but_silence_after_it_does() {
     assert!(online(&s).is_empty(), "{:?}", online(&s));
 }
 
-/// Drains the server's outputs, answering every persist at once; returns the network commands.
-fn net_out(s: &mut ConfigServer, now: Timestamp) -> Vec<NetCommand> {
-    let mut out = vec![];
-    while let Some(o) = s.poll_output() {
-        match o {
-            cs::Output::Net(cmd) => out.push(cmd),
-            cs::Output::Persist { id, .. } => s.handle(now, cs::Input::Persisted { id }),
-            _ => {}
-        }
-    }
-    out
-}
-
 /// A process server that connects on `conn` as ps1 and registers; what the server does.
 fn second_ps1(s: &mut ConfigServer, now: Timestamp, conn: u64) -> Vec<NetCommand> {
     let peer = Hello {
@@ -507,22 +375,6 @@ fn second_ps1(s: &mut ConfigServer, now: Timestamp, conn: u64) -> Vec<NetCommand
     let data = vec![];
     s.handle(now, cs::Input::Net(NetEvent::Received { conn, msg, data }));
     net_out(s, now)
-}
-
-fn refused(out: &[NetCommand], conn: u64) -> Option<String> {
-    let reason = out.iter().find_map(|c| match c {
-        NetCommand::Send {
-            conn: c,
-            msg: Message::Reject { reason },
-            ..
-        } if *c == ConnId(conn) => Some(reason.clone()),
-        _ => None,
-    })?;
-    let closed = out
-        .iter()
-        .any(|c| matches!(c, NetCommand::Close { conn: c } if *c == ConnId(conn)));
-    assert!(closed, "a refusal closes the connection: {out:?}");
-    Some(reason)
 }
 
 fn warnings(s: &ConfigServer) -> usize {

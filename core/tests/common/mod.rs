@@ -3,12 +3,14 @@
 //! The richer, seeded version of this harness lives in haven-sim.
 //!
 //! `cluster` holds the `Cluster` and its network routing, `storage` carries out its storage
-//! outputs, and `mt_alone` drives a lone master target without a cluster.
+//! outputs, `mt_alone` drives a lone master target without a cluster, and `cs` a lone
+//! configuration server.
 
 #![allow(dead_code)]
 
 pub mod agent_alone;
 mod cluster;
+pub mod cs;
 pub mod mt_alone;
 pub mod ps_alone;
 mod storage;
