@@ -129,12 +129,11 @@ impl Vfs for StdVfs {
 
     fn open_log(&self, path: &Path, create: bool) -> io::Result<StdFile> {
         let mut file = self.open(path, create)?;
-        match open_direct(path) {
-            Ok(d) => file.direct = Some(direct::DirectAppend::new(d, &file.file)?),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+        match direct_or_buffered(open_direct(path))? {
+            Some(d) => file.direct = Some(direct::DirectAppend::new(d, &file.file)?),
+            None => {
                 tracing::debug!(path = %path.display(), "no direct I/O here; appends are buffered")
             }
-            Err(e) => return Err(e),
         }
         Ok(file)
     }
@@ -180,6 +179,16 @@ fn open_direct(path: &Path) -> io::Result<File> {
 #[cfg(not(target_os = "linux"))]
 fn open_direct(_path: &Path) -> io::Result<File> {
     Err(io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The outcome of opening a log for direct I/O: the file, or None where the file system refuses
+/// `O_DIRECT` (EINVAL: some network file systems, tmpfs before Linux 6.6), or the error.
+fn direct_or_buffered(opened: io::Result<File>) -> io::Result<Option<File>> {
+    match opened {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Writes `parts` one after the other from `offset` through the page cache; returns the offset
@@ -414,5 +423,94 @@ mod tests {
         f.read_at(&mut buf, 0).unwrap();
         assert!(buf[..10].iter().all(|&b| b == 7));
         assert!(is_zero(&buf[10..]));
+    }
+
+    /// Appends of several parts at growing offsets, read back, then read again after a reopen.
+    fn log_round_trip(dir: &Path) {
+        let path = dir.join("log");
+        let f = StdVfs.open_log(&path, true).unwrap();
+        let a = vec![1u8; 5000];
+        let b = vec![2u8; 3000];
+        f.write_parts_at(&[&a, &b, b"tail"], 0).unwrap();
+        f.write_parts_at(&[b"next"], 8004).unwrap();
+        f.sync_data().unwrap();
+        assert_eq!(f.len().unwrap(), 8008);
+        let mut want = a.clone();
+        want.extend(&b);
+        want.extend(b"tailnext");
+        let mut got = vec![0u8; want.len()];
+        f.read_at(&mut got, 0).unwrap();
+        assert_eq!(got, want, "{}", dir.display());
+        drop(f);
+        let f = StdVfs.open_log(&path, false).unwrap();
+        let mut again = vec![0u8; want.len()];
+        f.read_at(&mut again, 0).unwrap();
+        assert_eq!(again, want, "after a reopen, {}", dir.display());
+    }
+
+    /// A log opens with direct I/O where the file system allows it and round-trips.
+    #[test]
+    fn logs_round_trip_with_direct_io() {
+        let disk = tempfile::tempdir().unwrap();
+        log_round_trip(disk.path());
+        let f = StdVfs.open_log(&disk.path().join("log"), false).unwrap();
+        assert!(
+            f.direct.is_some(),
+            "the temporary directory allows O_DIRECT"
+        );
+    }
+
+    /// EINVAL (the file system refuses `O_DIRECT`) means buffered appends; any other error is
+    /// the caller's. (No file system here refuses it: tmpfs allows it since Linux 6.6.)
+    #[test]
+    fn only_einval_falls_back_to_buffered_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join("f")).unwrap();
+        assert!(direct_or_buffered(Ok(file)).unwrap().is_some());
+        let einval = io::Error::from_raw_os_error(libc::EINVAL);
+        assert!(direct_or_buffered(Err(einval)).unwrap().is_none());
+        let eacces = io::Error::from_raw_os_error(libc::EACCES);
+        let err = direct_or_buffered(Err(eacces)).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+    }
+
+    #[test]
+    fn buffered_writes_of_several_parts_follow_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StdVfs.open(&dir.path().join("f"), true).unwrap();
+        f.write_parts_at(&[b"abc", b"de", b"fghi"], 10).unwrap();
+        let mut buf = [0u8; 9];
+        f.read_at(&mut buf, 10).unwrap();
+        assert_eq!(&buf, b"abcdefghi");
+        assert_eq!(f.len().unwrap(), 19);
+    }
+
+    /// `next_data` skips a hole and says when only holes follow (ext4 and tmpfs report holes).
+    #[test]
+    fn next_data_skips_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StdVfs.open(&dir.path().join("sparse"), true).unwrap();
+        f.set_len(8 << 20).unwrap();
+        f.write_at(&[7u8; 4096], 0).unwrap();
+        f.write_at(&[9u8; 4096], 4 << 20).unwrap();
+        assert_eq!(f.next_data(0).unwrap(), Some(0));
+        assert_eq!(f.next_data(1 << 20).unwrap(), Some(4 << 20));
+        assert_eq!(f.next_data((4 << 20) + 100).unwrap(), Some((4 << 20) + 100));
+        assert_eq!(f.next_data(5 << 20).unwrap(), None, "only a hole follows");
+        assert_eq!(f.next_data(u64::MAX).unwrap(), None);
+    }
+
+    #[test]
+    fn canonicalize_resolves_links_to_an_absolute_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("disk.img");
+        StdVfs.open(&file, true).unwrap();
+        let link = dir.path().join("link.img");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let real = StdVfs.canonicalize(&link).unwrap();
+        assert!(real.is_absolute());
+        assert_eq!(real, std::fs::canonicalize(&file).unwrap());
+        assert_ne!(real, link);
+        assert!(StdVfs.canonicalize(&dir.path().join("missing")).is_err());
     }
 }
