@@ -341,6 +341,62 @@ fn a_log_directory_that_cannot_be_listed_is_an_error_not_an_empty_log() {
     );
 }
 
+/// The process server's cache on a crash-faithful disk: what `sync` returned for survives a
+/// power loss, on every disk's log (the cache syncs each log appended to since the last sync).
+#[test]
+fn cached_batches_synced_survive_a_power_loss_on_every_disk() {
+    use haven_core::batch::{BatchHeader, Encoding, Op, OpKind, BLOCK_BYTES};
+    use haven_core::ids::{DiskId, Epoch};
+    use haven_runtime::stores::cache::Cache;
+    let batch = |disk: &str, seq: u64| {
+        let header = BatchHeader {
+            disk: DiskId::new(disk).unwrap(),
+            epoch: Epoch(1),
+            first_seq: seq,
+            last_seq: seq,
+            first_time: haven_core::Timestamp(seq),
+            last_time: haven_core::Timestamp(seq),
+            consistent: true,
+            ops: vec![Op {
+                seq,
+                block: 0,
+                blocks: 1,
+                kind: OpKind::Data,
+            }],
+            encoding: Encoding::Raw,
+            raw_bytes: BLOCK_BYTES,
+        };
+        (header, vec![seq as u8; BLOCK_BYTES as usize])
+    };
+    let vfs = SimVfs::new();
+    vfs.create_dir_all_synced(Path::new("/ps")).unwrap();
+    let (mut cache, _) = Cache::open(vfs.clone(), Path::new("/ps"), 1 << 20).unwrap();
+    for seq in 1..=5 {
+        for disk in ["disk0", "disk1"] {
+            let (h, d) = batch(disk, seq);
+            cache.append(h, d).unwrap();
+        }
+        cache.sync().unwrap();
+    }
+    let (h, d) = batch("disk0", 6);
+    cache.append(h, d).unwrap(); // not synced
+    drop(cache);
+    vfs.crash(3, false);
+    let (_, found) = Cache::open(vfs.clone(), Path::new("/ps"), 1 << 20).unwrap();
+    for disk in ["disk0", "disk1"] {
+        let seqs: Vec<u64> = found
+            .iter()
+            .filter(|b| b.disk.as_str() == disk)
+            .map(|b| b.first_seq)
+            .collect();
+        assert_eq!(
+            seqs,
+            [1, 2, 3, 4, 5],
+            "{disk}: every synced batch, nothing more"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // redb on SimRedbDisk
 

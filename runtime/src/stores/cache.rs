@@ -267,3 +267,178 @@ fn frame_header<V: Vfs>(log: &SegmentLog<V>, m: &RecordMeta) -> Result<BatchHead
         m => Err(format!("holds a {} message", m.kind())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vfs::StdVfs;
+    use haven_core::batch::{Encoding, Op, OpKind, BLOCK_BYTES};
+    use haven_core::ids::Epoch;
+    use haven_core::time::Timestamp;
+
+    fn batch(disk: &str, seq: Seq) -> (BatchHeader, Vec<u8>) {
+        let header = BatchHeader {
+            disk: DiskId::new(disk).unwrap(),
+            epoch: Epoch(3),
+            first_seq: seq,
+            last_seq: seq,
+            first_time: Timestamp(seq),
+            last_time: Timestamp(seq),
+            consistent: true,
+            ops: vec![Op {
+                seq,
+                block: seq % 8,
+                blocks: 1,
+                kind: OpKind::Data,
+            }],
+            encoding: Encoding::Raw,
+            raw_bytes: BLOCK_BYTES,
+        };
+        (header, vec![seq as u8; BLOCK_BYTES as usize])
+    }
+
+    /// The frame's message and data, decoded as the master target will.
+    fn decoded((head, data): (Vec<u8>, Payload)) -> (BatchHeader, Vec<u8>) {
+        let mut frame = head;
+        frame.extend_from_slice(&data);
+        let (msg, data, used) = protocol::decode(&frame).unwrap().expect("a whole frame");
+        assert_eq!(used, frame.len());
+        match msg {
+            Message::Batch(h) => (h, data),
+            m => panic!("{m:?}"),
+        }
+    }
+
+    #[test]
+    fn cached_frames_forward_from_memory_or_disk_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut cache, found) = Cache::open(StdVfs, dir.path(), 64 << 10).unwrap();
+        assert!(found.is_empty());
+        let mut locs = vec![];
+        for seq in 1..=40 {
+            for disk in ["disk0", "disk1"] {
+                let (h, d) = batch(disk, seq);
+                let (loc, bytes) = cache.append(h, d).unwrap();
+                assert!(bytes > BLOCK_BYTES);
+                locs.push((disk, seq, loc, bytes));
+            }
+        }
+        cache.sync().unwrap();
+        let total: u64 = locs.iter().map(|l| l.3).sum();
+        assert!(cache.bytes() >= total, "{} < {total}", cache.bytes());
+        // From memory, then (taken once) from the file: the same frame.
+        let (disk, seq, loc, _) = locs[5];
+        let id = DiskId::new(disk).unwrap();
+        let hot = cache.hot.bytes;
+        assert_eq!(
+            decoded(cache.take_frame(&id, loc).unwrap()),
+            batch(disk, seq)
+        );
+        assert!(cache.hot.bytes < hot, "a frame taken leaves memory");
+        assert_eq!(
+            decoded(cache.take_frame(&id, loc).unwrap()),
+            batch(disk, seq)
+        );
+        drop(cache);
+
+        let (mut cache, found) = Cache::open(StdVfs, dir.path(), 64 << 10).unwrap();
+        assert_eq!(found.len(), locs.len());
+        for (disk, seq, loc, bytes) in &locs {
+            let b = found
+                .iter()
+                .find(|b| b.disk.as_str() == *disk && b.first_seq == *seq)
+                .expect("every batch is found again");
+            assert_eq!(
+                (b.last_seq, b.epoch, b.loc, b.bytes),
+                (*seq, Epoch(3), *loc, *bytes)
+            );
+            let id = DiskId::new(*disk).unwrap();
+            assert_eq!(
+                decoded(cache.take_frame(&id, *loc).unwrap()),
+                batch(disk, *seq)
+            );
+        }
+        for disk in ["disk0", "disk1"] {
+            let seqs: Vec<Seq> = found
+                .iter()
+                .filter(|b| b.disk.as_str() == disk)
+                .map(|b| b.first_seq)
+                .collect();
+            assert_eq!(seqs, (1..=40).collect::<Vec<_>>(), "{disk} in order");
+        }
+
+        // Released through seq 30 of disk0: its full segments go, disk1 keeps everything.
+        let before = cache.bytes();
+        cache
+            .release_through(&DiskId::new("disk0").unwrap(), 30)
+            .unwrap();
+        assert!(cache.bytes() < before);
+        drop(cache);
+        let (_, found) = Cache::open(StdVfs, dir.path(), 64 << 10).unwrap();
+        let disk0: Vec<Seq> = found
+            .iter()
+            .filter(|b| b.disk.as_str() == "disk0")
+            .map(|b| b.first_seq)
+            .collect();
+        assert!(
+            disk0.first().is_some_and(|s| *s > 1 && *s <= 31),
+            "{disk0:?}"
+        );
+        assert_eq!(disk0.last(), Some(&40));
+        assert_eq!(
+            found.iter().filter(|b| b.disk.as_str() == "disk1").count(),
+            40
+        );
+    }
+
+    /// Past `HOT_FRAMES_MAX` the oldest frames leave memory; they are read from the file.
+    #[test]
+    fn frames_pushed_out_of_memory_are_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut cache, _) = Cache::open(StdVfs, dir.path(), 64 << 20).unwrap();
+        let mut locs = vec![];
+        for seq in 1..=(HOT_FRAMES_MAX as u64 + 10) {
+            let (h, d) = batch("disk0", seq);
+            locs.push(cache.append(h, d).unwrap().0);
+        }
+        cache.sync().unwrap();
+        assert!(cache.hot.order.len() <= HOT_FRAMES_MAX);
+        assert!(cache.hot.bytes <= HOT_BYTES_MAX);
+        let id = DiskId::new("disk0").unwrap();
+        assert!(!cache.hot.frames.contains_key(&(id.clone(), locs[0])));
+        for (i, loc) in [(0, locs[0]), (locs.len() - 1, locs[locs.len() - 1])] {
+            let want = batch("disk0", i as u64 + 1);
+            assert_eq!(decoded(cache.take_frame(&id, loc).unwrap()), want);
+        }
+    }
+
+    /// A record whose checksum holds but which is not exactly one batch frame (here a frame
+    /// with bytes after it) is refused at open, naming the disk.
+    #[test]
+    fn a_cache_record_that_is_not_one_frame_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut cache, _) = Cache::open(StdVfs, dir.path(), 64 << 10).unwrap();
+        let (h, d) = batch("disk0", 1);
+        cache.append(h.clone(), d.clone()).unwrap();
+        cache.sync().unwrap();
+        drop(cache);
+        let log_dir = dir.path().join("cache/disk0");
+        let (mut log, _) = SegmentLog::open(StdVfs, log_dir, SegmentSettings::default()).unwrap();
+        let mut body = protocol::encode(&Message::Batch(h), &d).unwrap();
+        body.extend_from_slice(b"trailing");
+        log.append_parts(2, 2, &[&body]).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let err = Cache::open(StdVfs, dir.path(), 64 << 10).err().unwrap();
+        assert!(matches!(err, CacheError::Record { .. }), "{err}");
+        assert!(err.to_string().contains("disk0"), "{err}");
+    }
+
+    #[test]
+    fn a_cache_directory_that_is_not_a_disk_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("cache/not a disk")).unwrap();
+        let err = Cache::open(StdVfs, dir.path(), 64 << 10).err().unwrap();
+        assert!(matches!(err, CacheError::BadDir(_)), "{err}");
+    }
+}

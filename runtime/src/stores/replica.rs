@@ -326,7 +326,11 @@ mod tests {
             let blocks = 1 + rng.below(4);
             let block = rng.below(BLOCKS - blocks + 1);
             let range = block as usize * B..(block + blocks) as usize * B;
-            let kind = if rng.below(4) == 0 { OpKind::Zero } else { OpKind::Data };
+            let kind = if rng.below(4) == 0 {
+                OpKind::Zero
+            } else {
+                OpKind::Data
+            };
             match kind {
                 OpKind::Zero => disk[range].fill(0),
                 OpKind::Data => {
