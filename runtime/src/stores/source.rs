@@ -145,4 +145,71 @@ mod tests {
         assert!(text.contains("create_size"), "{text}");
         assert!(!tmp.path().join("other").exists());
     }
+
+    /// Every kind of op lands on the file and returns the blocks it touched as they now are
+    /// (None for whole blocks zeroed), checked against a model of the disk.
+    #[test]
+    fn ops_land_on_the_disk_and_return_the_touched_blocks() {
+        const B: usize = BLOCK_BYTES as usize;
+        let tmp = tempfile::tempdir().unwrap();
+        let d = SourceDisk::open(&StdVfs, &tmp.path().join("d.img"), Some(3 << 20)).unwrap();
+        let mut model = vec![0u8; 3 << 20];
+        let mut check = |op: SourceOp, model: &mut Vec<u8>, want_none: bool| {
+            let (block, blocks) = op.block_span();
+            let (off, len, fill): (u64, u64, Option<Vec<u8>>) = match &op {
+                SourceOp::Write { offset, data } => {
+                    (*offset, data.len() as u64, Some(data.clone()))
+                }
+                SourceOp::Zero { offset, len, .. } => (*offset, *len, None),
+            };
+            let range = off as usize..(off + len) as usize;
+            match fill {
+                Some(data) => model[range].copy_from_slice(&data),
+                None => model[range].fill(0),
+            }
+            let got = d.apply(op).unwrap();
+            let span = block as usize * B..(block + blocks as u64) as usize * B;
+            match got {
+                None => assert!(want_none, "blocks {span:?}"),
+                Some(data) => {
+                    assert!(!want_none);
+                    assert!(data == model[span.clone()], "blocks {span:?}");
+                }
+            }
+        };
+        let write = |offset, len: usize, b| SourceOp::Write {
+            offset,
+            data: vec![b; len],
+        };
+        check(write(0, 3 * B, 1), &mut model, false);
+        check(write(B as u64 + 100, 50, 2), &mut model, false); // unaligned: read back
+        check(write((2 << 20) - 10, 2 * B, 3), &mut model, false); // across the 1 MiB mark
+        let zero = |offset, len, punch| SourceOp::Zero { offset, len, punch };
+        check(zero(B as u64, BLOCK_BYTES, true), &mut model, true);
+        check(zero(10, 100, true), &mut model, false);
+        check(zero(2 << 20, (1 << 20) - 4096, false), &mut model, true); // written zeros
+        check(write(1 << 20, 3 * B, 4), &mut model, false);
+        check(zero((1 << 20) + 5, (1 << 20) + 7, false), &mut model, false); // more than a chunk
+        d.sync().unwrap();
+        let mut all = vec![0u8; 3 << 20];
+        d.read_at(&mut all, 0).unwrap();
+        assert!(all == model, "the disk equals the model");
+    }
+
+    #[test]
+    fn a_disk_whose_size_is_not_whole_blocks_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("odd.img");
+        std::fs::write(&path, vec![0u8; 5000]).unwrap();
+        let e = SourceDisk::open(&StdVfs, &path, None).err().unwrap();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("multiple of 4096"), "{e}");
+        std::fs::write(&path, b"").unwrap();
+        assert!(SourceDisk::open(&StdVfs, &path, None).is_err(), "empty");
+        std::fs::write(&path, vec![0u8; 8192]).unwrap();
+        assert_eq!(
+            SourceDisk::open(&StdVfs, &path, None).unwrap().size_bytes(),
+            8192
+        );
+    }
 }
