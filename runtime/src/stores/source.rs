@@ -188,7 +188,7 @@ mod tests {
         check(zero(B as u64, BLOCK_BYTES, true), &mut model, true);
         check(zero(10, 100, true), &mut model, false);
         check(zero(2 << 20, (1 << 20) - 4096, false), &mut model, true); // written zeros
-        check(write(1 << 20, 3 * B, 4), &mut model, false);
+        check(write(1 << 20, 2 << 20, 4), &mut model, false);
         check(zero((1 << 20) + 5, (1 << 20) + 7, false), &mut model, false); // more than a chunk
         d.sync().unwrap();
         let mut all = vec![0u8; 3 << 20];
