@@ -341,6 +341,19 @@ fn a_log_directory_that_cannot_be_listed_is_an_error_not_an_empty_log() {
     );
 }
 
+/// A simulated file has no hole information: every offset may hold data (`VFile::next_data`'s
+/// default), so a copy of a simulated disk reads all of it and skips nothing.
+#[test]
+fn a_simulated_file_may_hold_data_anywhere() {
+    let vfs = SimVfs::new();
+    vfs.create_dir_all_synced(Path::new("/d")).unwrap();
+    let f = vfs.open(Path::new("/d/f"), true).unwrap();
+    f.set_len(1 << 20).unwrap();
+    for off in [0, 4096, 12345, (1 << 20) - 1] {
+        assert_eq!(f.next_data(off).unwrap(), Some(off));
+    }
+}
+
 /// The process server's cache on a crash-faithful disk: what `sync` returned for survives a
 /// power loss, on every disk's log (the cache syncs each log appended to since the last sync).
 #[test]
