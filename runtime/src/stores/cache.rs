@@ -330,11 +330,16 @@ mod tests {
         let (disk, seq, loc, _) = locs[5];
         let id = DiskId::new(disk).unwrap();
         let hot = cache.hot.bytes;
+        assert_eq!(hot, total, "every frame is in memory");
         assert_eq!(
             decoded(cache.take_frame(&id, loc).unwrap()),
             batch(disk, seq)
         );
-        assert!(cache.hot.bytes < hot, "a frame taken leaves memory");
+        assert_eq!(
+            cache.hot.bytes,
+            hot - locs[5].3,
+            "a frame taken leaves memory"
+        );
         assert_eq!(
             decoded(cache.take_frame(&id, loc).unwrap()),
             batch(disk, seq)

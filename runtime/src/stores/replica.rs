@@ -460,10 +460,29 @@ mod tests {
             raw_bytes: 2 * BLOCK_BYTES,
         };
         r.append(&header, &data).unwrap();
+        assert_eq!(r.index_entries(), 2);
         let mut buf = vec![0u8; 2 * B + 10];
         r.read_at(2, 4 * BLOCK_BYTES, &mut buf).unwrap();
         assert!(buf[..B].iter().all(|b| *b == b'a'), "block 4");
         assert!(buf[B..2 * B].iter().all(|b| *b == b'b'), "block 5");
         assert!(buf[2 * B..].iter().all(|b| *b == 0), "block 6, the base");
+
+        // Blocks 0, 2, 1 in that order in one record; a read from inside block 0 across block
+        // 1 must not take the record's next bytes (block 2's) for block 1.
+        let mut data = vec![b'x'; B];
+        data.extend(vec![b'z'; B]);
+        data.extend(vec![b'y'; B]);
+        let header = BatchHeader {
+            first_seq: 3,
+            last_seq: 5,
+            ops: vec![op(3, 0), op(4, 2), op(5, 1)],
+            raw_bytes: 3 * BLOCK_BYTES,
+            ..header
+        };
+        r.append(&header, &data).unwrap();
+        let mut buf = vec![0u8; 2 * B - 512];
+        r.read_at(5, 512, &mut buf).unwrap();
+        assert!(buf[..B - 512].iter().all(|b| *b == b'x'), "block 0");
+        assert!(buf[B - 512..].iter().all(|b| *b == b'y'), "block 1");
     }
 }
