@@ -484,5 +484,31 @@ mod tests {
         r.read_at(5, 512, &mut buf).unwrap();
         assert!(buf[..B - 512].iter().all(|b| *b == b'x'), "block 0");
         assert!(buf[B - 512..].iter().all(|b| *b == b'y'), "block 1");
+
+        // Two records laid out alike: block 10 first in one, block 11 second in the other, so
+        // block 11's bytes sit right after block 10's offset, but in another record.
+        let two = |first, blocks: [u64; 2], fill: [u8; 2]| {
+            let mut data = vec![fill[0]; B];
+            data.extend(vec![fill[1]; B]);
+            let h = BatchHeader {
+                first_seq: first,
+                last_seq: first + 1,
+                ops: vec![op(first, blocks[0]), op(first + 1, blocks[1])],
+                raw_bytes: 2 * BLOCK_BYTES,
+                ..header.clone()
+            };
+            (h, data)
+        };
+        let (h, d) = two(6, [10, 30], [b'p', b'q']);
+        r.append(&h, &d).unwrap();
+        let (h, d) = two(8, [31, 11], [b'r', b's']);
+        r.append(&h, &d).unwrap();
+        let mut buf = vec![0u8; 2 * B];
+        r.read_at(9, 10 * BLOCK_BYTES, &mut buf).unwrap();
+        assert!(buf[..B].iter().all(|b| *b == b'p'), "block 10");
+        assert!(
+            buf[B..].iter().all(|b| *b == b's'),
+            "block 11, from the other record"
+        );
     }
 }

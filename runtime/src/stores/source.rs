@@ -154,7 +154,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let d = SourceDisk::open(&StdVfs, &tmp.path().join("d.img"), Some(3 << 20)).unwrap();
         let mut model = vec![0u8; 3 << 20];
-        let mut check = |op: SourceOp, model: &mut Vec<u8>, want_none: bool| {
+        let check = |op: SourceOp, model: &mut Vec<u8>, want_none: bool| {
             let (block, blocks) = op.block_span();
             let (off, len, fill): (u64, u64, Option<Vec<u8>>) = match &op {
                 SourceOp::Write { offset, data } => {
@@ -211,5 +211,25 @@ mod tests {
             SourceDisk::open(&StdVfs, &path, None).unwrap().size_bytes(),
             8192
         );
+    }
+
+    /// A path that exists but cannot be opened as a disk is named with its own error, not
+    /// taken for a missing file; `next_data` skips the disk's holes.
+    #[test]
+    fn an_unopenable_path_keeps_its_error_and_holes_are_skipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let e = SourceDisk::open(&StdVfs, tmp.path(), None).err().unwrap();
+        let text = e.to_string();
+        assert!(!text.contains("does not exist"), "{text}");
+        assert!(text.contains(&tmp.path().display().to_string()), "{text}");
+
+        let d = SourceDisk::open(&StdVfs, &tmp.path().join("s.img"), Some(4 << 20)).unwrap();
+        d.apply(SourceOp::Write {
+            offset: 2 << 20,
+            data: vec![1; 4096],
+        })
+        .unwrap();
+        assert_eq!(d.next_data(0).unwrap(), Some(2 << 20));
+        assert_eq!(d.next_data(3 << 20).unwrap(), None);
     }
 }
