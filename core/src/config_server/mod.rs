@@ -312,7 +312,7 @@ impl ConfigServer {
                 self.mt_stats.insert(id, s);
             }
             other => {
-                let reason = format!("unexpected {} from a {}", other.kind(), role.name());
+                let reason = format!("unexpected {} from {}", other.kind(), role.with_article());
                 self.out
                     .extend(NetCommand::refusal(conn, reason).map(Output::Net));
             }
@@ -349,10 +349,10 @@ impl ConfigServer {
             };
             // The text stays the same from one retry to the next, so that logs can tell repeats.
             format!(
-                "component id {id} is already online{at} (a {}); give each component its own \
+                "component id {id} is already online{at} ({}); give each component its own \
                  id (a component that restarted gets in once its old connection is gone, \
                  within {} ms)",
-                role.name(),
+                role.with_article(),
                 self.settings.heartbeat_timeout_ms
             )
         })

@@ -28,6 +28,12 @@ impl Role {
             Role::ConfigServer => "config-server",
         }
     }
+
+    /// The name with its article, for sentences ("an agent", "a process-server").
+    pub fn with_article(self) -> String {
+        let article = if self == Role::Agent { "an" } else { "a" };
+        format!("{article} {}", self.name())
+    }
 }
 
 /// The first frame each side sends on a connection.
