@@ -86,7 +86,7 @@ fn mode_is_starting_until_seqs_are_reserved_and_an_epoch_is_assigned() {
     assert_eq!(s.stats(at(0), true).mode, ReplicationMode::Starting);
     // Copying and retired take precedence.
     s.reserved = 10;
-    s.copying = true;
+    s.start_copy();
     assert_eq!(s.stats(at(0), true).mode, ReplicationMode::InitialCopy);
     s.retire();
     assert_eq!(s.stats(at(0), true).mode, ReplicationMode::Unprotected);

@@ -30,11 +30,7 @@ impl Agent {
     /// Starts copying `disk` from its first byte: until the copy ends, its batches are not
     /// crash-consistent points.
     pub(super) fn start_copy(&mut self, disk: usize) {
-        self.copies[disk] = CopyState::Reading {
-            next: 0,
-            reading: false,
-        };
-        self.streams[disk].copying = true;
+        self.streams[disk].start_copy();
     }
 
     /// True when `disk`'s copy may read its next chunk now: nothing held ahead of it, none of
@@ -42,7 +38,7 @@ impl Agent {
     /// `end_copy`) and room in the buffer.
     pub(super) fn copy_read_due(&self, disk: usize) -> bool {
         let s = &self.streams[disk];
-        matches!(self.copies[disk], CopyState::Reading { reading: false, .. })
+        matches!(s.copy, CopyState::Reading { reading: false, .. })
             && !s.retired
             && self.held.is_empty()
             && !self.pending.iter().any(|(_, p)| p.disk == disk)
@@ -52,7 +48,10 @@ impl Agent {
 
     /// True while `disk` has a copy read outstanding (its writes wait for the chunk).
     pub(super) fn copy_reading(&self, disk: usize) -> bool {
-        matches!(self.copies[disk], CopyState::Reading { reading: true, .. })
+        matches!(
+            self.streams[disk].copy,
+            CopyState::Reading { reading: true, .. }
+        )
     }
 
     /// Asks for the next chunk of every disk whose copy may read.
@@ -61,7 +60,7 @@ impl Agent {
             if !self.copy_read_due(disk) {
                 continue;
             }
-            if let CopyState::Reading { next, reading } = &mut self.copies[disk] {
+            if let CopyState::Reading { next, reading } = &mut self.streams[disk].copy {
                 *reading = true;
                 let offset = *next;
                 self.out.push_back(Output::CopyRead { disk, offset });
@@ -71,7 +70,7 @@ impl Agent {
 
     /// The driver read `data` at `offset` (empty: nothing more to copy).
     pub(super) fn on_copy_data(&mut self, disk: usize, offset: u64, data: Vec<u8>) {
-        let CopyState::Reading { reading: true, .. } = self.copies[disk] else {
+        let CopyState::Reading { reading: true, .. } = self.streams[disk].copy else {
             return; // Read before the protection ended: nobody takes it.
         };
         let size = self.streams[disk].size_bytes.div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
@@ -91,7 +90,7 @@ impl Agent {
             self.record(disk, offset / BLOCK_BYTES, blocks, Some(data));
         }
         if end < size && blocks > 0 {
-            self.copies[disk] = CopyState::Reading {
+            self.streams[disk].copy = CopyState::Reading {
                 next: end,
                 reading: false,
             };
@@ -107,7 +106,8 @@ impl Agent {
     /// last block is recorded once more (`tail`, or zeros when it lies past the last data), so
     /// that there is a batch to carry the point.
     fn end_copy(&mut self, disk: usize, last_block: u64, tail: Option<Vec<u8>>) {
-        self.streams[disk].copying = false;
+        // Not reading any more: the batches from here on are consistent.
+        self.streams[disk].copy = CopyState::Caching { through: 0 };
         if self.streams[disk].open.is_none() && self.streams[disk].size_bytes > 0 {
             let tail = tail.filter(|t| t.iter().any(|b| *b != 0));
             self.record(disk, last_block, 1, tail);
@@ -115,7 +115,7 @@ impl Agent {
         let s = &mut self.streams[disk];
         s.close_batch();
         self.batch_deadline[disk] = None;
-        self.copies[disk] = CopyState::Caching {
+        s.copy = CopyState::Caching {
             through: s.seq_written(),
         };
         self.pump(disk);
@@ -123,9 +123,10 @@ impl Agent {
 
     /// Says once the process server has cached the whole copy of `disk`.
     pub(super) fn copy_cached(&mut self, disk: usize) {
-        if let CopyState::Caching { through } = self.copies[disk] {
-            if self.streams[disk].cached_seq >= through {
-                self.copies[disk] = CopyState::Idle;
+        let s = &mut self.streams[disk];
+        if let CopyState::Caching { through } = s.copy {
+            if s.cached_seq >= through {
+                s.copy = CopyState::Idle;
                 self.out.push_back(Output::CopyCached { disk });
             }
         }

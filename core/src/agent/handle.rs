@@ -7,7 +7,7 @@ impl Agent {
     /// stored one, so that a crash never reuses a seq; a disk not yet copied is copied.
     pub fn new(settings: AgentSettings, disks: Vec<AgentDisk>, now: Timestamp) -> Agent {
         let n = disks.len();
-        let copied: Vec<bool> = disks.iter().map(|d| d.copied).collect();
+        let to_copy: Vec<usize> = (0..n).filter(|i| !disks[*i].copied).collect();
         let mut agent = Agent {
             settings,
             streams: disks
@@ -20,7 +20,6 @@ impl Agent {
             progress_at: vec![now; n],
             cs: Link::Idle,
             held: VecDeque::new(),
-            copies: vec![copy::CopyState::Idle; n],
             pending: VecDeque::new(),
             batch_deadline: vec![None; n],
             next_heartbeat: now,
@@ -28,10 +27,8 @@ impl Agent {
             out: VecDeque::new(),
             now,
         };
-        for (disk, copied) in copied.into_iter().enumerate() {
-            if !copied {
-                agent.start_copy(disk);
-            }
+        for disk in to_copy {
+            agent.start_copy(disk);
         }
         for disk in 0..n {
             agent.reserve_more(disk);

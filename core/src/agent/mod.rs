@@ -192,8 +192,6 @@ pub struct Agent {
     progress_at: Vec<Timestamp>,
     cs: Link,
     held: VecDeque<Input>,
-    /// Each disk's initial copy.
-    copies: Vec<copy::CopyState>,
     /// Source writes emitted and not yet done, in emission order.
     pending: VecDeque<(IoId, Pending)>,
     batch_deadline: Vec<Option<Timestamp>>,

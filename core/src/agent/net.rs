@@ -217,7 +217,6 @@ impl Agent {
             }
             self.streams[i].retire();
             self.streams[i].epoch = r.epoch;
-            self.copies[i] = super::copy::CopyState::Idle;
             if let Link::Opening(c) | Link::Ready(c) = self.links[i] {
                 self.out
                     .push_back(Output::Net(NetCommand::Close { conn: c }));

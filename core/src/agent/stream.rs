@@ -52,8 +52,8 @@ pub struct Stream {
     /// (last seq of a batch, time of its first write), for batches not yet applied.
     rpo_marks: VecDeque<(Seq, Timestamp)>,
     pub bytes_written: u64,
-    /// While the initial copy runs, batches are not crash-consistent points.
-    pub copying: bool,
+    /// The disk's initial copy; while it reads, batches are not crash-consistent points.
+    pub(super) copy: super::copy::CopyState,
     /// The protection ended (`Retire`): writes reach the disk but are not streamed.
     pub retired: bool,
     /// Batch bounds of this disk's policy (None: the agent's settings).
@@ -80,7 +80,7 @@ impl Stream {
             applied_seq: 0,
             rpo_marks: VecDeque::new(),
             bytes_written: 0,
-            copying: false,
+            copy: super::copy::CopyState::Idle,
             retired: false,
             batch_bytes_max: None,
             batch_delay_ms: None,
@@ -92,7 +92,7 @@ impl Stream {
     /// it), and the stream reads as caught up.
     pub fn retire(&mut self) {
         self.retired = true;
-        self.copying = false;
+        self.copy = super::copy::CopyState::Idle;
         self.open = None;
         self.queue.clear();
         self.sent = 0;
@@ -100,6 +100,19 @@ impl Stream {
         self.rpo_marks.clear();
         self.cached_seq = self.seq_written();
         self.applied_seq = self.seq_written();
+    }
+
+    /// Starts the initial copy from the disk's first byte.
+    pub fn start_copy(&mut self) {
+        self.copy = super::copy::CopyState::Reading {
+            next: 0,
+            reading: false,
+        };
+    }
+
+    /// True while the initial copy reads: the disk's batches are not crash-consistent points.
+    pub fn copying(&self) -> bool {
+        matches!(self.copy, super::copy::CopyState::Reading { .. })
     }
 
     pub fn buffered_bytes(&self) -> u64 {
@@ -181,7 +194,7 @@ impl Stream {
             last_seq,
             first_time: open.first_time,
             last_time: open.last_time,
-            consistent: !self.copying,
+            consistent: !self.copying(),
             raw_bytes: open.data.len() as u64,
             ops: open.ops,
             encoding: Encoding::Raw,
@@ -256,7 +269,7 @@ impl Stream {
     pub fn stats(&self, now: Timestamp, connected: bool) -> AgentDiskStats {
         let mode = if self.retired {
             ReplicationMode::Unprotected
-        } else if self.copying {
+        } else if self.copying() {
             ReplicationMode::InitialCopy
         } else if self.next_seq > self.reserved || self.epoch == Epoch(0) {
             ReplicationMode::Starting
