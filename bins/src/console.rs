@@ -1,18 +1,14 @@
 //! Console commands: they speak to the configuration server's REST API (and, for exports, to
 //! the master target's data API that the configuration server names).
 
+use crate::download::progress;
 use crate::size::{format_time, human_bytes, parse_time};
 use haven_core::config_server::{DiskView, ProtectionState, StatusView};
 use haven_runtime::api::master_target::PointView;
 use haven_runtime::http;
 use haven_runtime::meta::PointRecord;
-use haven_runtime::transport::Tcp;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-
-/// Bytes read per chunk of an export.
-const EXPORT_CHUNK_BYTES: usize = 4 << 20;
 
 pub async fn fetch_status(api: &str) -> Result<StatusView, String> {
     http::get_json::<StatusView>(api, "/api/status")
@@ -249,33 +245,21 @@ pub async fn export(
         .ok_or("the disk's master target is not registered")?;
     let pts = fetch_points(api, disk).await?;
     let point = resolve_point(&pts, spec)?;
-    eprintln!(
-        "exporting {disk} at seq {} ({}) to {}",
+    progress(format_args!(
+        "exporting {disk} at seq {} ({}) to {}\n",
         point.seq,
         format_time(point.time.0),
         out.display()
-    );
+    ));
     let path = format!("/replicas/{disk}/image?seq={}", point.seq);
-    let resp = http::Client::new(Tcp, mt.as_str())
-        .send(http::Method::GET, &path, &[], None)
-        .await
-        .map_err(|e| e.to_string())?;
-    let resp = http::ok_or_status(resp)
-        .await
-        .map_err(|e| format!("master target at {mt}: {e}"))?;
-    let len = http::content_length(&resp).ok_or("the master target sent no length")?;
-    let mut body = resp.into_body();
-    let file =
-        std::fs::File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    file.set_len(len).map_err(|e| e.to_string())?;
-    write_sparse(&mut body, &file, len).await?;
-    file.sync_all().map_err(|e| e.to_string())?;
-    eprintln!(
-        "\rwrote {} ({})            ",
+    let len = crate::download::image(&mt, &path, out).await?;
+    progress(format_args!(
+        "\rwrote {} ({})            \n",
         out.display(),
         human_bytes(len)
-    );
-    println!("{}", point.seq);
+    ));
+    // The seq is the result for scripts; a reader that went away no longer wants it.
+    let _ = writeln!(std::io::stdout(), "{}", point.seq);
     Ok(())
 }
 
@@ -315,61 +299,6 @@ fn canonical_out(out: &Path) -> PathBuf {
         (Ok(dir), Some(name)) => dir.join(name),
         _ => std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf()),
     }
-}
-
-async fn write_sparse(
-    body: &mut http::Incoming,
-    file: &std::fs::File,
-    len: u64,
-) -> Result<(), String> {
-    use http::BodyExt;
-    let mut buf = vec![0u8; EXPORT_CHUNK_BYTES];
-    let mut off = 0u64;
-    let mut last_report = 0u64;
-    // Bytes of the last frame not yet copied into `buf`.
-    let mut pending = http::Bytes::new();
-    while off < len {
-        let mut filled = 0;
-        while filled < buf.len() && off + (filled as u64) < len {
-            if pending.is_empty() {
-                let frame = body.frame().await.ok_or_else(|| {
-                    format!(
-                        "export ended early at {} of {len} bytes",
-                        off + filled as u64
-                    )
-                });
-                let frame = frame?.map_err(|e| {
-                    format!(
-                        "export cut short at {} of {len} bytes: {e}; run it again",
-                        off + filled as u64
-                    )
-                })?;
-                if let Ok(data) = frame.into_data() {
-                    pending = data;
-                }
-                continue;
-            }
-            let n = pending.len().min(buf.len() - filled);
-            buf[filled..filled + n].copy_from_slice(&pending.split_to(n));
-            filled += n;
-        }
-        let chunk = &buf[..filled];
-        if !haven_runtime::vfs::is_zero(chunk) {
-            file.write_all_at(chunk, off).map_err(|e| e.to_string())?;
-        }
-        off += filled as u64;
-        if off - last_report >= 64 << 20 || off == len {
-            last_report = off;
-            eprint!(
-                "\r{:>5.1}%  {} of {}",
-                off as f64 * 100.0 / len as f64,
-                human_bytes(off),
-                human_bytes(len)
-            );
-            let _ = std::io::stderr().flush();
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 mod commands;
 mod config;
 mod console;
+mod download;
 mod lab;
 mod lab_processes;
 mod size;
@@ -310,14 +311,18 @@ async fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn main() {
+    let cli = Cli::parse();
     // `haven status | head` ends quietly when the reader goes away, as other tools do, instead
-    // of panicking on a broken pipe.
-    // SAFETY: setting a signal's disposition to the default before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    // of panicking on a broken pipe. An export is the exception: its output is progress for
+    // the operator, and a reader going away must not kill it halfway (Rust's own default,
+    // SIGPIPE ignored, stays: the export ignores the failed writes).
+    if !matches!(cli.command, Command::Export { .. }) {
+        // SAFETY: setting a signal's disposition to the default before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
     }
     haven_runtime::alloc::tune_allocator();
-    let cli = Cli::parse();
     if let Err(e) = init_tracing() {
         eprintln!("haven: {e}");
         std::process::exit(2);

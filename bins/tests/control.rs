@@ -121,3 +121,46 @@ fn config_server_killed_mid_protect_keeps_a_whole_state_and_replication_goes_on(
     assert_same("latest export vs source", &img, &c.api.source());
     c.assert_alive();
 }
+
+/// `haven export ... 2>&1 | head -1`: the reader of the progress goes away at once. The export
+/// must still write the whole image (it once died at its first progress report after 64 MiB
+/// and left a full-size file of zeros from there on at `--out`).
+#[test]
+fn an_export_whose_progress_reader_goes_away_still_writes_the_whole_image() {
+    if !have_qemu_io() {
+        return;
+    }
+    let c = Cluster::start(
+        tempfile::Builder::new()
+            .prefix("haven-export-")
+            .tempdir()
+            .expect("temp dir"),
+    );
+    let (mut model, mut rng) = (Model::new(), Rng(0x5eed_e1f0));
+    c.api.run_round(&mut model, &gen_round(&mut rng, 0));
+    c.api.wait_applied();
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let out = out_dir.path().join("r.img");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_haven"))
+        .args(["export", "disk0", "--point", "latest", "--api", &c.api.api])
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn haven export");
+    drop(child.stderr.take());
+    let status = child.wait().expect("wait for haven export");
+    assert!(status.success(), "haven export: {status}");
+    let img = std::fs::read(&out).expect("the export's image");
+    assert_same("export vs model", &img, &model.bytes);
+    let left: Vec<_> = std::fs::read_dir(out_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from("r.img")],
+        "no partial file left"
+    );
+}
