@@ -6,6 +6,11 @@
 //! seq; only when it reports `JournalPersisted` does the process server get `Applied`. Batches
 //! at or below the applied seq are duplicates and only re-acknowledged. Batches from an older
 //! epoch are refused (fencing). A stream that resumes past a gap marks the replica inconsistent.
+//!
+//! What a process server is told rests on durable metadata: an `OpenStream` that creates the
+//! replica, brings a new epoch or reveals a gap is answered with `StreamState` only once the
+//! save it caused is reported by `ReplicaSaved`; until then the stream is not open and its
+//! batches are refused. A crash in between leaves a replica that never told anyone otherwise.
 
 use crate::batch::{decompress, BatchHeader};
 use crate::ids::{ComponentId, ConnId, DiskId, Epoch, Seq};
@@ -63,16 +68,28 @@ pub enum Input {
         id: u64,
         journal_bytes: u64,
     },
+    /// `CreateReplica{save}` or `SaveReplica{save}` is durable (saves are answered in the order
+    /// they were emitted).
+    ReplicaSaved {
+        save: u64,
+    },
     Tick,
 }
 
 #[derive(Debug)]
 pub enum Output {
     Net(NetCommand),
-    /// Create an empty replica (sparse base, empty journal) and persist `meta`.
-    CreateReplica(ReplicaMeta),
-    /// Persist changed replica metadata (epoch, inconsistency).
-    SaveReplica(ReplicaMeta),
+    /// Create an empty replica (sparse base, empty journal) and persist `meta`; then answer
+    /// `ReplicaSaved{save}`.
+    CreateReplica {
+        save: u64,
+        meta: ReplicaMeta,
+    },
+    /// Persist changed replica metadata (epoch, inconsistency); then answer `ReplicaSaved{save}`.
+    SaveReplica {
+        save: u64,
+        meta: ReplicaMeta,
+    },
     /// The disk's protection ended: delete its replica (base, journal, points, metadata).
     RemoveReplica(DiskId),
     /// Append this batch (raw data) to the replica's journal, fsync, index it and record its
@@ -98,6 +115,12 @@ struct Replica {
     /// Next seq expected from the stream (past what is applied or being appended).
     expect_seq: Seq,
     stream: Option<ConnId>,
+    /// A process server whose `OpenStream` waits for the replica's save in flight: it gets
+    /// `StreamState` (and may send batches) once the epoch, the replica's creation or a gap it
+    /// revealed is durable, so that a crash cannot forget what the stream was told.
+    opening: Option<ConnId>,
+    /// The newest save of this replica not yet answered.
+    saving: Option<u64>,
     appending: usize,
     /// A full copy of the source began after the gap that made the replica inconsistent:
     /// once it ends (a consistent batch is durable), the replica equals the source again.
@@ -110,6 +133,7 @@ pub struct MasterTarget {
     /// id -> (disk, last seq, consistent)
     appending: BTreeMap<u64, (DiskId, Seq, bool)>,
     next_append: u64,
+    next_save: u64,
     cs: Link,
     next_heartbeat: Timestamp,
     out: VecDeque<Output>,
@@ -127,6 +151,8 @@ impl MasterTarget {
                         expect_seq: m.applied_seq + 1,
                         meta: m,
                         stream: None,
+                        opening: None,
+                        saving: None,
                         appending: 0,
                         copy_after_gap: false,
                     },
@@ -138,6 +164,7 @@ impl MasterTarget {
             replicas,
             appending: BTreeMap::new(),
             next_append: 1,
+            next_save: 1,
             cs: Link::Idle,
             next_heartbeat: now,
             out: VecDeque::new(),
@@ -196,12 +223,13 @@ impl MasterTarget {
                 if self.cs == Link::Ready(conn) {
                     self.cs = Link::Backoff(self.now.plus_millis(self.settings.reconnect_delay_ms));
                 }
-                for r in self
-                    .replicas
-                    .values_mut()
-                    .filter(|r| r.stream == Some(conn))
-                {
-                    r.stream = None;
+                for r in self.replicas.values_mut() {
+                    if r.stream == Some(conn) {
+                        r.stream = None;
+                    }
+                    if r.opening == Some(conn) {
+                        r.opening = None;
+                    }
                 }
             }
         }
@@ -262,21 +290,23 @@ impl MasterTarget {
                 format!("disk {disk}: size {size_bytes} is not a positive multiple of 4096"),
             );
         }
+        let mut created = false;
         let r = self.replicas.entry(disk.clone()).or_insert_with(|| {
-            let meta = ReplicaMeta {
-                disk: disk.clone(),
-                epoch,
-                size_bytes,
-                applied_seq: 0,
-                points: 0,
-                journal_bytes: 0,
-                inconsistent: None,
-            };
-            self.out.push_back(Output::CreateReplica(meta.clone()));
+            created = true;
             Replica {
-                meta,
+                meta: ReplicaMeta {
+                    disk: disk.clone(),
+                    epoch,
+                    size_bytes,
+                    applied_seq: 0,
+                    points: 0,
+                    journal_bytes: 0,
+                    inconsistent: None,
+                },
                 expect_seq: 1,
                 stream: None,
+                opening: None,
+                saving: None,
                 appending: 0,
                 copy_after_gap: false,
             }
@@ -304,17 +334,53 @@ impl MasterTarget {
             r.expect_seq = first_seq;
             changed = true;
         }
+        if r.stream == Some(conn) {
+            r.stream = None;
+        }
+        if created || changed {
+            let save = self.next_save;
+            self.next_save += 1;
+            r.saving = Some(save);
+            let meta = r.meta.clone();
+            self.out.push_back(if created {
+                Output::CreateReplica { save, meta }
+            } else {
+                Output::SaveReplica { save, meta }
+            });
+        }
+        if r.saving.is_some() {
+            r.opening = Some(conn);
+        } else {
+            self.stream_ready(&disk, conn);
+        }
+    }
+
+    /// The stream of `disk` on `conn` is open: the process server learns where the replica is.
+    fn stream_ready(&mut self, disk: &DiskId, conn: ConnId) {
+        let r = self.replicas.get_mut(disk).expect("a known replica");
         r.stream = Some(conn);
         let msg = Message::StreamState {
-            disk,
-            epoch,
+            disk: disk.clone(),
+            epoch: r.meta.epoch,
             cached_seq: r.meta.applied_seq,
             applied_seq: r.meta.applied_seq,
         };
-        if changed {
-            self.out.push_back(Output::SaveReplica(r.meta.clone()));
-        }
         self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
+    }
+
+    fn on_saved(&mut self, save: u64) {
+        let Some((disk, r)) = self
+            .replicas
+            .iter_mut()
+            .find(|(_, r)| r.saving == Some(save))
+        else {
+            return; // An older save of a replica saved again since, or one removed meanwhile.
+        };
+        r.saving = None;
+        if let Some(conn) = r.opening.take() {
+            let disk = disk.clone();
+            self.stream_ready(&disk, conn);
+        }
     }
 
     fn on_batch(&mut self, conn: ConnId, header: BatchHeader, data: Vec<u8>) {
@@ -399,7 +465,13 @@ impl MasterTarget {
         if consistent {
             r.meta.points += 1;
             if std::mem::take(&mut r.copy_after_gap) && r.meta.inconsistent.take().is_some() {
-                self.out.push_back(Output::SaveReplica(r.meta.clone()));
+                // Nothing waits for this save: a crash before it leaves the replica marked
+                // inconsistent, which only asks for a copy that is not needed.
+                let save = self.next_save;
+                self.next_save += 1;
+                r.saving = Some(save);
+                let meta = r.meta.clone();
+                self.out.push_back(Output::SaveReplica { save, meta });
             }
         }
         if let Some(conn) = r.stream {
@@ -422,6 +494,7 @@ impl crate::machine::Machine for MasterTarget {
         match input {
             Input::Net(ev) => self.on_net(ev),
             Input::JournalPersisted { id, journal_bytes } => self.on_persisted(id, journal_bytes),
+            Input::ReplicaSaved { save } => self.on_saved(save),
             Input::Tick => {}
         }
         self.on_timers();

@@ -19,10 +19,10 @@ use haven_core::{ConnId, Epoch, Timestamp};
 fn master_target_applies_in_order_and_reacks_duplicates() {
     let (mut m, conn) = mt_alone();
     mt_outputs(&mut m);
-    let outs = mt_recv(&mut m, conn, open(1, 1), vec![]);
+    let outs = mt_open(&mut m, conn, 1, 1);
     assert!(outs
         .iter()
-        .any(|o| matches!(o, mt::Output::CreateReplica(r) if r.size_bytes == DISK_BYTES as u64)));
+        .any(|o| matches!(o, mt::Output::CreateReplica { meta: r, .. } if r.size_bytes == DISK_BYTES as u64)));
     assert!(matches!(
         sent(&outs)[..],
         [Message::StreamState {
@@ -72,7 +72,7 @@ fn master_target_applies_in_order_and_reacks_duplicates() {
 #[test]
 fn master_target_fences_an_older_epoch() {
     let (mut m, conn) = mt_alone();
-    mt_recv(&mut m, conn, open(2, 1), vec![]);
+    mt_open(&mut m, conn, 2, 1);
     mt_apply(&mut m, conn, 2, 1, 1);
     // An old primary's batch.
     let (h, d) = data_batch(1, 2, 2);
@@ -94,7 +94,7 @@ fn master_target_fences_an_older_epoch() {
             peer: Node::Ps.hello(),
         }),
     );
-    let outs = mt_recv(&mut m, conn2, open(1, 2), vec![]);
+    let outs = mt_open(&mut m, conn2, 1, 2);
     assert!(
         matches!(sent(&outs)[..], [Message::Reject { .. }]),
         "{outs:?}"
@@ -106,7 +106,7 @@ fn master_target_fences_an_older_epoch() {
 #[test]
 fn master_target_refuses_malformed_batches() {
     let (mut m, conn) = mt_alone();
-    mt_recv(&mut m, conn, open(1, 1), vec![]);
+    mt_open(&mut m, conn, 1, 1);
     let mut bad: Vec<(BatchHeader, Vec<u8>)> = vec![];
     let (mut h, d) = data_batch(1, 1, 2);
     h.raw_bytes += 1; // header disagrees with its ops
@@ -129,7 +129,7 @@ fn master_target_refuses_malformed_batches() {
     for (h, d) in bad {
         let what = format!("{h:?}");
         let (mut m, conn) = mt_alone();
-        mt_recv(&mut m, conn, open(1, 1), vec![]);
+        mt_open(&mut m, conn, 1, 1);
         let outs = mt_recv(&mut m, conn, Message::Batch(h), d);
         assert!(
             matches!(sent(&outs)[..], [Message::Reject { .. }]),
@@ -153,7 +153,7 @@ fn master_target_refuses_malformed_batches() {
 #[test]
 fn master_target_marks_a_gap_inconsistent() {
     let (mut m, conn) = mt_alone();
-    mt_recv(&mut m, conn, open(1, 1), vec![]);
+    mt_open(&mut m, conn, 1, 1);
     mt_apply(&mut m, conn, 1, 1, 2);
     assert!(m.stats().replicas[0].inconsistent.is_none());
     // The agent crashed: the stream resumes at 10, seqs 3..=9 are lost.
@@ -172,9 +172,9 @@ fn master_target_marks_a_gap_inconsistent() {
             peer: Node::Ps.hello(),
         }),
     );
-    let outs = mt_recv(&mut m, conn2, open(1, 10), vec![]);
+    let outs = mt_open(&mut m, conn2, 1, 10);
     let saved = outs.iter().find_map(|o| match o {
-        mt::Output::SaveReplica(meta) => Some(meta.clone()),
+        mt::Output::SaveReplica { meta, .. } => Some(meta.clone()),
         _ => None,
     });
     let why = saved
@@ -196,6 +196,133 @@ fn master_target_marks_a_gap_inconsistent() {
         m.stats().replicas[0].inconsistent.is_some(),
         "still inconsistent until a resync"
     );
+}
+
+/// Whether `outs` tell the process server on `conn` where the stream stands.
+fn stream_state_on(outs: &[mt::Output], on: ConnId) -> bool {
+    outs.iter().any(|o| {
+        matches!(o, mt::Output::Net(NetCommand::Send { conn, msg: Message::StreamState { .. }, .. }) if *conn == on)
+    })
+}
+
+#[test]
+fn master_target_opens_a_stream_only_once_the_new_replica_is_durable() {
+    let (mut m, conn) = mt_alone();
+    let outs = mt_recv(&mut m, conn, open(1, 1), vec![]);
+    let save = outs.iter().find_map(save_of).expect("CreateReplica");
+    assert!(
+        !stream_state_on(&outs, conn),
+        "StreamState before the replica is saved: {outs:?}"
+    );
+    // A batch before the stream is open is refused, and nothing is appended.
+    let (h, d) = data_batch(1, 1, 1);
+    let early = mt_recv(&mut m, conn, Message::Batch(h), d);
+    assert!(closes(&early), "{early:?}");
+    assert!(!early
+        .iter()
+        .any(|o| matches!(o, mt::Output::JournalAppend { .. })));
+    // A new connection opens again; the save's answer opens the stream on it alone.
+    let conn2 = ConnId(12);
+    let outs = mt_recv(&mut m, conn2, open(1, 1), vec![]);
+    assert!(
+        outs.iter().all(|o| save_of(o).is_none()),
+        "saved twice: {outs:?}"
+    );
+    assert!(!stream_state_on(&outs, conn2));
+    m.handle(
+        Timestamp::from_millis(1002),
+        mt::Input::ReplicaSaved { save },
+    );
+    let outs = mt_outputs(&mut m);
+    assert!(stream_state_on(&outs, conn2), "{outs:?}");
+    assert!(!stream_state_on(&outs, conn));
+    let (_, persisted) = mt_apply(&mut m, conn2, 1, 1, 1);
+    assert!(matches!(
+        sent(&persisted)[..],
+        [Message::Applied { applied_seq: 1, .. }]
+    ));
+}
+
+#[test]
+fn master_target_tells_a_stream_past_a_gap_where_it_stands_only_once_the_gap_is_durable() {
+    let (mut m, conn) = mt_alone();
+    mt_open(&mut m, conn, 1, 1);
+    mt_apply(&mut m, conn, 1, 1, 2);
+    m.handle(
+        Timestamp::from_millis(1003),
+        mt::Input::Net(closed_event(conn)),
+    );
+    let conn2 = ConnId(11);
+    let outs = mt_recv(&mut m, conn2, open(2, 10), vec![]);
+    let save = outs
+        .iter()
+        .find_map(save_of)
+        .expect("the gap and the epoch are saved");
+    assert!(!stream_state_on(&outs, conn2), "{outs:?}");
+    // The process server goes away before the save is durable: nobody is told anything.
+    m.handle(
+        Timestamp::from_millis(1004),
+        mt::Input::Net(closed_event(conn2)),
+    );
+    m.handle(
+        Timestamp::from_millis(1005),
+        mt::Input::ReplicaSaved { save },
+    );
+    let outs = mt_outputs(&mut m);
+    assert!(sent(&outs).is_empty(), "{outs:?}");
+    // It comes back: the durable state needs no new save, so the stream opens at once.
+    let conn3 = ConnId(13);
+    let outs = mt_recv(&mut m, conn3, open(2, 10), vec![]);
+    assert!(outs.iter().all(|o| save_of(o).is_none()), "{outs:?}");
+    assert!(
+        matches!(
+            sent(&outs)[..],
+            [Message::StreamState {
+                applied_seq: 2,
+                epoch: Epoch(2),
+                ..
+            }]
+        ),
+        "{outs:?}"
+    );
+}
+
+#[test]
+fn master_target_an_older_save_answered_does_not_open_the_stream() {
+    let (mut m, conn) = mt_alone();
+    mt_open(&mut m, conn, 1, 1);
+    // Two epoch changes, two saves in flight: only the answer to the newer opens the stream.
+    let first = mt_recv(&mut m, conn, open(2, 1), vec![]);
+    let first = first.iter().find_map(save_of).expect("a save for epoch 2");
+    let second = mt_recv(&mut m, conn, open(3, 1), vec![]);
+    let second = second.iter().find_map(save_of).expect("a save for epoch 3");
+    m.handle(
+        Timestamp::from_millis(1002),
+        mt::Input::ReplicaSaved { save: first },
+    );
+    assert!(!stream_state_on(&mt_outputs(&mut m), conn));
+    m.handle(
+        Timestamp::from_millis(1003),
+        mt::Input::ReplicaSaved { save: second },
+    );
+    let outs = mt_outputs(&mut m);
+    assert!(
+        matches!(
+            sent(&outs)[..],
+            [Message::StreamState {
+                epoch: Epoch(3),
+                ..
+            }]
+        ),
+        "{outs:?}"
+    );
+}
+
+fn closed_event(conn: ConnId) -> NetEvent {
+    NetEvent::Closed {
+        conn,
+        reason: "gone".into(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -268,7 +395,7 @@ fn mt_with_replica(epoch: u64) -> (mt::MasterTarget, ConnId) {
     let (mut m, ps) = mt_alone();
     mt_outputs(&mut m);
     cs_connected(&mut m, 1000, CS_CONN);
-    mt_recv(&mut m, ps, open(epoch, 1), vec![]);
+    mt_open(&mut m, ps, epoch, 1);
     (m, ps)
 }
 
@@ -473,7 +600,7 @@ fn master_target_refuses_a_size_not_a_positive_multiple_of_a_block() {
         assert!(
             !outs
                 .iter()
-                .any(|o| matches!(o, mt::Output::CreateReplica(_))),
+                .any(|o| matches!(o, mt::Output::CreateReplica { .. })),
             "{size}"
         );
         assert!(m.stats().replicas.is_empty());
@@ -487,22 +614,22 @@ fn master_target_persists_a_new_epoch_only_when_it_changes() {
     let saves = |outs: &[mt::Output]| -> Vec<mt::ReplicaMeta> {
         outs.iter()
             .filter_map(|o| match o {
-                mt::Output::SaveReplica(meta) => Some(meta.clone()),
+                mt::Output::SaveReplica { meta, .. } => Some(meta.clone()),
                 _ => None,
             })
             .collect()
     };
-    let outs = mt_recv(&mut m, ps, open(1, 1), vec![]);
+    let outs = mt_open(&mut m, ps, 1, 1);
     assert!(
         saves(&outs).is_empty(),
         "created, nothing else to save: {outs:?}"
     );
     // The same epoch again (a process server reconnecting): nothing to save.
-    let outs = mt_recv(&mut m, ps, open(1, 1), vec![]);
+    let outs = mt_open(&mut m, ps, 1, 1);
     assert!(saves(&outs).is_empty(), "{outs:?}");
     assert!(matches!(sent(&outs)[..], [Message::StreamState { .. }]));
     // A failover's new epoch is persisted, so that a restart still fences the old one.
-    let outs = mt_recv(&mut m, ps, open(3, 1), vec![]);
+    let outs = mt_open(&mut m, ps, 3, 1);
     let saved = saves(&outs);
     assert_eq!(saved.len(), 1, "{outs:?}");
     assert_eq!(saved[0].epoch, Epoch(3));

@@ -3,7 +3,7 @@
 
 use crate::cluster::{Cluster, R};
 use crate::net::Node;
-use crate::stores::{AgentAnswer, DiskFault, Replica};
+use crate::stores::{AgentAnswer, DiskFault, MtWork, Replica};
 use crate::workload::slot_of_io;
 use haven_core::agent;
 use haven_core::config_server as cs;
@@ -162,7 +162,20 @@ impl Cluster {
         Ok(())
     }
 
-    /// A master target creates a replica: of a known disk, of its size, once in the cluster.
+    /// A master target's replica save becomes durable: its replica is created (of a known
+    /// disk, of its size, once in the cluster) or its metadata replaced.
+    pub(crate) fn replica_saved(&mut self, i: usize, meta: ReplicaMeta, create: bool) -> R {
+        if create {
+            return self.create_replica(i, meta);
+        }
+        let n = Node::Mt(i as u8);
+        let Some(r) = self.mt_stores[i].replicas.get_mut(&meta.disk) else {
+            return Err(format!("{} saved {}, never created", n.name(), meta.disk));
+        };
+        r.meta = meta;
+        Ok(())
+    }
+
     fn create_replica(&mut self, i: usize, meta: ReplicaMeta) -> R {
         let Some(&d) = self.disk_index.get(&meta.disk) else {
             return Err(format!("replica of unknown disk {}", meta.disk));
@@ -187,23 +200,32 @@ impl Cluster {
         let n = Node::Mt(i as u8);
         match o {
             mt::Output::Net(cmd) => self.net_cmd(n, cmd)?,
-            mt::Output::CreateReplica(meta) => {
+            mt::Output::CreateReplica { save, meta } => {
                 if self.storage_error(n, false) {
                     return Ok(());
                 }
-                self.create_replica(i, meta)?;
+                let at = self.store_latency();
+                let work = MtWork::Save {
+                    save,
+                    meta,
+                    create: true,
+                };
+                self.mt_stores[i].pending.push(at, work);
             }
-            mt::Output::SaveReplica(meta) => {
+            mt::Output::SaveReplica { save, meta } => {
                 if self.storage_error(n, false) {
                     return Ok(());
                 }
                 if meta.inconsistent.is_some() {
                     self.note(n, "replica inconsistent", meta.applied_seq);
                 }
-                let Some(r) = self.mt_stores[i].replicas.get_mut(&meta.disk) else {
-                    return Err(format!("{} saved {}, never created", n.name(), meta.disk));
+                let at = self.store_latency();
+                let work = MtWork::Save {
+                    save,
+                    meta,
+                    create: false,
                 };
-                r.meta = meta;
+                self.mt_stores[i].pending.push(at, work);
             }
             mt::Output::RemoveReplica(disk) => {
                 return Err(format!(
@@ -218,7 +240,9 @@ impl Cluster {
                 let r = self.mt_stores[i].replicas.get_mut(&header.disk);
                 r.expect("checked").appended_seq = header.last_seq;
                 let at = self.store_latency();
-                self.mt_stores[i].pending.push(at, (id, header, data));
+                self.mt_stores[i]
+                    .pending
+                    .push(at, MtWork::Append(id, header, data));
             }
         }
         Ok(())

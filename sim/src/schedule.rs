@@ -8,7 +8,7 @@
 use crate::cluster::{Cluster, R};
 use crate::net::{Node, Ready};
 use crate::scenario::Action;
-use crate::stores::AgentAnswer;
+use crate::stores::{AgentAnswer, MtWork};
 use haven_core::agent;
 use haven_core::config_server as cs;
 use haven_core::machine::tick_if_due;
@@ -235,14 +235,22 @@ impl Cluster {
                     .handle(now, input);
             }
             Node::Mt(i) => {
-                let (id, disk, journal_bytes, index) = self.mt_stores[i as usize].complete()?;
-                self.note(n, "JournalPersisted", id);
-                self.check_point(i as usize, &disk, index)?;
-                let input = mt::Input::JournalPersisted { id, journal_bytes };
-                self.mts[i as usize]
-                    .as_mut()
-                    .expect("up")
-                    .handle(now, input);
+                let i = i as usize;
+                let input = match self.mt_stores[i].pending.pop().expect("ready") {
+                    MtWork::Append(id, header, data) => {
+                        let (disk, journal_bytes, index) =
+                            self.mt_stores[i].complete_append(header, data)?;
+                        self.note(n, "JournalPersisted", id);
+                        self.check_point(i, &disk, index)?;
+                        mt::Input::JournalPersisted { id, journal_bytes }
+                    }
+                    MtWork::Save { save, meta, create } => {
+                        self.note(n, "ReplicaSaved", save);
+                        self.replica_saved(i, meta, create)?;
+                        mt::Input::ReplicaSaved { save }
+                    }
+                };
+                self.mts[i].as_mut().expect("up").handle(now, input);
             }
             Node::Cs => {
                 let id = self.cs_store.complete().expect("ready");

@@ -282,9 +282,20 @@ impl Replica {
 #[derive(Default)]
 pub struct MtStore {
     pub replicas: BTreeMap<DiskId, Replica>,
-    /// (append id, header, raw data)
-    pub pending: Pending<(u64, BatchHeader, Vec<u8>)>,
+    pub pending: Pending<MtWork>,
     pub fault: Option<DiskFault>,
+}
+
+/// A master target's store request not yet durable.
+pub enum MtWork {
+    /// A journal append: (append id, header, raw data).
+    Append(u64, BatchHeader, Vec<u8>),
+    /// A replica's metadata saved (and its replica created, if `create`).
+    Save {
+        save: u64,
+        meta: ReplicaMeta,
+        create: bool,
+    },
 }
 
 impl MtStore {
@@ -297,13 +308,16 @@ impl MtStore {
     pub fn pending_of(&self, disk: &DiskId) -> usize {
         self.pending
             .iter()
-            .filter(|(_, h, _)| &h.disk == disk)
+            .filter(|w| matches!(w, MtWork::Append(_, h, _) if &h.disk == disk))
             .count()
     }
 
-    /// Makes the oldest append durable; returns (id, disk, journal bytes, the entry's index).
-    pub fn complete(&mut self) -> Result<(u64, DiskId, u64, usize), String> {
-        let (id, header, data) = self.pending.pop().ok_or("no append pending")?;
+    /// Makes an append durable; returns (disk, journal bytes, the entry's index).
+    pub fn complete_append(
+        &mut self,
+        header: BatchHeader,
+        data: Vec<u8>,
+    ) -> Result<(DiskId, u64, usize), String> {
         let disk = header.disk.clone();
         let r = self
             .replicas
@@ -319,7 +333,7 @@ impl MtStore {
             r.points.push((header.last_seq, r.journal.len()));
         }
         r.journal.push(JournalEntry { header, data });
-        Ok((id, disk, r.journal_bytes, r.journal.len() - 1))
+        Ok((disk, r.journal_bytes, r.journal.len() - 1))
     }
 
     pub fn crash(&mut self) {

@@ -34,6 +34,31 @@ pub fn mt_recv(m: &mut MasterTarget, conn: ConnId, msg: Message, data: Vec<u8>) 
     mt_outputs(m)
 }
 
+/// Opens the stream of disk0 and makes every replica save it asks for durable; the outputs of
+/// both steps.
+pub fn mt_open(m: &mut MasterTarget, conn: ConnId, epoch: u64, first_seq: Seq) -> Vec<mt::Output> {
+    let mut outs = mt_recv(m, conn, open(epoch, first_seq), vec![]);
+    let saves: Vec<u64> = outs.iter().filter_map(save_of).collect();
+    for save in saves {
+        m.handle(
+            Timestamp::from_millis(1001),
+            mt::Input::ReplicaSaved { save },
+        );
+        outs.extend(mt_outputs(m));
+    }
+    outs
+}
+
+/// The save id of a `CreateReplica` or `SaveReplica`.
+pub fn save_of(o: &mt::Output) -> Option<u64> {
+    match o {
+        mt::Output::CreateReplica { save, .. } | mt::Output::SaveReplica { save, .. } => {
+            Some(*save)
+        }
+        _ => None,
+    }
+}
+
 pub fn sent(outs: &[mt::Output]) -> Vec<Message> {
     outs.iter()
         .filter_map(|o| match o {

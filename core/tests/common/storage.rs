@@ -145,11 +145,16 @@ impl Cluster {
         match o {
             mt::Output::RemoveReplica(disk) => self.lifecycle.push(format!("RemoveReplica {disk}")),
             mt::Output::Net(cmd) => self.net_cmd(Node::Mt, cmd),
-            mt::Output::CreateReplica(meta) => {
+            mt::Output::CreateReplica { save, meta } => {
                 assert_eq!(meta.size_bytes, DISK_BYTES as u64);
                 self.replica = vec![0; meta.size_bytes as usize];
+                self.local
+                    .push_back(Local::Mt(mt::Input::ReplicaSaved { save }));
             }
-            mt::Output::SaveReplica(_) => {}
+            mt::Output::SaveReplica { save, .. } => {
+                self.local
+                    .push_back(Local::Mt(mt::Input::ReplicaSaved { save }));
+            }
             mt::Output::JournalAppend { id, header, data } => {
                 self.pending_journal.push_back((id, header, data));
                 if !self.hold_journal {

@@ -183,10 +183,12 @@ impl<T: Transport, V: Vfs + Clone + Send + 'static> Effects for MtEffects<T, V> 
         Ok(())
     }
 
-    fn execute(&mut self, out: Output, _inputs: &mut VecDeque<Input>) -> Result<(), RoleError> {
+    /// A replica's metadata is saved in a redb commit of its own that waits for the disk, so
+    /// its `ReplicaSaved` is fed back at once.
+    fn execute(&mut self, out: Output, inputs: &mut VecDeque<Input>) -> Result<(), RoleError> {
         match out {
             Output::Net(cmd) => self.net.execute(cmd),
-            Output::CreateReplica(m) => {
+            Output::CreateReplica { save, meta: m } => {
                 self.meta.save_replica(&m).map_err(fail)?;
                 let r = Replica::open(&self.vfs, &self.root, m, &self.meta).map_err(fail)?;
                 tracing::info!(
@@ -198,8 +200,9 @@ impl<T: Transport, V: Vfs + Clone + Send + 'static> Effects for MtEffects<T, V> 
                     .lock()
                     .expect("replica lock")
                     .insert(r.meta.disk.clone(), r);
+                inputs.push_back(Input::ReplicaSaved { save });
             }
-            Output::SaveReplica(m) => {
+            Output::SaveReplica { save, meta: m } => {
                 if let Some(why) = &m.inconsistent {
                     tracing::warn!("replica {} is inconsistent: {why}", m.disk);
                 }
@@ -208,6 +211,7 @@ impl<T: Transport, V: Vfs + Clone + Send + 'static> Effects for MtEffects<T, V> 
                     r.meta.epoch = m.epoch;
                     r.meta.inconsistent = m.inconsistent.clone();
                 }
+                inputs.push_back(Input::ReplicaSaved { save });
             }
             Output::RemoveReplica(disk) => {
                 let r = self.replicas.lock().expect("replica lock").remove(&disk);
