@@ -1,6 +1,6 @@
 //! Statistics each component reports to the configuration server in its heartbeat.
 
-use crate::ids::{DiskId, Seq};
+use crate::ids::{DiskId, Epoch, Seq};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +70,7 @@ pub struct ProcessServerStats {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaStats {
     pub disk: DiskId,
+    pub epoch: Epoch,
     pub size_bytes: u64,
     pub applied_seq: Seq,
     pub points: u64,

@@ -12,7 +12,7 @@ use haven_core::config_server::{
 use haven_core::protocol::{Message, Role};
 use haven_core::stats::{CacheDiskStats, MasterTargetStats, ProcessServerStats, ReplicaStats};
 use haven_core::Machine;
-use haven_core::{ComponentId, ConnId, DiskId, Timestamp};
+use haven_core::{ComponentId, ConnId, DiskId, Epoch, Timestamp};
 
 fn id(name: &str) -> ComponentId {
     ComponentId::new(name).unwrap()
@@ -306,6 +306,7 @@ fn replicas(disks: &[&str]) -> Message {
         .iter()
         .map(|d| ReplicaStats {
             disk: disk(d),
+            epoch: Epoch(1),
             size_bytes: DISK_BYTES as u64,
             applied_seq: 0,
             points: 1,

@@ -14,7 +14,7 @@ use haven_core::stats::{
     ReplicationMode,
 };
 use haven_core::Machine;
-use haven_core::{ConnId, DiskId, Timestamp};
+use haven_core::{ConnId, DiskId, Epoch, Timestamp};
 
 fn agent_disk(disk: &str, bytes_written: u64) -> AgentDiskStats {
     AgentDiskStats {
@@ -34,6 +34,7 @@ fn agent_disk(disk: &str, bytes_written: u64) -> AgentDiskStats {
 fn replica(disk: &str, points: u64) -> ReplicaStats {
     ReplicaStats {
         disk: DiskId::new(disk).unwrap(),
+        epoch: Epoch(1),
         size_bytes: DISK_BYTES as u64,
         applied_seq: 7,
         points,

@@ -642,3 +642,52 @@ fn master_target_persists_a_new_epoch_only_when_it_changes() {
         }]
     ));
 }
+
+/// The core decides the recovery points: the end of every consistent batch, with its time, and
+/// one record in `POINTS_PER_SYNC` synced to disk.
+#[test]
+fn master_target_makes_each_consistent_batch_a_point_and_syncs_one_in_points_per_sync() {
+    let (mut m, conn) = mt_alone();
+    mt_open(&mut m, conn, 1, 1);
+    let mut synced = vec![];
+    for seq in 1..=2 * mt::POINTS_PER_SYNC + 10 {
+        let (mut h, d) = data_batch(1, seq, seq);
+        h.consistent = seq % 2 == 1 || seq > 10;
+        h.last_time = Timestamp(1000 + seq);
+        let outs = mt_recv(&mut m, conn, Message::Batch(h.clone()), d);
+        let (id, point, sync_point) = outs
+            .iter()
+            .find_map(|o| match o {
+                mt::Output::JournalAppend {
+                    id,
+                    point,
+                    sync_point,
+                    ..
+                } => Some((*id, point.clone(), *sync_point)),
+                _ => None,
+            })
+            .expect("an append");
+        let want = h.consistent.then_some(mt::PointRecord {
+            seq,
+            time: Timestamp(1000 + seq),
+            kind: mt::PointKind::Crash,
+        });
+        assert_eq!(point, want, "seq {seq}");
+        if sync_point {
+            assert!(point.is_some(), "a sync without a point at seq {seq}");
+            synced.push(seq);
+        }
+        m.handle(
+            Timestamp::from_millis(1002),
+            mt::Input::JournalPersisted {
+                id,
+                journal_bytes: seq,
+            },
+        );
+        mt_outputs(&mut m);
+    }
+    // Seqs 1..=10: 5 points (the odd ones); then one per seq. The 64th and 128th points.
+    assert_eq!(synced, [69, 133]);
+    let points = m.stats().replicas[0].points;
+    assert_eq!(points, 5 + 2 * mt::POINTS_PER_SYNC);
+}

@@ -9,9 +9,8 @@ use haven_core::config_server::{ConfigState, Record};
 use haven_core::ids::{ComponentId, DiskId, Seq};
 use haven_core::master_target::ReplicaMeta;
 use haven_core::process_server::CacheDiskMeta;
-use haven_core::time::Timestamp;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::path::Path;
 
 mod legacy;
@@ -52,18 +51,8 @@ fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, MetaError> {
     postcard::to_allocvec(v).map_err(db_err)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PointKind {
-    Crash,
-}
-
-/// A recovery point as listed by a master target.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PointRecord {
-    pub seq: Seq,
-    pub time: Timestamp,
-    pub kind: PointKind,
-}
+/// Recovery points are decided by the master target's core; the store records them.
+pub use haven_core::master_target::{PointKind, PointRecord};
 
 pub struct MetaStore {
     db: Database,

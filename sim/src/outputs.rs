@@ -232,7 +232,22 @@ impl Cluster {
                     "RemoveReplica({disk}): the simulation never ends a protection"
                 ));
             }
-            mt::Output::JournalAppend { id, header, data } => {
+            mt::Output::JournalAppend {
+                id,
+                header,
+                data,
+                point,
+                ..
+            } => {
+                if point.as_ref().is_some_and(|p| p.seq != header.last_seq) {
+                    return Err(format!(
+                        "{} put the point of batch {}..={} at seq {}",
+                        n.name(),
+                        header.first_seq,
+                        header.last_seq,
+                        point.map_or(0, |p| p.seq)
+                    ));
+                }
                 if self.storage_error(n, false) {
                     return Ok(());
                 }
@@ -242,7 +257,7 @@ impl Cluster {
                 let at = self.store_latency();
                 self.mt_stores[i]
                     .pending
-                    .push(at, MtWork::Append(id, header, data));
+                    .push(at, MtWork::Append(id, header, data, point.is_some()));
             }
         }
         Ok(())

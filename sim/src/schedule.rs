@@ -237,9 +237,9 @@ impl Cluster {
             Node::Mt(i) => {
                 let i = i as usize;
                 let input = match self.mt_stores[i].pending.pop().expect("ready") {
-                    MtWork::Append(id, header, data) => {
+                    MtWork::Append(id, header, data, point) => {
                         let (disk, journal_bytes, index) =
-                            self.mt_stores[i].complete_append(header, data)?;
+                            self.mt_stores[i].complete_append(header, data, point)?;
                         self.note(n, "JournalPersisted", id);
                         self.check_point(i, &disk, index)?;
                         mt::Input::JournalPersisted { id, journal_bytes }

@@ -288,8 +288,8 @@ pub struct MtStore {
 
 /// A master target's store request not yet durable.
 pub enum MtWork {
-    /// A journal append: (append id, header, raw data).
-    Append(u64, BatchHeader, Vec<u8>),
+    /// A journal append: (append id, header, raw data, whether the core made it a point).
+    Append(u64, BatchHeader, Vec<u8>, bool),
     /// A replica's metadata saved (and its replica created, if `create`).
     Save {
         save: u64,
@@ -308,15 +308,17 @@ impl MtStore {
     pub fn pending_of(&self, disk: &DiskId) -> usize {
         self.pending
             .iter()
-            .filter(|w| matches!(w, MtWork::Append(_, h, _) if &h.disk == disk))
+            .filter(|w| matches!(w, MtWork::Append(_, h, ..) if &h.disk == disk))
             .count()
     }
 
-    /// Makes an append durable; returns (disk, journal bytes, the entry's index).
+    /// Makes an append durable, recording a recovery point at its end if `point`; returns
+    /// (disk, journal bytes, the entry's index).
     pub fn complete_append(
         &mut self,
         header: BatchHeader,
         data: Vec<u8>,
+        point: bool,
     ) -> Result<(DiskId, u64, usize), String> {
         let disk = header.disk.clone();
         let r = self
@@ -329,7 +331,7 @@ impl MtStore {
             r.digest.update(&r.image, B, first, n);
         }
         r.journal_bytes += data.len() as u64;
-        if header.consistent {
+        if point {
             r.points.push((header.last_seq, r.journal.len()));
         }
         r.journal.push(JournalEntry { header, data });

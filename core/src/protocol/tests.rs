@@ -105,6 +105,7 @@ fn every_message() -> Vec<Message> {
     let mt_stats = MasterTargetStats {
         replicas: vec![ReplicaStats {
             disk: disk(),
+            epoch: Epoch(1),
             size_bytes: 1 << 30,
             applied_seq: 8,
             points: 3,

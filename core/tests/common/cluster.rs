@@ -60,7 +60,8 @@ pub struct Cluster {
 
     // Master target storage.
     pub hold_journal: bool,
-    pub pending_journal: VecDeque<(u64, BatchHeader, Vec<u8>)>,
+    /// (append id, header, raw data, whether the core made its end a recovery point)
+    pub pending_journal: VecDeque<(u64, BatchHeader, Vec<u8>, bool)>,
     pub replica: Vec<u8>,
     /// replica_at[seq]: the replica at each batch boundary.
     pub replica_at: BTreeMap<Seq, Vec<u8>>,

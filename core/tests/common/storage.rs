@@ -155,8 +155,18 @@ impl Cluster {
                 self.local
                     .push_back(Local::Mt(mt::Input::ReplicaSaved { save }));
             }
-            mt::Output::JournalAppend { id, header, data } => {
-                self.pending_journal.push_back((id, header, data));
+            mt::Output::JournalAppend {
+                id,
+                header,
+                data,
+                point,
+                ..
+            } => {
+                if let Some(p) = &point {
+                    assert_eq!(p.seq, header.last_seq, "a point inside a batch");
+                }
+                self.pending_journal
+                    .push_back((id, header, data, point.is_some()));
                 if !self.hold_journal {
                     self.persist_journal(usize::MAX);
                 }
@@ -167,7 +177,7 @@ impl Cluster {
     /// Makes the first `n` pending journal appends durable, applying them to the replica.
     pub fn persist_journal(&mut self, n: usize) {
         for _ in 0..n {
-            let Some((id, h, data)) = self.pending_journal.pop_front() else {
+            let Some((id, h, data, point)) = self.pending_journal.pop_front() else {
                 return;
             };
             h.validate().unwrap();
@@ -210,7 +220,11 @@ impl Cluster {
             self.journal_seq = h.last_seq;
             self.journal_bytes += data.len() as u64 + 64;
             self.journal_appends += 1;
-            if h.consistent {
+            assert_eq!(
+                point, h.consistent,
+                "a point where a batch is not consistent"
+            );
+            if point {
                 assert!(
                     self.replica == self.source_at[h.last_seq as usize],
                     "replica differs from the source as it was at seq {}",

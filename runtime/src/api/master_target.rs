@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use haven_core::ids::DiskId;
-use haven_core::stats::ReplicaStats;
+use haven_core::stats::{MasterTargetStats, ReplicaStats};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -30,8 +30,12 @@ pub const IMAGE_CHUNK_BYTES: u64 = 1 << 20;
 const IMAGE_CHUNKS_AHEAD: usize = 8;
 
 pub struct MtApi<V: crate::vfs::Vfs + Clone> {
+    /// The replicas' data, for images.
     pub replicas: Replicas<V>,
+    /// Recovery points as recorded.
     pub meta: Arc<MetaStore>,
+    /// The replicas' metadata as the core holds it, published after every round.
+    pub stats: tokio::sync::watch::Receiver<MasterTargetStats>,
 }
 
 #[derive(Serialize)]
@@ -86,27 +90,26 @@ pub fn router<V: crate::vfs::Vfs + Clone + Send + 'static>(api: MtApi<V>) -> Rou
 type St<V> = State<Arc<MtApi<V>>>;
 
 async fn list<V: crate::vfs::Vfs + Clone>(State(api): St<V>) -> Response {
-    let replicas = api.replicas.lock().expect("replica lock");
-    let v: Vec<ReplicaView> = replicas
-        .values()
+    let v: Vec<ReplicaView> = api
+        .stats
+        .borrow()
+        .replicas
+        .iter()
         .map(|r| ReplicaView {
-            disk: r.meta.disk.clone(),
-            size_bytes: r.meta.size_bytes,
-            epoch: r.meta.epoch.0,
-            applied_seq: r.meta.applied_seq,
-            points: r.meta.points,
-            journal_bytes: r.meta.journal_bytes,
-            inconsistent: r.meta.inconsistent.clone(),
+            disk: r.disk.clone(),
+            size_bytes: r.size_bytes,
+            epoch: r.epoch.0,
+            applied_seq: r.applied_seq,
+            points: r.points,
+            journal_bytes: r.journal_bytes,
+            inconsistent: r.inconsistent.clone(),
         })
         .collect();
     json(StatusCode::OK, &v)
 }
 
 async fn metrics<V: crate::vfs::Vfs + Clone>(State(api): St<V>) -> Response {
-    let stats: Vec<ReplicaStats> = {
-        let replicas = api.replicas.lock().expect("replica lock");
-        replicas.values().map(|r| r.meta.stats()).collect()
-    };
+    let stats: Vec<ReplicaStats> = api.stats.borrow().replicas.clone();
     crate::metrics::Metrics::default()
         .replicas(&stats)
         .response_owned()
@@ -161,7 +164,7 @@ async fn image<V: crate::vfs::Vfs + Clone + Send + 'static>(
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
     let size = match api.replicas.lock().expect("replica lock").get(&disk) {
-        Some(r) => r.meta.size_bytes,
+        Some(r) => r.size_bytes(),
         None => return error(StatusCode::NOT_FOUND, &format!("no replica of {disk} here")),
     };
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());

@@ -3,7 +3,7 @@
 
 use super::round::{Driver, Effects, NoInbox};
 use super::{Host, RoleError, EVENT_CHANNEL_DEPTH};
-use crate::meta::{MetaStore, PointKind, PointRecord};
+use crate::meta::{MetaStore, PointRecord};
 use crate::net::Net;
 use crate::stores::replica::Replica;
 use crate::transport::Transport;
@@ -14,7 +14,7 @@ use haven_core::protocol::{Hello, Role, PROTOCOL_VERSION};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 #[derive(Clone, Debug)]
 pub struct MasterTargetConfig {
@@ -49,15 +49,15 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     let mut replicas = BTreeMap::new();
     let mut metas = vec![];
     for m in meta.replicas().map_err(fail)? {
-        let r = Replica::open(&vfs, &cfg.data_dir, m, &meta).map_err(fail)?;
+        let (r, m) = Replica::open(&vfs, &cfg.data_dir, m, &meta).map_err(fail)?;
         tracing::info!(
             "replica {}: applied through seq {}, {} points",
-            r.meta.disk,
-            r.meta.applied_seq,
-            r.meta.points
+            m.disk,
+            m.applied_seq,
+            m.points
         );
-        metas.push(r.meta.clone());
-        replicas.insert(r.meta.disk.clone(), r);
+        replicas.insert(m.disk.clone(), r);
+        metas.push(m);
     }
     let replicas: Replicas<V> = Arc::new(Mutex::new(replicas));
     let (listener, addr) = super::bind(&host.transport, &cfg.listen, "protocol")
@@ -72,9 +72,12 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     if cfg.settings.api_addr.is_empty() {
         cfg.settings.api_addr = api_addr.clone();
     }
+    let mt = MasterTarget::new(cfg.settings.clone(), metas, host.clock().now());
+    let (stats, stats_rx) = watch::channel(mt.stats());
     let router = crate::api::master_target::router(crate::api::master_target::MtApi {
         replicas: replicas.clone(),
         meta: meta.clone(),
+        stats: stats_rx,
     });
     super::spawn_http_api::<T>(api, "master target API", router);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_DEPTH);
@@ -92,15 +95,14 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
     );
     net.listen(listener);
     let clock = host.clock();
-    let mt = MasterTarget::new(cfg.settings.clone(), metas, clock.now());
     let effects = MtEffects {
         net,
         replicas,
         meta,
         vfs,
         root: cfg.data_dir.clone(),
-        point_commits: 0,
         appended: vec![],
+        stats,
     };
     let task = tokio::spawn(Driver::new(mt, effects, clock).run(ev_rx, NoInbox));
     Ok(MasterTargetHandle {
@@ -117,20 +119,18 @@ struct MtEffects<T: Transport, V: Vfs + Clone> {
     meta: Arc<MetaStore>,
     vfs: V,
     root: PathBuf,
-    point_commits: u64,
     /// Appends of this round, waiting for the round's fsync.
     appended: Vec<Appended>,
+    /// The replicas' metadata as the core has it, for the API.
+    stats: watch::Sender<haven_core::stats::MasterTargetStats>,
 }
-
-/// Point commits between two that wait for the disk (the others are rebuilt from the journal
-/// after a crash).
-const POINT_COMMITS_PER_SYNC: u64 = 64;
 
 /// An append done in this round, waiting for the round's fsync.
 struct Appended {
     id: u64,
     disk: DiskId,
     point: Option<PointRecord>,
+    sync_point: bool,
 }
 
 impl<T: Transport, V: Vfs + Clone + Send + 'static> Effects for MtEffects<T, V> {
@@ -146,6 +146,18 @@ impl<T: Transport, V: Vfs + Clone + Send + 'static> Effects for MtEffects<T, V> 
         match x {}
     }
 
+    /// The API lists what the core holds, fresh after every round that changed it.
+    fn after_round(&mut self, mt: &MasterTarget, _now: haven_core::time::Timestamp) {
+        let now = mt.stats();
+        self.stats.send_if_modified(|s| {
+            let changed = *s != now;
+            if changed {
+                *s = now;
+            }
+            changed
+        });
+    }
+
     /// Syncs the journals appended to, records their points, then reports them persisted.
     fn commit(&mut self, inputs: &mut VecDeque<Input>) -> Result<(), RoleError> {
         if self.appended.is_empty() {
@@ -153,28 +165,25 @@ impl<T: Transport, V: Vfs + Clone + Send + 'static> Effects for MtEffects<T, V> 
         }
         let appended = std::mem::take(&mut self.appended);
         let mut replicas = self.replicas.lock().expect("replica lock");
-        let mut points: BTreeMap<DiskId, Vec<PointRecord>> = BTreeMap::new();
+        // Per disk: its points of the round, and whether the core asked for one to be synced.
+        let mut points: BTreeMap<DiskId, (Vec<PointRecord>, bool)> = BTreeMap::new();
         for a in &appended {
-            points
-                .entry(a.disk.clone())
-                .or_default()
-                .extend(a.point.clone());
+            let (pts, sync) = points.entry(a.disk.clone()).or_default();
+            pts.extend(a.point.clone());
+            *sync |= a.sync_point;
         }
-        for (disk, pts) in &points {
+        for (disk, (pts, sync)) in &points {
             let Some(r) = replicas.get_mut(disk) else {
                 continue; // Removed after its append in this round.
             };
             r.sync()
                 .map_err(|e| fail(format!("journal fsync failed: {e}")))?;
-            self.point_commits += 1;
-            let durable = self.point_commits.is_multiple_of(POINT_COMMITS_PER_SYNC);
-            self.meta
-                .add_points_with(disk, pts, durable)
-                .map_err(fail)?;
-            r.meta.points += pts.len() as u64;
+            if !pts.is_empty() {
+                self.meta.add_points_with(disk, pts, *sync).map_err(fail)?;
+            }
         }
         for a in appended {
-            let journal_bytes = replicas.get(&a.disk).map_or(0, |r| r.meta.journal_bytes);
+            let journal_bytes = replicas.get(&a.disk).map_or(0, |r| r.journal_bytes());
             inputs.push_back(Input::JournalPersisted {
                 id: a.id,
                 journal_bytes,
@@ -190,16 +199,10 @@ impl<T: Transport, V: Vfs + Clone + Send + 'static> Effects for MtEffects<T, V> 
             Output::Net(cmd) => self.net.execute(cmd),
             Output::CreateReplica { save, meta: m } => {
                 self.meta.save_replica(&m).map_err(fail)?;
-                let r = Replica::open(&self.vfs, &self.root, m, &self.meta).map_err(fail)?;
-                tracing::info!(
-                    "replica {} created ({} bytes)",
-                    r.meta.disk,
-                    r.meta.size_bytes
-                );
-                self.replicas
-                    .lock()
-                    .expect("replica lock")
-                    .insert(r.meta.disk.clone(), r);
+                let disk = m.disk.clone();
+                let (r, _) = Replica::open(&self.vfs, &self.root, m, &self.meta).map_err(fail)?;
+                tracing::info!("replica {disk} created ({} bytes)", r.size_bytes());
+                self.replicas.lock().expect("replica lock").insert(disk, r);
                 inputs.push_back(Input::ReplicaSaved { save });
             }
             Output::SaveReplica { save, meta: m } => {
@@ -207,10 +210,6 @@ impl<T: Transport, V: Vfs + Clone + Send + 'static> Effects for MtEffects<T, V> 
                     tracing::warn!("replica {} is inconsistent: {why}", m.disk);
                 }
                 self.meta.save_replica(&m).map_err(fail)?;
-                if let Some(r) = self.replicas.lock().expect("replica lock").get_mut(&m.disk) {
-                    r.meta.epoch = m.epoch;
-                    r.meta.inconsistent = m.inconsistent.clone();
-                }
                 inputs.push_back(Input::ReplicaSaved { save });
             }
             Output::RemoveReplica(disk) => {
@@ -221,21 +220,23 @@ impl<T: Transport, V: Vfs + Clone + Send + 'static> Effects for MtEffects<T, V> 
                 self.meta.remove_replica(&disk).map_err(fail)?;
                 tracing::info!("replica {disk} removed: its protection ended");
             }
-            Output::JournalAppend { id, header, data } => {
+            Output::JournalAppend {
+                id,
+                header,
+                data,
+                point,
+                sync_point,
+            } => {
                 let mut replicas = self.replicas.lock().expect("replica lock");
                 let r = replicas
                     .get_mut(&header.disk)
                     .expect("core appends only to known replicas");
                 r.append(&header, &data).map_err(fail)?;
-                let point = header.consistent.then_some(PointRecord {
-                    seq: header.last_seq,
-                    time: header.last_time,
-                    kind: PointKind::Crash,
-                });
                 self.appended.push(Appended {
                     id,
                     disk: header.disk.clone(),
                     point,
+                    sync_point,
                 });
             }
         }

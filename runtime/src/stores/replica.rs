@@ -48,8 +48,11 @@ pub enum ReplicaError {
     Meta(#[from] crate::meta::MetaError),
 }
 
+/// A replica's data. Its metadata (epoch, applied seq, points, consistency) is the master
+/// target core's alone: the store keeps only what reading and appending need.
 pub struct Replica<V: Vfs> {
-    pub meta: ReplicaMeta,
+    disk: DiskId,
+    size_bytes: u64,
     base: V::File,
     journal: SegmentLog<V>,
     index: BlockIndex,
@@ -92,13 +95,14 @@ pub fn replica_dir(root: &Path, disk: &DiskId) -> PathBuf {
 }
 
 impl<V: Vfs + Clone> Replica<V> {
-    /// Creates or opens a replica under `root`, rebuilding the index from the journal.
+    /// Creates or opens a replica under `root`, rebuilding the index from the journal; also
+    /// `meta` with what the journal says (applied seq, points, journal bytes), for the core.
     pub fn open(
         vfs: &V,
         root: &Path,
         mut meta: ReplicaMeta,
         store: &MetaStore,
-    ) -> Result<Self, ReplicaError> {
+    ) -> Result<(Self, ReplicaMeta), ReplicaError> {
         let disk = meta.disk.to_string();
         let dir = replica_dir(root, &meta.disk);
         let io = |what: &str| {
@@ -147,12 +151,23 @@ impl<V: Vfs + Clone> Replica<V> {
         meta.applied_seq = applied;
         meta.points = store.points(&meta.disk)?.len() as u64;
         meta.journal_bytes = journal.stats().bytes;
-        Ok(Replica {
-            meta,
+        let replica = Replica {
+            disk: meta.disk.clone(),
+            size_bytes: meta.size_bytes,
             base,
             journal,
             index,
-        })
+        };
+        Ok((replica, meta))
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// Bytes the journal holds.
+    pub fn journal_bytes(&self) -> u64 {
+        self.journal.stats().bytes
     }
 
     /// Appends a batch (raw data) to the journal and indexes it. Not durable until `sync`.
@@ -162,11 +177,9 @@ impl<V: Vfs + Clone> Replica<V> {
         let loc = self
             .journal
             .append_parts(header.first_seq, header.last_seq, &[&ctl_len, &ctl, data])
-            .map_err(|e| ReplicaError::Journal(e, self.meta.disk.to_string()))?;
+            .map_err(|e| ReplicaError::Journal(e, self.disk.to_string()))?;
         self.index
             .insert_batch(header, loc_key(loc), 4 + ctl.len() as u64);
-        self.meta.applied_seq = header.last_seq;
-        self.meta.journal_bytes = self.journal.stats().bytes;
         Ok(())
     }
 
@@ -174,12 +187,12 @@ impl<V: Vfs + Clone> Replica<V> {
     /// metadata goes next (`MetaStore::remove_replica`): a crash between the two leaves an empty
     /// replica that the configuration server has removed again.
     pub fn remove(self, vfs: &V, root: &Path) -> Result<(), ReplicaError> {
-        let disk = self.meta.disk.to_string();
+        let disk = self.disk.to_string();
         let io = |what: &str| {
             let (disk, what) = (disk.clone(), what.to_string());
             move |source| ReplicaError::Io { disk, what, source }
         };
-        let dir = replica_dir(root, &self.meta.disk);
+        let dir = replica_dir(root, &self.disk);
         drop(self);
         let journal = dir.join("journal");
         for f in vfs.list_dir(&journal).map_err(io("list journal"))? {
@@ -195,7 +208,7 @@ impl<V: Vfs + Clone> Replica<V> {
     pub fn sync(&mut self) -> Result<(), ReplicaError> {
         self.journal
             .sync()
-            .map_err(|e| ReplicaError::Journal(e, self.meta.disk.to_string()))
+            .map_err(|e| ReplicaError::Journal(e, self.disk.to_string()))
     }
 
     pub fn index_entries(&self) -> usize {
@@ -204,11 +217,11 @@ impl<V: Vfs + Clone> Replica<V> {
 
     /// Reads `buf.len()` bytes at `offset` of the disk as it was at `seq`.
     pub fn read_at(&self, seq: Seq, offset: u64, buf: &mut [u8]) -> Result<(), ReplicaError> {
-        let size = self.meta.size_bytes;
+        let size = self.size_bytes;
         let len = buf.len() as u64;
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(ReplicaError::OutOfRange {
-                disk: self.meta.disk.to_string(),
+                disk: self.disk.to_string(),
                 offset,
                 len,
                 size,
@@ -244,13 +257,13 @@ impl<V: Vfs + Clone> Replica<V> {
                     };
                     self.journal
                         .read_body_range(loc, body_offset + pos % BLOCK_BYTES, dst)
-                        .map_err(|e| ReplicaError::Journal(e, self.meta.disk.to_string()))?;
+                        .map_err(|e| ReplicaError::Journal(e, self.disk.to_string()))?;
                 }
                 None => self
                     .base
                     .read_at(dst, pos)
                     .map_err(|source| ReplicaError::Io {
-                        disk: self.meta.disk.to_string(),
+                        disk: self.disk.to_string(),
                         what: "read base image".into(),
                         source,
                     })?,
@@ -387,7 +400,7 @@ mod tests {
     fn every_seq_reads_back_as_the_disk_was_then_before_and_after_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = MetaStore::open(&dir.path().join("meta.redb")).unwrap();
-        let mut r = Replica::open(&StdVfs, dir.path(), meta(), &store).unwrap();
+        let (mut r, _) = Replica::open(&StdVfs, dir.path(), meta(), &store).unwrap();
         // The base image holds data of its own: blocks the journal never wrote read from it.
         let mut disk = vec![0u8; (BLOCKS * BLOCK_BYTES) as usize];
         for (i, b) in disk.chunks_mut(B).enumerate().filter(|(i, _)| i % 3 == 0) {
@@ -404,7 +417,6 @@ mod tests {
             disks.push((h.last_seq, disk.clone()));
         }
         r.sync().unwrap();
-        assert_eq!(r.meta.applied_seq, seq - 1);
         assert!(r.index_entries() > 0);
         check_reads(&r, &disks, &mut rng);
         let past = BLOCKS * BLOCK_BYTES;
@@ -417,12 +429,13 @@ mod tests {
 
         // Reopened: the index is rebuilt from the journal and the consistent batches are the
         // recovery points.
-        let r = Replica::open(&StdVfs, dir.path(), meta(), &store).unwrap();
-        assert_eq!(r.meta.applied_seq, seq - 1);
-        assert_eq!(r.meta.points, consistent);
-        assert!(r.meta.journal_bytes > 0);
+        let (r, m) = Replica::open(&StdVfs, dir.path(), meta(), &store).unwrap();
+        assert_eq!(m.applied_seq, seq - 1);
+        assert_eq!(m.points, consistent);
+        assert_eq!(m.journal_bytes, r.journal_bytes());
+        assert!(m.journal_bytes > 0);
         check_reads(&r, &disks, &mut rng);
-        let journal = replica_dir(dir.path(), &r.meta.disk).join("journal");
+        let journal = replica_dir(dir.path(), &r.disk).join("journal");
         assert!(!StdVfs.list_dir(&journal).unwrap().is_empty());
 
         // Removed: no file of it is left.
@@ -438,7 +451,7 @@ mod tests {
     fn a_read_across_blocks_of_one_record_follows_the_index_not_the_record() {
         let dir = tempfile::tempdir().unwrap();
         let store = MetaStore::open(&dir.path().join("meta.redb")).unwrap();
-        let mut r = Replica::open(&StdVfs, dir.path(), meta(), &store).unwrap();
+        let (mut r, _) = Replica::open(&StdVfs, dir.path(), meta(), &store).unwrap();
         let op = |seq, block| Op {
             seq,
             block,

@@ -16,9 +16,13 @@ use crate::batch::{decompress, BatchHeader};
 use crate::ids::{ComponentId, ConnId, DiskId, Epoch, Seq};
 use crate::net::{ConnectToken, NetCommand, NetEvent};
 use crate::protocol::{Message, Registration};
-use crate::stats::{MasterTargetStats, ReplicaStats};
+use crate::stats::MasterTargetStats;
 use crate::time::{earliest, Timestamp};
 use std::collections::{BTreeMap, VecDeque};
+
+mod replica;
+
+pub use replica::{PointKind, PointRecord, ReplicaMeta, POINTS_PER_SYNC};
 
 const CS_TOKEN: ConnectToken = u64::MAX;
 /// Appends in flight per replica (handed to the driver, not yet durable).
@@ -32,32 +36,6 @@ pub struct MasterTargetSettings {
     pub api_addr: String,
     pub heartbeat_interval_ms: u64,
     pub reconnect_delay_ms: u64,
-}
-
-/// What the master target persists about a replica (besides its base, journal and points).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ReplicaMeta {
-    pub disk: DiskId,
-    pub epoch: Epoch,
-    pub size_bytes: u64,
-    pub applied_seq: Seq,
-    pub points: u64,
-    pub journal_bytes: u64,
-    pub inconsistent: Option<String>,
-}
-
-impl ReplicaMeta {
-    /// What the master target reports of this replica (heartbeats, `/metrics`).
-    pub fn stats(&self) -> ReplicaStats {
-        ReplicaStats {
-            disk: self.disk.clone(),
-            size_bytes: self.size_bytes,
-            applied_seq: self.applied_seq,
-            points: self.points,
-            journal_bytes: self.journal_bytes,
-            inconsistent: self.inconsistent.clone(),
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -92,12 +70,15 @@ pub enum Output {
     },
     /// The disk's protection ended: delete its replica (base, journal, points, metadata).
     RemoveReplica(DiskId),
-    /// Append this batch (raw data) to the replica's journal, fsync, index it and record its
-    /// recovery point; then answer `JournalPersisted`.
+    /// Append this batch (raw data) to the replica's journal, fsync, index it and, after the
+    /// fsync, record `point` (synced to disk too if `sync_point`); then answer
+    /// `JournalPersisted`.
     JournalAppend {
         id: u64,
         header: BatchHeader,
         data: Vec<u8>,
+        point: Option<PointRecord>,
+        sync_point: bool,
     },
 }
 
@@ -134,6 +115,8 @@ pub struct MasterTarget {
     appending: BTreeMap<u64, (DiskId, Seq, bool)>,
     next_append: u64,
     next_save: u64,
+    /// Recovery points decided since this master target started (for `POINTS_PER_SYNC`).
+    points_decided: u64,
     cs: Link,
     next_heartbeat: Timestamp,
     out: VecDeque<Output>,
@@ -165,6 +148,7 @@ impl MasterTarget {
             appending: BTreeMap::new(),
             next_append: 1,
             next_save: 1,
+            points_decided: 0,
             cs: Link::Idle,
             next_heartbeat: now,
             out: VecDeque::new(),
@@ -442,12 +426,24 @@ impl MasterTarget {
             id,
             (header.disk.clone(), header.last_seq, header.consistent),
         );
+        // Every consistent batch ends a crash-consistent recovery point.
+        let point = header.consistent.then_some(PointRecord {
+            seq: header.last_seq,
+            time: header.last_time,
+            kind: PointKind::Crash,
+        });
+        if point.is_some() {
+            self.points_decided += 1;
+        }
+        let sync_point = point.is_some() && self.points_decided.is_multiple_of(POINTS_PER_SYNC);
         let mut header = header;
         header.encoding = crate::batch::Encoding::Raw;
         self.out.push_back(Output::JournalAppend {
             id,
             header,
             data: raw,
+            point,
+            sync_point,
         });
     }
 
