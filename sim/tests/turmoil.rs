@@ -85,7 +85,7 @@ fn power_cut_at_a_sync_loses_nothing() {
                 },
             )],
         );
-        let d = if host == "mt" { &disks.mt } else { &disks.ps };
+        let d = disks.of(host);
         assert_eq!(
             d.vfs.stats().crashes,
             1,
@@ -154,7 +154,7 @@ fn master_target_disk_full_stops_it_and_it_recovers() {
             },
         )],
     );
-    let stops = disks.mt.stops.lock().unwrap().clone();
+    let stops = disks.mt[0].stops.lock().unwrap().clone();
     assert!(
         !stops.is_empty(),
         "the master target stopped on the full disk"
@@ -179,7 +179,7 @@ fn process_server_disk_full_stops_it_and_it_recovers() {
         )],
     );
     assert!(
-        !disks.ps.stops.lock().unwrap().is_empty(),
+        !disks.ps[0].stops.lock().unwrap().is_empty(),
         "the process server stopped on the full disk"
     );
 }

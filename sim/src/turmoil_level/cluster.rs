@@ -2,10 +2,11 @@
 
 use super::durability::Durability;
 use super::tap::{SendHook, TapTcp};
+use super::topology::{DiskSpec, Topology};
 use crate::storage::{SimRedbDisk, SimVfs};
 use haven_core::agent::AgentSettings;
 use haven_core::config_server::ConfigServerSettings;
-use haven_core::ids::{ComponentId, DiskId};
+use haven_core::ids::ComponentId;
 use haven_core::master_target::MasterTargetSettings;
 use haven_core::process_server::ProcessServerSettings;
 use haven_runtime::drivers::agent::{AgentConfig, AgentDiskConfig};
@@ -73,33 +74,79 @@ impl Disks {
     }
 }
 
-/// The four hosts' disks, and the checker of the durability chain that watches them.
+/// Every host's disks, and the checker of the durability chain that watches them.
 #[derive(Clone)]
 pub struct ClusterDisks {
+    pub topology: Topology,
     pub cs: Disks,
-    pub ps: Disks,
-    pub mt: Disks,
-    pub agent: Disks,
+    /// One per process server, in the order of `Topology::ps_hosts`.
+    pub ps: Vec<Disks>,
+    /// One per master target, in the order of `Topology::mt_hosts`.
+    pub mt: Vec<Disks>,
+    /// One per agent, in the order of `Topology::agent_hosts`.
+    pub agent: Vec<Disks>,
     pub durability: Arc<Durability>,
 }
 
 impl Default for ClusterDisks {
     fn default() -> Self {
-        let (ps, mt) = (Disks::default(), Disks::default());
-        let durability = Arc::new(Durability::new(ps.vfs.clone(), mt.vfs.clone()));
-        let d = durability.clone();
-        ps.vfs.on_remove(Arc::new(move |path| d.on_ps_remove(path)));
-        ClusterDisks {
-            cs: Disks::default(),
-            ps,
-            mt,
-            agent: Disks::default(),
-            durability,
-        }
+        ClusterDisks::new(&Topology::single())
     }
 }
 
 impl ClusterDisks {
+    pub fn new(topology: &Topology) -> ClusterDisks {
+        let ps: Vec<Disks> = (0..topology.pss).map(|_| Disks::default()).collect();
+        let mt: Vec<Disks> = (0..topology.mts).map(|_| Disks::default()).collect();
+        let durability = Arc::new(Durability::new(
+            topology
+                .ps_hosts()
+                .iter()
+                .copied()
+                .zip(ps.iter().map(|d| d.vfs.clone()))
+                .collect(),
+            topology
+                .mt_hosts()
+                .iter()
+                .copied()
+                .zip(mt.iter().map(|d| d.vfs.clone()))
+                .collect(),
+        ));
+        for (i, d) in ps.iter().enumerate() {
+            let checker = durability.clone();
+            d.vfs
+                .on_remove(Arc::new(move |path| checker.on_ps_remove(i, path)));
+        }
+        ClusterDisks {
+            topology: topology.clone(),
+            cs: Disks::default(),
+            ps,
+            mt,
+            agent: topology.agents.iter().map(|_| Disks::default()).collect(),
+            durability,
+        }
+    }
+
+    /// The disks of the host named `host`.
+    pub fn of(&self, host: &str) -> &Disks {
+        let t = &self.topology;
+        if host == "cs" {
+            return &self.cs;
+        }
+        if let Some(i) = t.ps_hosts().iter().position(|h| *h == host) {
+            return &self.ps[i];
+        }
+        if let Some(i) = t.mt_hosts().iter().position(|h| *h == host) {
+            return &self.mt[i];
+        }
+        let i = t
+            .agent_hosts()
+            .iter()
+            .position(|h| *h == host)
+            .unwrap_or_else(|| panic!("no host {host} in {t:?}"));
+        &self.agent[i]
+    }
+
     /// The hook that shows every message a host sends to the durability checker.
     fn send_hook(&self) -> SendHook {
         let d = self.durability.clone();
@@ -128,8 +175,8 @@ async fn run_role<H>(
     Ok(())
 }
 
-/// Adds the four role hosts to `sim`. Each host's closure starts its driver from its disks, so
-/// `sim.bounce(name)` after `disks.crash()` is a restart after power loss.
+/// Adds the topology's role hosts to `sim`. Each host's closure starts its driver from its
+/// disks, so `sim.bounce(name)` after `disks.crash()` is a restart after power loss.
 pub fn add_hosts(sim: &mut turmoil::Sim<'_>, disks: &ClusterDisks) {
     let d = disks.cs.clone();
     sim.host("cs", move || {
@@ -155,49 +202,52 @@ pub fn add_hosts(sim: &mut turmoil::Sim<'_>, disks: &ClusterDisks) {
             .await
         }
     });
-    let (d, hook) = (disks.ps.clone(), disks.send_hook());
-    sim.host("ps", move || {
-        let (host, stops) = (d.host("ps", Some(hook.clone())), d.stops.clone());
-        async move {
-            run_role(
-                drivers::process_server::start(host, ps_config()).await,
-                |h| h.task,
-                stops,
-            )
-            .await
-        }
-    });
-    let (d, hook) = (disks.mt.clone(), disks.send_hook());
-    sim.host("mt", move || {
-        let (host, stops) = (d.host("mt", Some(hook.clone())), d.stops.clone());
-        async move {
-            run_role(
-                drivers::master_target::start(host, mt_config()).await,
-                |h| h.task,
-                stops,
-            )
-            .await
-        }
-    });
-    let d = disks.agent.clone();
-    sim.host("agent", move || {
-        let (host, stops) = (d.host("agent", None), d.stops.clone());
-        async move {
-            run_role(
-                drivers::agent::start(host, agent_config()).await,
-                |h| h.task,
-                stops,
-            )
-            .await
-        }
-    });
+    let t = disks.topology.clone();
+    for (i, &name) in t.ps_hosts().iter().enumerate() {
+        let (d, hook) = (disks.ps[i].clone(), disks.send_hook());
+        sim.host(name, move || {
+            let (host, stops) = (d.host(name, Some(hook.clone())), d.stops.clone());
+            async move {
+                run_role(
+                    drivers::process_server::start(host, ps_config(name)).await,
+                    |h| h.task,
+                    stops,
+                )
+                .await
+            }
+        });
+    }
+    for (i, &name) in t.mt_hosts().iter().enumerate() {
+        let (d, hook) = (disks.mt[i].clone(), disks.send_hook());
+        sim.host(name, move || {
+            let (host, stops) = (d.host(name, Some(hook.clone())), d.stops.clone());
+            async move {
+                run_role(
+                    drivers::master_target::start(host, mt_config(name)).await,
+                    |h| h.task,
+                    stops,
+                )
+                .await
+            }
+        });
+    }
+    let all = t.disks();
+    for (i, &name) in t.agent_hosts().iter().enumerate() {
+        let d = disks.agent[i].clone();
+        let mine: Vec<DiskSpec> = all.iter().filter(|s| s.agent == name).cloned().collect();
+        sim.host(name, move || {
+            let (host, stops) = (d.host(name, None), d.stops.clone());
+            let cfg = agent_config(name, &mine);
+            async move { run_role(drivers::agent::start(host, cfg).await, |h| h.task, stops).await }
+        });
+    }
 }
 
-fn ps_config() -> ProcessServerConfig {
+fn ps_config(name: &str) -> ProcessServerConfig {
     let settings = ProcessServerSettings {
-        component: id("ps"),
+        component: id(name),
         config_server_addr: CS.into(),
-        data_addr: "ps:7100".into(),
+        data_addr: format!("{name}:7100"),
         cache_bytes_max: 64 << 20,
         window_batches_max: 8,
         heartbeat_interval_ms: 500,
@@ -218,12 +268,12 @@ fn ps_config() -> ProcessServerConfig {
     }
 }
 
-fn mt_config() -> MasterTargetConfig {
+fn mt_config(name: &str) -> MasterTargetConfig {
     let settings = MasterTargetSettings {
-        component: id("mt"),
+        component: id(name),
         config_server_addr: CS.into(),
-        data_addr: "mt:7200".into(),
-        api_addr: "mt:7280".into(),
+        data_addr: format!("{name}:7200"),
+        api_addr: format!("{name}:7280"),
         heartbeat_interval_ms: 500,
         reconnect_delay_ms: 200,
     };
@@ -235,9 +285,9 @@ fn mt_config() -> MasterTargetConfig {
     }
 }
 
-fn agent_config() -> AgentConfig {
+fn agent_config(name: &str, disks: &[DiskSpec]) -> AgentConfig {
     let settings = AgentSettings {
-        component: id("agent"),
+        component: id(name),
         config_server_addr: CS.into(),
         batch_bytes_max: 256 << 10,
         batch_delay_ms: 10,
@@ -246,14 +296,17 @@ fn agent_config() -> AgentConfig {
         heartbeat_interval_ms: 500,
         reconnect_delay_ms: 200,
     };
-    let disk = AgentDiskConfig {
-        disk: DiskId::new("disk0").expect("valid"),
-        path: "/disk0.img".into(),
-        create_size: Some(DISK_BYTES),
-    };
+    let disks = disks
+        .iter()
+        .map(|s| AgentDiskConfig {
+            disk: s.disk.clone(),
+            path: s.path.clone().into(),
+            create_size: Some(DISK_BYTES),
+        })
+        .collect();
     AgentConfig {
         settings,
-        disks: vec![disk],
+        disks,
         data_dir: "/agent".into(),
         nbd_listen: "0.0.0.0:10809".into(),
         api_listen: Some("0.0.0.0:7380".into()),

@@ -29,9 +29,10 @@ pub struct DurabilityReport {
     pub violations: Vec<String>,
 }
 
+/// The checker of every process server and master target of a run, by host name.
 pub struct Durability {
-    ps: SimVfs,
-    mt: SimVfs,
+    ps: Vec<(&'static str, SimVfs)>,
+    mt: Vec<(&'static str, SimVfs)>,
     report: Mutex<DurabilityReport>,
 }
 
@@ -49,7 +50,7 @@ fn log_seqs(vfs: SimVfs, dir: PathBuf) -> (u64, Vec<(u64, u64)>) {
 }
 
 impl Durability {
-    pub fn new(ps: SimVfs, mt: SimVfs) -> Durability {
+    pub fn new(ps: Vec<(&'static str, SimVfs)>, mt: Vec<(&'static str, SimVfs)>) -> Durability {
         Durability {
             ps,
             mt,
@@ -69,22 +70,38 @@ impl Durability {
         self.lock().violations.push(what);
     }
 
-    /// The highest seq of `disk` in the master target's journal that survives a power loss now.
-    fn mt_durable(&self, disk: &DiskId) -> u64 {
+    /// The highest seq of `disk` in master target `mt`'s journal that survives a power loss now.
+    fn mt_durable_on(&self, mt: &SimVfs, disk: &DiskId) -> u64 {
         let dir = Path::new(MT_REPLICAS).join(disk.as_str()).join("journal");
-        log_seqs(self.mt.durable_copy(&dir), dir).0
+        log_seqs(mt.durable_copy(&dir), dir).0
     }
 
-    fn ps_durable(&self, disk: &DiskId) -> u64 {
+    /// The same on whichever master target holds `disk` (the others hold nothing of it).
+    fn mt_durable(&self, disk: &DiskId) -> u64 {
+        self.mt
+            .iter()
+            .map(|(_, v)| self.mt_durable_on(v, disk))
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn ps_durable(&self, ps: &SimVfs, disk: &DiskId) -> u64 {
         let dir = Path::new(PS_CACHE).join(disk.as_str());
-        log_seqs(self.ps.durable_copy(&dir), dir).0
+        log_seqs(ps.durable_copy(&dir), dir).0
+    }
+
+    fn vfs_of<'a>(list: &'a [(&'static str, SimVfs)], host: &str) -> Option<&'a SimVfs> {
+        list.iter().find(|(h, _)| *h == host).map(|(_, v)| v)
     }
 
     /// `host` sent `msg`: an acknowledgement must not run ahead of durable state.
     pub fn on_send(&self, host: &str, msg: &Message) {
-        match (host, msg) {
+        let ps = Self::vfs_of(&self.ps, host);
+        let mt = Self::vfs_of(&self.mt, host);
+        match (ps, mt, msg) {
             (
-                "ps",
+                Some(ps),
+                _,
                 Message::BatchAck {
                     disk,
                     cached_seq,
@@ -100,16 +117,17 @@ impl Durability {
             ) => {
                 let journal = self.mt_durable(disk);
                 // A batch the master target holds durably may be gone from the cache.
-                let cache = self.ps_durable(disk).max(journal);
+                let cache = self.ps_durable(ps, disk).max(journal);
                 if *cached_seq > cache || *applied_seq > journal {
                     self.violation(format!(
-                        "the process server sent {msg:?} while {disk} was durable through {cache} \
-                         in its cache and {journal} in the master target's journal"
+                        "process server {host} sent {msg:?} while {disk} was durable through \
+                         {cache} in its cache and {journal} in the master target's journal"
                     ));
                 }
             }
             (
-                "mt",
+                _,
+                Some(mt),
                 Message::StreamState {
                     disk, applied_seq, ..
                 }
@@ -117,11 +135,11 @@ impl Durability {
                     disk, applied_seq, ..
                 },
             ) => {
-                let journal = self.mt_durable(disk);
+                let journal = self.mt_durable_on(mt, disk);
                 if *applied_seq > journal {
                     self.violation(format!(
-                        "the master target sent {msg:?} while its journal of {disk} was durable \
-                         through {journal}"
+                        "master target {host} sent {msg:?} while its journal of {disk} was \
+                         durable through {journal}"
                     ));
                 }
             }
@@ -130,9 +148,9 @@ impl Durability {
         self.lock().acks += 1;
     }
 
-    /// The process server is about to delete `path`: if it is a cache segment, every batch in it
-    /// must be durable at the master target.
-    pub fn on_ps_remove(&self, path: &Path) {
+    /// Process server `ps` (its index) is about to delete `path`: if it is a cache segment,
+    /// every batch in it must be durable at the master target.
+    pub fn on_ps_remove(&self, ps: usize, path: &Path) {
         let Ok(rest) = path.strip_prefix(PS_CACHE) else {
             return;
         };
@@ -148,7 +166,8 @@ impl Durability {
             .and_then(|hex| u64::from_str_radix(hex, 16).ok());
         let Some(index) = index else { return };
         let dir = Path::new(PS_CACHE).join(disk.as_str());
-        let (_, per) = log_seqs(self.ps.current_copy(&dir), dir);
+        let (host, vfs) = &self.ps[ps];
+        let (_, per) = log_seqs(vfs.current_copy(&dir), dir);
         let last = per
             .iter()
             .filter(|(seg, _)| *seg == index)
@@ -158,8 +177,8 @@ impl Durability {
         let journal = self.mt_durable(&disk);
         if last > journal {
             self.violation(format!(
-                "the process server deleted cache segment {} holding {disk} through seq {last} \
-                 while the master target's journal was durable through {journal}",
+                "process server {host} deleted cache segment {} holding {disk} through seq \
+                 {last} while the master target's journal was durable through {journal}",
                 path.display()
             ));
         }

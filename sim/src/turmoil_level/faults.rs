@@ -4,6 +4,7 @@
 //! the turmoil swarm, which draws the faults from a seed (`draw`).
 
 use super::cluster::{add_hosts, ClusterDisks, Disks};
+use super::topology::Topology;
 use super::workload::{workload, Checks, Outcome};
 use crate::storage::FaultKind;
 use std::sync::{Arc, Mutex};
@@ -67,12 +68,7 @@ fn schedule(faults: &[(Duration, Fault)]) -> Vec<Action> {
 }
 
 fn disks_of<'a>(disks: &'a ClusterDisks, host: &str) -> &'a Disks {
-    match host {
-        "ps" => &disks.ps,
-        "mt" => &disks.mt,
-        "cs" => &disks.cs,
-        _ => &disks.agent,
-    }
+    disks.of(host)
 }
 
 fn apply(
@@ -140,7 +136,24 @@ fn power_cuts(
     }
 }
 
+/// A run of the single topology (one of each role, one disk): its disk's outcome.
 pub fn run_with(seed: u64, ops: u64, faults: &[(Duration, Fault)]) -> (Outcome, ClusterDisks) {
+    let (mut outcomes, disks) = run_in(&Topology::single(), seed, ops, faults);
+    (outcomes.remove(0), disks)
+}
+
+pub fn run(seed: u64, ops: u64, faults: &[(Duration, Fault)]) -> Outcome {
+    run_with(seed, ops, faults).0
+}
+
+/// A run of `topology`: `ops` ops on each of its disks (each disk's workload drawn from `seed`
+/// and the disk's number), `faults` applied; every disk's outcome, in `Topology::disks` order.
+pub fn run_in(
+    topology: &Topology,
+    seed: u64,
+    ops: u64,
+    faults: &[(Duration, Fault)],
+) -> (Vec<Outcome>, ClusterDisks) {
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .simulation_duration(Duration::from_secs(600))
@@ -148,14 +161,24 @@ pub fn run_with(seed: u64, ops: u64, faults: &[(Duration, Fault)]) -> (Outcome, 
         .min_message_latency(Duration::from_micros(200))
         .max_message_latency(Duration::from_millis(3))
         .build();
-    let disks = ClusterDisks::default();
+    let disks = ClusterDisks::new(topology);
     add_hosts(&mut sim, &disks);
-    let result = Arc::new(Mutex::new(None));
-    let checks = Checks {
-        agent: disks.agent.vfs.clone(),
-        durability: disks.durability.clone(),
-    };
-    sim.client("workload", workload(seed, ops, checks, result.clone()));
+    let specs = topology.disks();
+    let mut results = vec![];
+    for (i, spec) in specs.iter().enumerate() {
+        let result = Arc::new(Mutex::new(None));
+        let checks = Checks {
+            disk: spec.clone(),
+            agent: disks.of(spec.agent).vfs.clone(),
+            mts: topology.mt_hosts().to_vec(),
+            durability: disks.durability.clone(),
+        };
+        // The first disk's workload is the one the single topology always had.
+        let wseed = seed ^ (i as u64).wrapping_mul(0x9e37_79b9);
+        let name = format!("workload-{}", spec.disk);
+        sim.client(name, workload(wseed, ops, checks, result.clone()));
+        results.push(result);
+    }
     let mut actions = schedule(faults);
     let (mut next, mut cuts) = (0, vec![]);
     loop {
@@ -193,32 +216,36 @@ pub fn run_with(seed: u64, ops: u64, faults: &[(Duration, Fault)]) -> (Outcome, 
         "seed {seed}: {:.1} simulated seconds",
         sim.elapsed().as_secs_f64()
     );
-    let outcome = result
-        .lock()
-        .unwrap()
-        .clone()
-        .expect("the workload finished");
-    assert!(
-        !outcome.points.is_empty(),
-        "seed {seed}: recovery points exist"
-    );
+    let outcomes: Vec<Outcome> = results
+        .iter()
+        .zip(&specs)
+        .map(|(r, spec)| {
+            let o = r.lock().unwrap().clone();
+            let o =
+                o.unwrap_or_else(|| panic!("seed {seed}: the workload of {} finished", spec.disk));
+            assert!(
+                !o.points.is_empty(),
+                "seed {seed}: recovery points of {} exist",
+                spec.disk
+            );
+            o
+        })
+        .collect();
+    let syncs = |d: &[Disks]| d.iter().map(|d| d.vfs.stats().syncs).sum::<u64>();
     eprintln!(
-        "seed {seed}: {} points compared, {} acks / {} cache deletions / {} flushes checked \
-         for durability, {} overlapping ops, {} sent in flight; file syncs: ps {}, mt {}",
-        outcome.points_compared,
+        "seed {seed}: {} disks, {} points compared, {} acks / {} cache deletions / {} flushes \
+         checked for durability, {} overlapping ops, {} sent in flight; file syncs: ps {}, mt {}",
+        outcomes.len(),
+        outcomes.iter().map(|o| o.points_compared).sum::<usize>(),
         report.acks,
         report.releases,
         report.flushes,
-        outcome.overlapping,
-        outcome.in_flight,
-        disks.ps.vfs.stats().syncs,
-        disks.mt.vfs.stats().syncs
+        outcomes.iter().map(|o| o.overlapping).sum::<u64>(),
+        outcomes.iter().map(|o| o.in_flight).sum::<u64>(),
+        syncs(&disks.ps),
+        syncs(&disks.mt)
     );
-    (outcome, disks)
-}
-
-pub fn run(seed: u64, ops: u64, faults: &[(Duration, Fault)]) -> Outcome {
-    run_with(seed, ops, faults).0
+    (outcomes, disks)
 }
 
 /// The simulation's seeded generator, with the two draws the faults need.
@@ -236,40 +263,62 @@ impl Draw {
     }
 }
 
-/// Links a partition or a hold may cut.
-const LINKS: [(&str, &str); 5] = [
-    ("agent", "ps"),
-    ("ps", "mt"),
-    ("cs", "ps"),
-    ("cs", "mt"),
-    ("cs", "agent"),
-];
+/// What swarm seed `seed` runs: its topology, the ops per disk, and the faults.
+#[derive(Clone, Debug)]
+pub struct Drawn {
+    pub topology: Topology,
+    pub ops: u64,
+    pub faults: Vec<(Duration, Fault)>,
+}
 
-/// The workload length and the faults of swarm seed `seed`: one to three faults among power
-/// losses of the process server, master target or configuration server (at a moment, or at a
-/// drawn file sync), partitions, holds and full disks, starting in the first 1.5 simulated seconds (the workload runs 1 to 10). (Agent power loss is left out: an
-/// agent crash loses the writes it held, which marks the replica inconsistent until the
-/// resync of the next issue exists.)
-pub fn draw(seed: u64) -> (u64, Vec<(Duration, Fault)>) {
+/// The topology, workload length and faults of swarm seed `seed`.
+///
+/// The topology: one to three agents with one or two disks each, one or two process servers
+/// and master targets. The ops: 60 to 120 in all, shared among the disks (at least 30 each).
+/// The faults: one to three among power losses of a process server, master target or the
+/// configuration server (at a moment, or at a drawn file sync), partitions and holds of any
+/// link of the topology, and full disks, starting in the first 1.5 simulated seconds (the
+/// workload runs 1 to 10). (Agent power loss is left out: an agent crash loses the writes it
+/// held, which marks the replica inconsistent until the resync of the next issue exists.)
+pub fn draw(seed: u64) -> Drawn {
     let mut d = Draw(crate::rng::Rng::new(seed ^ 0x7475_726d_6f69_6c21));
-    let ops = 60 + d.below(61);
+    let total_ops = 60 + d.below(61);
     let n = 1 + d.below(3);
+    let topology = Topology {
+        agents: (0..1 + d.below(3))
+            .map(|_| 1 + d.below(2) as usize)
+            .collect(),
+        pss: 1 + d.below(2) as usize,
+        mts: 1 + d.below(2) as usize,
+    }
+    .bounded();
+    let disks = topology.disks().len() as u64;
+    let ops = (total_ops / disks).max(30);
+    let stores: Vec<&'static str> = topology
+        .ps_hosts()
+        .iter()
+        .chain(topology.mt_hosts())
+        .copied()
+        .collect();
+    let mut crashable = stores.clone();
+    crashable.push("cs");
+    let links = topology.links();
     let mut faults = vec![];
     for _ in 0..n {
         let at = d.ms(50, 1500);
         let fault = match d.below(5) {
             0 => Fault::Crash {
-                host: d.pick(&["ps", "mt", "cs"]),
+                host: d.pick(&crashable),
                 down: d.ms(200, 2000),
             },
             4 => Fault::PowerCut {
                 // The configuration server keeps only redb, which the cut does not reach.
-                host: d.pick(&["ps", "mt"]),
+                host: d.pick(&stores),
                 sync: 1 + d.below(60),
                 down: d.ms(200, 2000),
             },
             1 => {
-                let (a, b) = d.pick(&LINKS);
+                let (a, b) = d.pick(&links);
                 Fault::Partition {
                     a,
                     b,
@@ -277,7 +326,7 @@ pub fn draw(seed: u64) -> (u64, Vec<(Duration, Fault)>) {
                 }
             }
             2 => {
-                let (a, b) = d.pick(&LINKS);
+                let (a, b) = d.pick(&links);
                 Fault::Hold {
                     a,
                     b,
@@ -285,11 +334,15 @@ pub fn draw(seed: u64) -> (u64, Vec<(Duration, Fault)>) {
                 }
             }
             _ => Fault::DiskFull {
-                host: d.pick(&["ps", "mt"]),
+                host: d.pick(&stores),
                 len: d.ms(300, 2000),
             },
         };
         faults.push((at, fault));
     }
-    (ops, faults)
+    Drawn {
+        topology,
+        ops,
+        faults,
+    }
 }

@@ -1,4 +1,5 @@
-//! The turmoil level's workload: random writes, trims and zeroes through the agent's NBD export,
+//! The turmoil level's workload of one disk: random writes, trims and zeroes through its agent's
+//! NBD export,
 //! as qemu would send them, with a model of the disk. Writes that order matters for are drawn
 //! on purpose: an op overlaps the one before it a third of the time, and some groups of 2-4
 //! overlapping ops are sent together before any reply is read (several requests in flight on one
@@ -9,6 +10,7 @@
 
 use super::durability::Durability;
 use super::nbd_client::{NbdClient, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES};
+use super::topology::DiskSpec;
 use crate::storage::SimVfs;
 use haven_runtime::meta::PointRecord;
 use std::collections::BTreeSet;
@@ -17,9 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 type HostResult = Result<(), Box<dyn std::error::Error>>;
-
-/// The agent's source disk file in the turmoil cluster.
-pub const SOURCE_PATH: &str = "/disk0.img";
 
 /// A seeded xorshift for the workload.
 pub struct Rng(u64);
@@ -50,12 +49,18 @@ pub struct Outcome {
     /// Ops that overlapped the op before them, and ops sent while others were in flight.
     pub overlapping: u64,
     pub in_flight: u64,
+    /// The master target that held the replica.
+    pub master_target: &'static str,
 }
 
 /// Where the workload talks to the cluster and what it checks with.
 #[derive(Clone)]
 pub struct Checks {
+    /// The disk it writes, and its agent's file system (to check flushes).
+    pub disk: DiskSpec,
     pub agent: SimVfs,
+    /// The master targets' hosts (the one that holds the disk is found through their APIs).
+    pub mts: Vec<&'static str>,
     pub durability: Arc<Durability>,
 }
 
@@ -184,8 +189,8 @@ pub async fn workload(
     checks: Checks,
     result: Arc<Mutex<Option<Outcome>>>,
 ) -> HostResult {
-    let stream = connect_retry("agent:10809").await?;
-    let mut nbd = NbdClient::connect(stream, "disk0").await?;
+    let stream = connect_retry(&format!("{}:10809", checks.disk.agent)).await?;
+    let mut nbd = NbdClient::connect(stream, checks.disk.disk.as_str()).await?;
     let mut gen = Gen {
         rng: Rng::new(seed ^ 0x5eed),
         size: nbd.size,
@@ -219,8 +224,8 @@ pub async fn workload(
         tokio::time::sleep(Duration::from_millis(gen.rng.below(20))).await;
     }
     flush(&mut nbd, &checks, &model).await?;
-    let points = converge(&model.disk).await?;
-    let points_compared = every_point(&points, &model, ops).await?;
+    let (points, mt) = converge(&checks, &model.disk).await?;
+    let points_compared = every_point(&checks, mt, &points, &model, ops).await?;
     let outcome = Outcome {
         points,
         image_digest: crate::image_digest(&model.disk),
@@ -228,6 +233,7 @@ pub async fn workload(
         points_compared,
         overlapping: gen.overlapping,
         in_flight,
+        master_target: mt,
     };
     *result.lock().expect("result") = Some(outcome);
     Ok(())
@@ -238,7 +244,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     nbd.flush().await?;
-    let path = Path::new(SOURCE_PATH);
+    let path = Path::new(&checks.disk.path);
     checks
         .durability
         .on_flush_answered(&checks.agent, path, &model.disk);
@@ -246,12 +252,18 @@ where
 }
 
 /// Waits until the newest recovery point equals the model (the check is on bytes, not on
-/// counters); returns the points listed then.
-async fn converge(model: &[u8]) -> Result<Vec<PointRecord>, Box<dyn std::error::Error>> {
+/// counters); returns the points listed then and the master target that holds the replica.
+async fn converge(
+    checks: &Checks,
+    model: &[u8],
+) -> Result<(Vec<PointRecord>, &'static str), Box<dyn std::error::Error>> {
+    let disk = checks.disk.disk.as_str();
     for _ in 0..600 {
-        if let Some((points, image)) = newest_image().await {
-            if image == model {
-                return Ok(points);
+        for &mt in &checks.mts {
+            if let Some((points, image)) = newest_image(mt, disk).await {
+                if image == model {
+                    return Ok((points, mt));
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -259,11 +271,14 @@ async fn converge(model: &[u8]) -> Result<Vec<PointRecord>, Box<dyn std::error::
     let status = http_get("cs:7080", "/api/status")
         .await
         .map(|b| String::from_utf8_lossy(&b).into_owned());
-    let points = http_get("mt:7280", "/replicas")
-        .await
-        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    let mut replicas = vec![];
+    for &mt in &checks.mts {
+        let r = http_get(&format!("{mt}:7280"), "/replicas").await;
+        replicas.push((mt, r.map(|b| String::from_utf8_lossy(&b).into_owned())));
+    }
     Err(format!(
-        "the replica never converged to the source; status: {status:?}; replicas: {points:?}"
+        "the replica of {disk} never converged to the source; status: {status:?}; replicas: \
+         {replicas:?}"
     )
     .into())
 }
@@ -272,6 +287,8 @@ async fn converge(model: &[u8]) -> Result<Vec<PointRecord>, Box<dyn std::error::
 /// seq. The last point is the last op's (the convergence check found it equal to the model), so
 /// the seq before the first op is `last.seq - ops`.
 async fn every_point(
+    checks: &Checks,
+    mt: &str,
     points: &[PointRecord],
     model: &Model,
     ops: u64,
@@ -289,15 +306,16 @@ async fn every_point(
             apply(&mut replay, op);
         }
         done = at;
-        let path = format!("/replicas/disk0/image?seq={}", p.seq);
-        let mut got = http_get_status("mt:7280", &path).await;
+        let path = format!("/replicas/{}/image?seq={}", checks.disk.disk, p.seq);
+        let api = format!("{mt}:7280");
+        let mut got = http_get_status(&api, &path).await;
         for _ in 0..100 {
             // A fault may take the master target down after convergence: wait for it.
             if got.is_ok() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-            got = http_get_status("mt:7280", &path).await;
+            got = http_get_status(&api, &path).await;
         }
         let image = match got {
             Ok((200, image)) => image,
@@ -313,8 +331,9 @@ async fn every_point(
         };
         if image != replay {
             return Err(format!(
-                "recovery point seq {} differs from the disk after op {at} (seq base {base})",
-                p.seq
+                "recovery point seq {} of {} differs from the disk after op {at} (seq base \
+                 {base})",
+                p.seq, checks.disk.disk
             )
             .into());
         }
@@ -343,11 +362,12 @@ async fn http_get(addr: &str, path: &str) -> Option<Vec<u8>> {
     }
 }
 
-/// The newest recovery point and its image, read from the master target's API.
-pub async fn newest_image() -> Option<(Vec<PointRecord>, Vec<u8>)> {
-    let body = http_get("mt:7280", "/replicas/disk0/points").await?;
+/// The newest recovery point of `disk` and its image, read from master target `mt`'s API.
+pub async fn newest_image(mt: &str, disk: &str) -> Option<(Vec<PointRecord>, Vec<u8>)> {
+    let api = format!("{mt}:7280");
+    let body = http_get(&api, &format!("/replicas/{disk}/points")).await?;
     let points: Vec<PointRecord> = serde_json::from_slice(&body).ok()?;
     let last = points.last()?.seq;
-    let image = http_get("mt:7280", &format!("/replicas/disk0/image?seq={last}")).await?;
+    let image = http_get(&api, &format!("/replicas/{disk}/image?seq={last}")).await?;
     Some((points, image))
 }
