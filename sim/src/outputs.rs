@@ -196,37 +196,27 @@ impl Cluster {
         Ok(())
     }
 
+    /// A replica save (and its creation, if `create`) queued behind the store's latency; a crash
+    /// before it completes loses it.
+    fn save_replica(&mut self, i: usize, save: u64, meta: ReplicaMeta, create: bool) {
+        let n = Node::Mt(i as u8);
+        if self.storage_error(n, false) {
+            return;
+        }
+        if meta.inconsistent.is_some() {
+            self.note(n, "replica inconsistent", meta.applied_seq);
+        }
+        let at = self.store_latency();
+        let work = MtWork::Save { save, meta, create };
+        self.mt_stores[i].pending.push(at, work);
+    }
+
     pub(crate) fn mt_output(&mut self, i: usize, o: mt::Output) -> R {
         let n = Node::Mt(i as u8);
         match o {
             mt::Output::Net(cmd) => self.net_cmd(n, cmd)?,
-            mt::Output::CreateReplica { save, meta } => {
-                if self.storage_error(n, false) {
-                    return Ok(());
-                }
-                let at = self.store_latency();
-                let work = MtWork::Save {
-                    save,
-                    meta,
-                    create: true,
-                };
-                self.mt_stores[i].pending.push(at, work);
-            }
-            mt::Output::SaveReplica { save, meta } => {
-                if self.storage_error(n, false) {
-                    return Ok(());
-                }
-                if meta.inconsistent.is_some() {
-                    self.note(n, "replica inconsistent", meta.applied_seq);
-                }
-                let at = self.store_latency();
-                let work = MtWork::Save {
-                    save,
-                    meta,
-                    create: false,
-                };
-                self.mt_stores[i].pending.push(at, work);
-            }
+            mt::Output::CreateReplica { save, meta } => self.save_replica(i, save, meta, true),
+            mt::Output::SaveReplica { save, meta } => self.save_replica(i, save, meta, false),
             mt::Output::RemoveReplica(disk) => {
                 return Err(format!(
                     "RemoveReplica({disk}): the simulation never ends a protection"
