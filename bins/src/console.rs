@@ -41,12 +41,18 @@ pub fn disk_line(d: &DiskView) -> String {
         .replica
         .as_ref()
         .map_or("-".into(), |r| human_bytes(r.journal_bytes));
-    let warn = d
+    let mut warn = d
         .replica
         .as_ref()
         .and_then(|r| r.inconsistent.clone())
         .map(|w| format!("  INCONSISTENT: {w}"))
         .unwrap_or_default();
+    if let Some(why) = &d.refused {
+        warn.push_str(&format!(
+            "  REFUSED by master target {}: {why}",
+            d.master_target.as_ref().map_or("?", |m| m.as_str())
+        ));
+    }
     format!(
         "{disk} (agent {agent}, epoch {epoch}): mode {mode}, seq written {written} / cached {cached} / applied {applied}, RPO {rpo}, written {bytes}, {points} recovery points, journal {journal}{warn}",
         disk = d.disk,
@@ -60,6 +66,7 @@ pub fn disk_line(d: &DiskView) -> String {
 pub const STATUS_OFFLINE: i32 = 3;
 pub const STATUS_INCONSISTENT: i32 = 4;
 pub const STATUS_RPO_OVER: i32 = 5;
+pub const STATUS_REFUSED: i32 = 6;
 
 /// "350 ms", "1.2 s", "3 min", "2.0 h": durations for people.
 pub fn human_ms(ms: u64) -> String {
@@ -80,6 +87,8 @@ pub fn health_code(s: &StatusView) -> i32 {
     };
     if s.components.iter().any(|c| !c.online) {
         STATUS_OFFLINE
+    } else if protected().any(|d| d.refused.is_some()) {
+        STATUS_REFUSED
     } else if protected().any(|d| d.replica.as_ref().is_some_and(|r| r.inconsistent.is_some())) {
         STATUS_INCONSISTENT
     } else if protected().any(|d| {

@@ -54,6 +54,11 @@ pub struct CacheDiskStats {
     pub cached_batches: u64,
     pub cached_bytes: u64,
     pub master_target_connected: bool,
+    /// Why the disk's master target refused its stream the last time, until it accepts it
+    /// again (a replica of another size, an older epoch): replication of the disk is stuck
+    /// until the operator acts.
+    #[serde(default)]
+    pub refused: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -376,6 +376,7 @@ fn cache(disks: &[&str]) -> Message {
             cached_batches: 1,
             cached_bytes: 4096,
             master_target_connected: true,
+            refused: None,
         })
         .collect();
     Message::ProcessServerHeartbeat(ProcessServerStats {
@@ -404,4 +405,39 @@ fn an_unprotected_disk_is_retired_on_the_process_servers_that_cache_it_only() {
     retired.sort();
     // The agent, ps1 (which caches it) and mt1 (which holds its replica); not ps2 nor mt2.
     assert_eq!(retired, [1, 2, 4]);
+}
+
+/// A disk's stream refused by its master target shows in the status, as its own process server
+/// reports it (another process server's word about it does not count), and clears with it.
+#[test]
+fn a_refused_stream_shows_in_the_status_of_its_disk_only() {
+    let (mut s, now) = two_protected();
+    let refused = |disks: &[&str], why: Option<&str>| {
+        let Message::ProcessServerHeartbeat(mut stats) = cache(disks) else {
+            unreachable!()
+        };
+        for d in &mut stats.disks {
+            d.refused = why.map(String::from);
+        }
+        Message::ProcessServerHeartbeat(stats)
+    };
+    let of = |s: &ConfigServer, d: &str| {
+        s.status()
+            .disks
+            .iter()
+            .find(|v| v.disk.as_str() == d)
+            .and_then(|v| v.refused.clone())
+    };
+    receive(&mut s, now, 3, refused(&["disk0", "disk1"], Some("fenced")));
+    assert_eq!(of(&s, "disk0"), None, "ps2 does not carry disk0");
+    assert_eq!(of(&s, "disk1").as_deref(), Some("fenced"));
+    receive(
+        &mut s,
+        now,
+        2,
+        refused(&["disk0"], Some("resize is not supported")),
+    );
+    assert_eq!(of(&s, "disk0").as_deref(), Some("resize is not supported"));
+    receive(&mut s, now, 2, refused(&["disk0"], None));
+    assert_eq!(of(&s, "disk0"), None);
 }

@@ -147,6 +147,44 @@ fn a_closed_master_target_link_reconnects_and_the_agent_is_still_acked() {
     assert!(sent(&out, AGENT).is_empty(), "{out:?}");
 }
 
+/// The master target refuses the disk's stream: the process server reports why in its stats
+/// (the operator's status shows it) through the close and every retry, until a master target
+/// takes the stream again. A refusal on a link of no disk marks nothing.
+#[test]
+fn a_refused_stream_is_reported_until_the_master_target_takes_it() {
+    let mut p = Ps::new(ps_settings(), 0, 1);
+    let refused_of = |p: &Ps| p.ps.stats().disks[0].refused.clone();
+    assert_eq!(refused_of(&p), None);
+    p.recv(
+        ConnId(77),
+        Message::Reject {
+            reason: "not ours".into(),
+        },
+        vec![],
+    );
+    assert_eq!(refused_of(&p), None);
+    let reason = "disk disk0: source is 2 bytes but the replica is 1; resize is not supported";
+    p.recv(
+        MT,
+        Message::Reject {
+            reason: reason.into(),
+        },
+        vec![],
+    );
+    assert_eq!(refused_of(&p).as_deref(), Some(reason));
+    closed(&mut p, MT);
+    let token = connects(&tick(&mut p, 50), Node::Mt.addr())[0];
+    let mt2 = ConnId(40);
+    connected(&mut p, token, mt2);
+    assert_eq!(
+        refused_of(&p).as_deref(),
+        Some(reason),
+        "still refused while reopening"
+    );
+    p.recv(mt2, stream_state(0), vec![]);
+    assert_eq!(refused_of(&p), None);
+}
+
 /// A batch appending when the agent's connection closes: persisted, nothing sent to the agent.
 fn cache_after_close(p: &mut Ps) -> Vec<ps::Output> {
     // The agent reconnects on another connection, sends batch 2 and goes away before it is

@@ -36,6 +36,10 @@ pub struct DiskView {
     pub policy: DiskPolicy,
     pub source: Option<AgentDiskStats>,
     pub replica: Option<ReplicaStats>,
+    /// Why the master target refuses the disk's stream, as its process server last heard it
+    /// (None: not refused): replication of the disk is stuck until the operator acts.
+    #[serde(default)]
+    pub refused: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -95,6 +99,12 @@ impl ConfigServer {
             .as_ref()
             .and_then(|mt| self.components.get(mt))
             .map(|c| c.record.reg.api_addr.clone());
+        let refused = p
+            .process_server
+            .as_ref()
+            .and_then(|ps| self.ps_stats.get(ps))
+            .and_then(|s| s.disks.iter().find(|d| &d.disk == disk))
+            .and_then(|d| d.refused.clone());
         let source_path = self
             .components
             .get(&p.agent)
@@ -114,6 +124,7 @@ impl ConfigServer {
             policy: p.policy.clone(),
             source,
             replica,
+            refused,
         }
     }
 }

@@ -62,6 +62,7 @@ impl ProcessServer {
                 entries: VecDeque::new(),
                 sent: 0,
                 agent: None,
+                refused: None,
                 route: None,
                 link: Link::Idle,
                 cached_bytes: 0,
@@ -90,6 +91,7 @@ impl ProcessServer {
                 cached_batches: d.entries.len() as u64,
                 cached_bytes: d.cached_bytes,
                 master_target_connected: matches!(d.link, Link::Ready(_)),
+                refused: d.refused.clone(),
             })
             .collect();
         ProcessServerStats {
@@ -252,7 +254,7 @@ impl ProcessServer {
             Message::Retire(list) if matches!(self.cs, Link::Ready(c) if c == conn) => {
                 self.on_retire(list)
             }
-            Message::Reject { .. } => {}
+            Message::Reject { reason } => self.on_reject(conn, reason),
             other => self.refuse(
                 conn,
                 format!("unexpected {} on a process server connection", other.kind()),
@@ -526,10 +528,21 @@ impl ProcessServer {
             .filter(|d| matches!(d.link, Link::Opening(c) | Link::Ready(c) if c == conn))
     }
 
+    /// A master target refused a disk's stream: the reason is kept for the status (the link
+    /// closes and is retried; the refusal stands until a `StreamState` says otherwise).
+    fn on_reject(&mut self, conn: ConnId, reason: String) {
+        for d in self.disks.values_mut() {
+            if matches!(d.link, Link::Opening(c) | Link::Ready(c) if c == conn) {
+                d.refused = Some(reason.clone());
+            }
+        }
+    }
+
     fn on_stream_state(&mut self, conn: ConnId, disk: DiskId, applied_seq: Seq) {
         let Some(d) = self.mt_disk(conn, &disk) else {
             return self.refuse(conn, "StreamState for an unknown stream".into());
         };
+        d.refused = None;
         d.link = Link::Ready(conn);
         d.sent = 0;
         self.on_applied(conn, disk, applied_seq);

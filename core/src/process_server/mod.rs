@@ -118,6 +118,8 @@ struct DiskCache {
     /// Next seq expected from the agent (past what is cached or being appended).
     expect_seq: Seq,
     agent: Option<ConnId>,
+    /// The master target's reason for refusing this disk's stream, until it takes it again.
+    refused: Option<String>,
     route: Option<String>,
     link: Link,
     cached_bytes: u64,

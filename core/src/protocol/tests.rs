@@ -96,6 +96,7 @@ fn every_message() -> Vec<Message> {
             cached_batches: 1,
             cached_bytes: 4096,
             master_target_connected: false,
+            refused: Some("disk disk0: resize is not supported".into()),
         }],
         cache_bytes: 4096,
         cache_bytes_max: 1 << 30,
