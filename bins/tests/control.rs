@@ -119,6 +119,14 @@ fn config_server_killed_mid_protect_keeps_a_whole_state_and_replication_goes_on(
     assert_eq!(seq, written);
     assert_same("latest export vs model", &img, &model.bytes);
     assert_same("latest export vs source", &img, &c.api.source());
+    // The new replica saw a gap before its first seq (the stream's seqs go on); the copy that
+    // followed it makes it consistent, and the status says so.
+    poll("the new replica to be consistent", DEADLINE, || {
+        let d = disk0(&c.api)?;
+        (d["replica"].is_object() && d["replica"]["inconsistent"].is_null())
+            .then_some(())
+            .ok_or_else(|| d.to_string())
+    });
     c.assert_alive();
 }
 

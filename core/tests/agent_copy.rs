@@ -99,13 +99,20 @@ fn a_disk_is_copied_a_chunk_per_tick_and_the_batch_ending_it_is_consistent() {
         a.copy_reads,
         [(0, 0), (0, CHUNK), (0, 2 * CHUNK), (0, 3 * CHUNK)]
     );
-    // Chunks 0 and 2 hold data; 1 and 3 are zeros and take no seq. The batch is closed when
-    // the copy reaches the end, before its delay: it is the first consistent point.
+    // Chunks 0 and 2 hold data; 1 and 3 are zeros and take no seq. Their batch is closed when
+    // the copy reaches the end, before its delay, as a copy batch (not a point: a replica that
+    // lost writes learns from it that a whole copy follows); then the disk's last block is
+    // recorded once more (zeros) in the batch that is the first consistent point.
     let chunk_blocks = (CHUNK / BLOCK_BYTES) as u32;
-    assert_eq!(a.batch_headers(), [(1, 0, chunk_blocks, true)]);
+    let last = size / BLOCK_BYTES - 1;
+    assert_eq!(
+        a.batch_headers(),
+        [(1, 0, chunk_blocks, false), (3, last, 1, true)]
+    );
     let (h, _) = &a.batches[0];
     assert_eq!((h.first_seq, h.last_seq, h.ops.len()), (1, 2, 2));
     assert_eq!(h.ops[1].block, 2 * CHUNK / BLOCK_BYTES);
+    assert_eq!(a.batches[1].0.ops[0].kind, OpKind::Zero);
     assert_eq!(replica(&a, size as usize), a.images[0]);
     assert_eq!(a.agent.stats().disks[0].mode, ReplicationMode::Data);
     a.advance(100);
@@ -119,9 +126,9 @@ fn a_disk_is_copied_a_chunk_per_tick_and_the_batch_ending_it_is_consistent() {
         cached_seq,
         applied_seq: 0,
     };
-    a.recv(PS, ack(1));
-    assert!(a.copies_cached.is_empty(), "seq 2 is not cached yet");
     a.recv(PS, ack(2));
+    assert!(a.copies_cached.is_empty(), "seq 3 is not cached yet");
+    a.recv(PS, ack(3));
     assert_eq!(a.copies_cached, [0]);
     a.advance(10);
     assert_eq!(a.copies_cached, [0]);
@@ -153,16 +160,20 @@ fn writes_during_the_copy_interleave_and_the_replica_equals_the_source() {
 }
 
 /// An all-zero disk: the first read finds nothing; the disk's last block (zeros) is recorded
-/// as a zero op, so that the replica gets a consistent point without any write.
+/// as a zero op twice: a copy batch (so that a replica that lost writes before it knows a
+/// whole copy follows; without it, a re-protected empty disk stayed INCONSISTENT for good),
+/// then the consistent point, without any write.
 #[test]
-fn an_all_zero_disk_gets_its_consistent_point_from_one_zero_op() {
+fn an_all_zero_disk_gets_a_copy_batch_and_its_consistent_point_from_zero_ops() {
     let mut a = copying(DISK_BYTES as u64, |_| {});
     a.advance(20);
     assert_eq!(a.copy_reads, [(0, 0)]);
     let last = DISK_BLOCKS as u64 - 1;
-    assert_eq!(a.batch_headers(), [(1, last, 1, true)]);
-    assert_eq!(a.batches[0].0.ops[0].kind, OpKind::Zero);
-    assert_eq!(a.batches[0].0.raw_bytes, 0);
+    assert_eq!(a.batch_headers(), [(1, last, 1, false), (2, last, 1, true)]);
+    for (h, _) in &a.batches {
+        assert_eq!(h.ops[0].kind, OpKind::Zero);
+        assert_eq!(h.raw_bytes, 0);
+    }
 }
 
 /// A disk copied before (its copy is cached) is not copied again at start.

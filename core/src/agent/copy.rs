@@ -100,16 +100,25 @@ impl Agent {
         self.copy_cached(disk);
     }
 
-    /// Every block is copied: the batch closed now is the first consistent point (every block
-    /// was copied after all earlier writes to it, and later writes have later seqs). If no
-    /// batch is open (the last chunk's batch filled, or the last chunks were zeros), the disk's
-    /// last block is recorded once more (`tail`, or zeros when it lies past the last data), so
-    /// that there is a batch to carry the point.
+    /// Every block is copied. The copy ends with two things the master target relies on: a
+    /// copy batch (not a consistent point: the open batch closed now, or, if the copy closed
+    /// none, the disk's last block recorded as one), which tells a replica that lost writes
+    /// before it that a whole copy follows; then the first consistent point, a batch recording
+    /// the disk's last block once more (`tail`, or zeros when it lies past the last data).
+    /// Every block was copied after all earlier writes to it, and later writes have later seqs.
+    /// Seqs: each read left two free, and its chunk took at most one, so the end has what it
+    /// needs (two only when no chunk was recorded at all).
     fn end_copy(&mut self, disk: usize, last_block: u64, tail: Option<Vec<u8>>) {
+        let tail = tail.filter(|t| t.iter().any(|b| *b != 0));
+        if self.streams[disk].size_bytes > 0 {
+            if self.streams[disk].open.is_none() && !self.streams[disk].copy_batch_closed {
+                self.record(disk, last_block, 1, tail.clone());
+            }
+            self.streams[disk].close_batch();
+        }
         // Not reading any more: the batches from here on are consistent.
         self.streams[disk].copy = CopyState::Caching { through: 0 };
-        if self.streams[disk].open.is_none() && self.streams[disk].size_bytes > 0 {
-            let tail = tail.filter(|t| t.iter().any(|b| *b != 0));
+        if self.streams[disk].size_bytes > 0 {
             self.record(disk, last_block, 1, tail);
         }
         let s = &mut self.streams[disk];

@@ -54,6 +54,9 @@ pub struct Stream {
     pub bytes_written: u64,
     /// The disk's initial copy; while it reads, batches are not crash-consistent points.
     pub(super) copy: super::copy::CopyState,
+    /// A batch of the running copy was closed before its end, so the master target has seen
+    /// (or will see) a copy batch, one that is not a consistent point.
+    pub(super) copy_batch_closed: bool,
     /// The protection ended (`Retire`): writes reach the disk but are not streamed.
     pub retired: bool,
     /// Batch bounds of this disk's policy (None: the agent's settings).
@@ -81,6 +84,7 @@ impl Stream {
             rpo_marks: VecDeque::new(),
             bytes_written: 0,
             copy: super::copy::CopyState::Idle,
+            copy_batch_closed: false,
             retired: false,
             batch_bytes_max: None,
             batch_delay_ms: None,
@@ -108,6 +112,7 @@ impl Stream {
             next: 0,
             reading: false,
         };
+        self.copy_batch_closed = false;
     }
 
     /// True while the initial copy reads: the disk's batches are not crash-consistent points.
@@ -187,6 +192,7 @@ impl Stream {
     pub fn close_batch(&mut self) {
         let Some(open) = self.open.take() else { return };
         let last_seq = open.ops.last().expect("an open batch has ops").seq;
+        self.copy_batch_closed |= self.copying();
         let header = BatchHeader {
             disk: self.disk.clone(),
             epoch: self.epoch,
