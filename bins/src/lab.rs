@@ -143,9 +143,20 @@ pub fn write_env(dir: &Path, text: &str) -> Result<(), String> {
 pub fn print_banner(how: &str, api: &str, nbd: &str, dir: &Path, o: &LabOptions) {
     println!("Haven lab is running ({how}), data in {}", dir.display());
     for i in 0..o.disks {
+        // A disk that existed keeps its size: say so when it is not what was asked for.
+        let size =
+            std::fs::metadata(dir.join(format!("disk{i}.img"))).map_or(o.disk_size, |m| m.len());
+        let note = if size == o.disk_size {
+            String::new()
+        } else {
+            format!(
+                "; it existed and keeps its size (--disk-size {} applies to new disks)",
+                crate::size::human_bytes(o.disk_size)
+            )
+        };
         println!(
-            "  protected disk disk{i} ({}): nbd://{nbd}/disk{i}",
-            crate::size::human_bytes(o.disk_size)
+            "  protected disk disk{i} ({}): nbd://{nbd}/disk{i}{note}",
+            crate::size::human_bytes(size)
         );
     }
     println!("  configuration server API: {api}");
