@@ -97,7 +97,7 @@ impl DirectAppend {
                 STAGE.with(|stage| self.write_direct(&mut st, &mut stage.borrow_mut(), parts));
             match written {
                 Ok(()) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                Err(e) if super::refuses_direct(&e) => {
                     tracing::info!("direct I/O refused ({e}); appending through the page cache");
                     st.buffered = true;
                 }

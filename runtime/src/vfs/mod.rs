@@ -186,8 +186,33 @@ fn open_direct(_path: &Path) -> io::Result<File> {
 fn direct_or_buffered(opened: io::Result<File>) -> io::Result<Option<File>> {
     match opened {
         Ok(d) => Ok(Some(d)),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+        Err(e) if refuses_direct(&e) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// Whether `err` is the file system refusing direct I/O (at open or at a direct write), which
+/// means buffered I/O instead; any other error is a real one.
+fn refuses_direct(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::EINVAL)
+}
+
+/// A failed hole punch: `Ok(false)` where the file system cannot punch (zeros are written
+/// instead), or the error.
+fn punch_failed(err: io::Error) -> io::Result<bool> {
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => Ok(false),
+        _ => Err(err),
+    }
+}
+
+/// A failed `SEEK_DATA` from `offset`: `None` when only holes follow (ENXIO), `Some(offset)`
+/// where the file system keeps no hole information (everything may be data), or the error.
+fn seek_data_failed(err: io::Error, offset: u64) -> io::Result<Option<u64>> {
+    match err.raw_os_error() {
+        Some(libc::ENXIO) => Ok(None),
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(Some(offset)),
+        _ => Err(err),
     }
 }
 
@@ -236,11 +261,7 @@ impl StdFile {
         if rc == 0 {
             return Ok(true);
         }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => Ok(false),
-            _ => Err(err),
-        }
+        punch_failed(io::Error::last_os_error())
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -295,12 +316,7 @@ impl VFile for StdFile {
         if rc >= 0 {
             return Ok(Some(rc as u64));
         }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::ENXIO) => Ok(None),
-            Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(Some(offset)),
-            _ => Err(err),
-        }
+        seek_data_failed(io::Error::last_os_error(), offset)
     }
 
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -472,6 +488,60 @@ mod tests {
         let eacces = io::Error::from_raw_os_error(libc::EACCES);
         let err = direct_or_buffered(Err(eacces)).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+    }
+
+    /// The errno decisions of the calls that a file system may not support (none here refuses
+    /// them, so only these tests reach the fallbacks).
+    #[test]
+    fn unsupported_calls_fall_back_and_real_errors_stay_errors() {
+        let e = io::Error::from_raw_os_error;
+        assert!(refuses_direct(&e(libc::EINVAL)));
+        assert!(!refuses_direct(&e(libc::EIO)));
+        for errno in [libc::EOPNOTSUPP, libc::ENOSYS, libc::EINVAL] {
+            assert!(!punch_failed(e(errno)).unwrap(), "errno {errno}");
+        }
+        assert_eq!(
+            punch_failed(e(libc::EIO)).unwrap_err().raw_os_error(),
+            Some(libc::EIO)
+        );
+        assert_eq!(seek_data_failed(e(libc::ENXIO), 77).unwrap(), None);
+        for errno in [libc::EINVAL, libc::EOPNOTSUPP] {
+            assert_eq!(
+                seek_data_failed(e(errno), 77).unwrap(),
+                Some(77),
+                "errno {errno}"
+            );
+        }
+        let err = seek_data_failed(e(libc::EBADF), 77).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+    }
+
+    /// The zero-fill fallback over more than one of its chunks, from inside the file past its
+    /// end: every byte in range zero, the bytes around it kept, the length unchanged.
+    #[test]
+    fn zero_fill_spans_chunks_and_stops_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StdVfs.open(&dir.path().join("f"), true).unwrap();
+        let len = 3 * ZERO_FILL_CHUNK_BYTES as usize + 100;
+        f.write_at(&vec![5u8; len], 0).unwrap();
+        let start = ZERO_FILL_CHUNK_BYTES / 2;
+        f.zero_fill(start, 2 * ZERO_FILL_CHUNK_BYTES + 7).unwrap();
+        let mut buf = vec![0u8; len];
+        f.read_at(&mut buf, 0).unwrap();
+        let end = (start + 2 * ZERO_FILL_CHUNK_BYTES + 7) as usize;
+        assert!(buf[..start as usize].iter().all(|&b| b == 5));
+        assert!(is_zero(&buf[start as usize..end]));
+        assert!(buf[end..].iter().all(|&b| b == 5));
+        f.zero_fill(len as u64 - 10, 1 << 30).unwrap();
+        assert_eq!(f.len().unwrap(), len as u64);
+        f.read_at(&mut buf, 0).unwrap();
+        assert!(is_zero(&buf[len - 10..]) && buf[len - 11] == 5);
+        f.zero_fill(len as u64 + 5, 10).unwrap();
+        assert_eq!(
+            f.len().unwrap(),
+            len as u64,
+            "past the end: nothing written"
+        );
     }
 
     #[test]
