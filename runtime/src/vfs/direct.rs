@@ -205,6 +205,32 @@ mod tests {
         buf
     }
 
+    /// Only a file system refusing direct I/O (EINVAL) turns appends buffered: any other error
+    /// of a direct write is the caller's, and nothing is written through the page cache.
+    #[test]
+    fn a_direct_write_error_other_than_einval_is_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let buffered = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
+        // A "direct" descriptor that cannot write: EBADF.
+        let direct = File::open(&path).unwrap();
+        let d = DirectAppend::new(direct, &buffered).unwrap();
+        let err = d.append(&buffered, &[b"abc"], 0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF), "{err}");
+        assert_eq!(d.len(), 0);
+        assert_eq!(
+            buffered.metadata().unwrap().len(),
+            0,
+            "nothing written around it"
+        );
+    }
+
     #[test]
     fn appends_of_every_shape_read_back_and_close_to_exact_length() {
         let dir = tempfile::tempdir().unwrap();

@@ -542,6 +542,10 @@ mod tests {
             len as u64,
             "past the end: nothing written"
         );
+        // From the first byte, over more than a chunk.
+        f.zero_fill(0, ZERO_FILL_CHUNK_BYTES + 1).unwrap();
+        f.read_at(&mut buf, 0).unwrap();
+        assert!(is_zero(&buf[..end]));
     }
 
     #[test]
