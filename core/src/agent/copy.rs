@@ -19,8 +19,14 @@ pub const COPY_CHUNK_BYTES: u64 = 1 << 20;
 pub(super) enum CopyState {
     /// Nothing to copy: the copy is done and cached, or the disk is not protected.
     Idle,
-    /// The next read starts at `next`; `reading` while a `CopyRead` is outstanding.
-    Reading { next: u64, reading: bool },
+    /// The next read starts at `next`; `reading` while a `CopyRead` is outstanding;
+    /// `batch_closed` once a batch of this copy was closed (a copy batch, not a consistent
+    /// point, so the master target has seen or will see one).
+    Reading {
+        next: u64,
+        reading: bool,
+        batch_closed: bool,
+    },
     /// Every chunk is recorded (the last at `through`); waiting for the process server to cache
     /// it.
     Caching { through: Seq },
@@ -60,7 +66,7 @@ impl Agent {
             if !self.copy_read_due(disk) {
                 continue;
             }
-            if let CopyState::Reading { next, reading } = &mut self.streams[disk].copy {
+            if let CopyState::Reading { next, reading, .. } = &mut self.streams[disk].copy {
                 *reading = true;
                 let offset = *next;
                 self.out.push_back(Output::CopyRead { disk, offset });
@@ -90,10 +96,10 @@ impl Agent {
             self.record(disk, offset / BLOCK_BYTES, blocks, Some(data));
         }
         if end < size && blocks > 0 {
-            self.streams[disk].copy = CopyState::Reading {
-                next: end,
-                reading: false,
-            };
+            if let CopyState::Reading { next, reading, .. } = &mut self.streams[disk].copy {
+                *next = end;
+                *reading = false;
+            }
         } else {
             self.end_copy(disk, last_block, tail);
         }
@@ -110,15 +116,21 @@ impl Agent {
     /// needs (two only when no chunk was recorded at all).
     fn end_copy(&mut self, disk: usize, last_block: u64, tail: Option<Vec<u8>>) {
         let tail = tail.filter(|t| t.iter().any(|b| *b != 0));
-        if self.streams[disk].size_bytes > 0 {
-            if self.streams[disk].open.is_none() && !self.streams[disk].copy_batch_closed {
+        let s = &self.streams[disk];
+        if s.size_bytes > 0 {
+            let batch_closed = matches!(
+                s.copy,
+                CopyState::Reading {
+                    batch_closed: true,
+                    ..
+                }
+            );
+            if s.open.is_none() && !batch_closed {
                 self.record(disk, last_block, 1, tail.clone());
             }
             self.streams[disk].close_batch();
-        }
-        // Not reading any more: the batches from here on are consistent.
-        self.streams[disk].copy = CopyState::Caching { through: 0 };
-        if self.streams[disk].size_bytes > 0 {
+            // Not reading any more: the batches from here on are consistent.
+            self.streams[disk].copy = CopyState::Caching { through: 0 };
             self.record(disk, last_block, 1, tail);
         }
         let s = &mut self.streams[disk];

@@ -54,9 +54,6 @@ pub struct Stream {
     pub bytes_written: u64,
     /// The disk's initial copy; while it reads, batches are not crash-consistent points.
     pub(super) copy: super::copy::CopyState,
-    /// A batch of the running copy was closed before its end, so the master target has seen
-    /// (or will see) a copy batch, one that is not a consistent point.
-    pub(super) copy_batch_closed: bool,
     /// The protection ended (`Retire`): writes reach the disk but are not streamed.
     pub retired: bool,
     /// Batch bounds of this disk's policy (None: the agent's settings).
@@ -84,7 +81,6 @@ impl Stream {
             rpo_marks: VecDeque::new(),
             bytes_written: 0,
             copy: super::copy::CopyState::Idle,
-            copy_batch_closed: false,
             retired: false,
             batch_bytes_max: None,
             batch_delay_ms: None,
@@ -111,8 +107,8 @@ impl Stream {
         self.copy = super::copy::CopyState::Reading {
             next: 0,
             reading: false,
+            batch_closed: false,
         };
-        self.copy_batch_closed = false;
     }
 
     /// True while the initial copy reads: the disk's batches are not crash-consistent points.
@@ -192,7 +188,9 @@ impl Stream {
     pub fn close_batch(&mut self) {
         let Some(open) = self.open.take() else { return };
         let last_seq = open.ops.last().expect("an open batch has ops").seq;
-        self.copy_batch_closed |= self.copying();
+        if let super::copy::CopyState::Reading { batch_closed, .. } = &mut self.copy {
+            *batch_closed = true;
+        }
         let header = BatchHeader {
             disk: self.disk.clone(),
             epoch: self.epoch,

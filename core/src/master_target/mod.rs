@@ -322,15 +322,7 @@ impl MasterTarget {
             r.stream = None;
         }
         if created || changed {
-            let save = self.next_save;
-            self.next_save += 1;
-            r.saving = Some(save);
-            let meta = r.meta.clone();
-            self.out.push_back(if created {
-                Output::CreateReplica { save, meta }
-            } else {
-                Output::SaveReplica { save, meta }
-            });
+            save(&mut self.next_save, &mut self.out, r, created);
         }
         if r.saving.is_some() {
             r.opening = Some(conn);
@@ -463,11 +455,7 @@ impl MasterTarget {
             if std::mem::take(&mut r.copy_after_gap) && r.meta.inconsistent.take().is_some() {
                 // Nothing waits for this save: a crash before it leaves the replica marked
                 // inconsistent, which only asks for a copy that is not needed.
-                let save = self.next_save;
-                self.next_save += 1;
-                r.saving = Some(save);
-                let meta = r.meta.clone();
-                self.out.push_back(Output::SaveReplica { save, meta });
+                save(&mut self.next_save, &mut self.out, r, false);
             }
         }
         if let Some(conn) = r.stream {
@@ -479,6 +467,20 @@ impl MasterTarget {
             self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
         }
     }
+}
+
+/// Emits the save of `r`'s metadata (its creation if `create`) under the next save id, which
+/// becomes the replica's newest save in flight.
+fn save(next_save: &mut u64, out: &mut VecDeque<Output>, r: &mut Replica, create: bool) {
+    let save = *next_save;
+    *next_save += 1;
+    r.saving = Some(save);
+    let meta = r.meta.clone();
+    out.push_back(if create {
+        Output::CreateReplica { save, meta }
+    } else {
+        Output::SaveReplica { save, meta }
+    });
 }
 
 impl crate::machine::Machine for MasterTarget {

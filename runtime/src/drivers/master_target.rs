@@ -103,6 +103,7 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
         root: cfg.data_dir.clone(),
         appended: vec![],
         stats,
+        stats_at: None,
     };
     let task = tokio::spawn(Driver::new(mt, effects, clock).run(ev_rx, NoInbox));
     Ok(MasterTargetHandle {
@@ -121,8 +122,9 @@ struct MtEffects<T: Transport, V: Vfs + Clone> {
     root: PathBuf,
     /// Appends of this round, waiting for the round's fsync.
     appended: Vec<Appended>,
-    /// The replicas' metadata as the core has it, for the API.
+    /// The replicas' metadata as the core has it, for the API, and when it was last refreshed.
     stats: watch::Sender<haven_core::stats::MasterTargetStats>,
+    stats_at: Option<haven_core::time::Timestamp>,
 }
 
 /// An append done in this round, waiting for the round's fsync.
@@ -146,16 +148,12 @@ impl<T: Transport, V: Vfs + Clone + Send + 'static> Effects for MtEffects<T, V> 
         match x {}
     }
 
-    /// The API lists what the core holds, fresh after every round that changed it.
-    fn after_round(&mut self, mt: &MasterTarget, _now: haven_core::time::Timestamp) {
-        let now = mt.stats();
-        self.stats.send_if_modified(|s| {
-            let changed = *s != now;
-            if changed {
-                *s = now;
-            }
-            changed
-        });
+    /// The API lists what the core holds, refreshed as the process server's stats are (at most
+    /// every `STATS_PUBLISH_MS`, so that a busy round loop does not copy them each round).
+    fn after_round(&mut self, mt: &MasterTarget, now: haven_core::time::Timestamp) {
+        if super::stats_due(&mut self.stats_at, now) {
+            self.stats.send_replace(mt.stats());
+        }
     }
 
     /// Syncs the journals appended to, records their points, then reports them persisted.
