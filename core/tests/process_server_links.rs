@@ -63,10 +63,14 @@ fn closes(out: &[ps::Output]) -> Vec<ConnId> {
         .collect()
 }
 
-fn saves(out: &[ps::Output]) -> usize {
+/// The ids of the saves a stream waits for.
+fn saves(out: &[ps::Output]) -> Vec<u64> {
     out.iter()
-        .filter(|o| matches!(o, ps::Output::SaveDisk(_)))
-        .count()
+        .filter_map(|o| match o {
+            ps::Output::SaveDisk { save, .. } => *save,
+            _ => None,
+        })
+        .collect()
 }
 
 fn refused(out: &[ps::Output], conn: ConnId) -> bool {
@@ -341,19 +345,43 @@ fn open_stream_fences_older_epochs_and_saves_what_changed() {
         matches!(sent(&out, agent2)[..], [Message::StreamState { .. }]),
         "{out:?}"
     );
-    assert_eq!(saves(&out), 0, "{out:?}");
-    // A new size, then a new epoch: saved.
+    assert_eq!(saves(&out), [0u64; 0], "{out:?}");
+    // A new size, then a new epoch: saved, and the stream is answered only once the save is
+    // durable (a batch before that is refused: the stream is not open).
     let out = p.recv(agent2, open(1, 2 * size, 1), vec![]);
-    assert_eq!(saves(&out), 1, "{out:?}");
+    let first = saves(&out);
+    assert_eq!(first.len(), 1, "{out:?}");
+    assert!(
+        sent(&out, agent2).is_empty(),
+        "answered before its save: {out:?}"
+    );
     let out = p.recv(agent2, open(2, 2 * size, 1), vec![]);
-    assert_eq!(saves(&out), 1, "{out:?}");
-    assert!(matches!(
-        sent(&out, agent2)[..],
-        [Message::StreamState {
-            epoch: Epoch(2),
-            ..
-        }]
-    ));
+    let second = saves(&out);
+    assert_eq!(second.len(), 1, "{out:?}");
+    assert!(
+        sent(&out, agent2).is_empty(),
+        "answered before its save: {out:?}"
+    );
+    let (h, d) = one_block_batch(1);
+    let out = p.recv(agent2, Message::Batch(h), d);
+    assert!(refused(&out, agent2), "a batch before StreamState: {out:?}");
+    let out = p.recv(agent2, open(2, 2 * size, 1), vec![]);
+    assert!(sent(&out, agent2).is_empty(), "still waiting: {out:?}");
+    // The older save alone does not open the stream; the newer does.
+    p.ps.handle(p.now, ps::Input::DiskSaved { save: first[0] });
+    assert!(sent(&p.outputs(), agent2).is_empty());
+    p.ps.handle(p.now, ps::Input::DiskSaved { save: second[0] });
+    let out = p.outputs();
+    assert!(
+        matches!(
+            sent(&out, agent2)[..],
+            [Message::StreamState {
+                epoch: Epoch(2),
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
 }
 
 /// The agent lost writes (it crashed): its stream resumes past a gap with nothing cached, so

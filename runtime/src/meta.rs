@@ -263,10 +263,16 @@ impl MetaStore {
         self.all(PS_DISKS)
     }
 
-    /// Losing this only causes resends, so it does not wait for the disk.
-    pub fn save_ps_disk(&self, m: &CacheDiskMeta) -> Result<(), MetaError> {
+    /// With `durable`, the commit waits for the disk (a new epoch or size that a stream waits
+    /// for); without, losing it only causes resends, and the next durable commit carries it.
+    pub fn save_ps_disk(&self, m: &CacheDiskMeta, durable: bool) -> Result<(), MetaError> {
         let bytes = postcard::to_allocvec(m).map_err(db_err)?;
-        self.write_with(Durability::None, |tx| {
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        self.write_with(durability, |tx| {
             tx.open_table(PS_DISKS)
                 .map_err(db_err)?
                 .insert(m.disk.as_str(), bytes.as_slice())

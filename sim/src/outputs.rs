@@ -3,7 +3,7 @@
 
 use crate::cluster::{Cluster, R};
 use crate::net::Node;
-use crate::stores::{AgentAnswer, DiskFault, MtWork, Replica};
+use crate::stores::{AgentAnswer, DiskFault, MtWork, PsWork, Replica};
 use crate::workload::slot_of_io;
 use haven_core::agent;
 use haven_core::config_server as cs;
@@ -125,7 +125,9 @@ impl Cluster {
                 }
                 let (loc, bytes) = self.ps_stores[i].append(&header, &data)?;
                 let at = self.store_latency();
-                self.ps_stores[i].pending.push(at, (id, loc, bytes));
+                self.ps_stores[i]
+                    .pending
+                    .push(at, PsWork::Append(id, loc, bytes));
             }
             ps::Output::Forward { conn, disk, loc } => {
                 if self.storage_error(n, true) {
@@ -147,11 +149,12 @@ impl Cluster {
                 }
                 self.ps_stores[i].release(&disk, through);
             }
-            ps::Output::SaveDisk(meta) => {
+            ps::Output::SaveDisk { save, meta } => {
                 if self.storage_error(n, false) {
                     return Ok(());
                 }
-                self.ps_stores[i].metas.insert(meta.disk.clone(), meta);
+                let at = self.store_latency();
+                self.ps_stores[i].pending.push(at, PsWork::Save(save, meta));
             }
             ps::Output::ForgetDisk(disk) => {
                 return Err(format!(

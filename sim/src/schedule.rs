@@ -8,7 +8,7 @@
 use crate::cluster::{Cluster, R};
 use crate::net::{Node, Ready};
 use crate::scenario::Action;
-use crate::stores::{AgentAnswer, MtWork};
+use crate::stores::{AgentAnswer, MtWork, PsWork};
 use haven_core::agent;
 use haven_core::config_server as cs;
 use haven_core::machine::tick_if_due;
@@ -226,9 +226,17 @@ impl Cluster {
         match n {
             Node::Agent(a) => self.answer_agent(a as usize)?,
             Node::Ps(i) => {
-                let (id, loc, bytes) = self.ps_stores[i as usize].complete().expect("ready");
-                self.note(n, "CachePersisted", id);
-                let input = ps::Input::CachePersisted { id, loc, bytes };
+                let input = match self.ps_stores[i as usize].complete().expect("ready") {
+                    PsWork::Append(id, loc, bytes) => {
+                        self.note(n, "CachePersisted", id);
+                        ps::Input::CachePersisted { id, loc, bytes }
+                    }
+                    PsWork::Save(None, _) => return self.drain(),
+                    PsWork::Save(Some(save), _) => {
+                        self.note(n, "DiskSaved", save);
+                        ps::Input::DiskSaved { save }
+                    }
+                };
                 self.pss[i as usize]
                     .as_mut()
                     .expect("up")

@@ -144,10 +144,18 @@ impl CsStore {
     }
 }
 
+/// A process server's store request not yet durable.
+pub enum PsWork {
+    /// A cache append: (append id, where, record bytes).
+    Append(u64, CacheLoc, u64),
+    /// A disk's metadata saved, answered with `DiskSaved` if it has a save id.
+    Save(Option<u64>, CacheDiskMeta),
+}
+
 /// The process server's cache and metadata.
 #[derive(Default)]
 pub struct PsStore {
-    /// Saved at once (a small file replaced atomically).
+    /// Durable metadata (a save is durable when its `PsWork::Save` completes).
     pub metas: BTreeMap<DiskId, CacheDiskMeta>,
     /// Written records (durable or not) with their frames.
     entries: BTreeMap<CacheLoc, (CachedBatch, Vec<u8>)>,
@@ -157,8 +165,7 @@ pub struct PsStore {
     pub synced_seq: BTreeMap<DiskId, Seq>,
     /// Seq ranges ever durably cached, per disk (what the process server may acknowledge).
     pub durable_ranges: BTreeMap<DiskId, Vec<(Seq, Seq)>>,
-    /// (append id, where, record bytes)
-    pub pending: Pending<(u64, CacheLoc, u64)>,
+    pub pending: Pending<PsWork>,
     pub fault: Option<DiskFault>,
 }
 
@@ -184,8 +191,16 @@ impl PsStore {
         Ok((loc, bytes))
     }
 
-    pub fn complete(&mut self) -> Option<(u64, CacheLoc, u64)> {
-        let (id, loc, bytes) = self.pending.pop()?;
+    /// Completes the oldest pending work: a save makes its metadata durable.
+    pub fn complete(&mut self) -> Option<PsWork> {
+        let work = self.pending.pop()?;
+        let (id, loc, bytes) = match work {
+            PsWork::Append(id, loc, bytes) => (id, loc, bytes),
+            PsWork::Save(save, meta) => {
+                self.metas.insert(meta.disk.clone(), meta.clone());
+                return Some(PsWork::Save(save, meta));
+            }
+        };
         self.durable.insert(loc);
         if let Some((b, _)) = self.entries.get(&loc) {
             let synced = self.synced_seq.entry(b.disk.clone()).or_default();
@@ -193,7 +208,7 @@ impl PsStore {
             let ranges = self.durable_ranges.entry(b.disk.clone()).or_default();
             ranges.push((b.first_seq, b.last_seq));
         }
-        Some((id, loc, bytes))
+        Some(PsWork::Append(id, loc, bytes))
     }
 
     /// The frame at `loc`, if it is durable.

@@ -20,6 +20,7 @@ impl ProcessServer {
             appending: BTreeMap::new(),
             appending_bytes: 0,
             next_append: 1,
+            next_save: 1,
             cs: Link::Idle,
             next_token: 1,
             next_heartbeat: now,
@@ -63,6 +64,8 @@ impl ProcessServer {
                 sent: 0,
                 agent: None,
                 refused: None,
+                saving: None,
+                state_for: None,
                 route: None,
                 link: Link::Idle,
                 cached_bytes: 0,
@@ -225,6 +228,7 @@ impl ProcessServer {
         for d in self.disks.values_mut() {
             if d.agent == Some(conn) {
                 d.agent = None;
+                d.state_for = None;
             }
             if matches!(d.link, Link::Opening(c) | Link::Ready(c) if c == conn) {
                 d.link = backoff;
@@ -309,19 +313,54 @@ impl ProcessServer {
                 }
             }
         }
-        let msg = Message::StreamState {
-            disk,
-            epoch,
-            cached_seq: d.cached_seq,
-            applied_seq: d.meta.applied_seq,
-        };
-        let save = changed.then(|| d.meta.clone());
-        self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
-        if let Some(m) = save {
-            self.out.push_back(Output::SaveDisk(m));
+        if changed {
+            let save = self.next_save;
+            self.next_save += 1;
+            let d = self.disks.get_mut(&disk).expect("entry made above");
+            d.saving = Some(save);
+            let meta = d.meta.clone();
+            self.out.push_back(Output::SaveDisk {
+                save: Some(save),
+                meta,
+            });
+        }
+        let d = self.disks.get_mut(&disk).expect("entry made above");
+        if d.saving.is_some() {
+            d.state_for = Some(conn); // Answered at `DiskSaved`.
+        } else {
+            d.state_for = None;
+            self.send_state(conn, &disk);
         }
         if let Some(conn) = reopen {
             self.out.push_back(Output::Net(NetCommand::Close { conn }));
+        }
+    }
+
+    /// Tells the agent on `conn` where the disk's stream stands.
+    fn send_state(&mut self, conn: ConnId, disk: &DiskId) {
+        let d = &self.disks[disk];
+        let msg = Message::StreamState {
+            disk: disk.clone(),
+            epoch: d.meta.epoch,
+            cached_seq: d.cached_seq,
+            applied_seq: d.meta.applied_seq,
+        };
+        self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
+    }
+
+    /// Saves through `save` are durable: the streams that waited for them are answered.
+    fn on_saved(&mut self, save: u64) {
+        let mut answer = Vec::new();
+        for (id, d) in self.disks.iter_mut() {
+            if d.saving.is_some_and(|s| s <= save) {
+                d.saving = None;
+                if let Some(conn) = d.state_for.take().filter(|c| d.agent == Some(*c)) {
+                    answer.push((conn, id.clone()));
+                }
+            }
+        }
+        for (conn, disk) in answer {
+            self.send_state(conn, &disk);
         }
     }
 
@@ -333,7 +372,7 @@ impl ProcessServer {
         let Some(d) = self
             .disks
             .get_mut(&header.disk)
-            .filter(|d| d.agent == Some(conn))
+            .filter(|d| d.agent == Some(conn) && d.state_for.is_none())
         else {
             return self.refuse(
                 conn,
@@ -565,7 +604,10 @@ impl ProcessServer {
                 disk: disk.clone(),
                 through: applied_seq,
             });
-            self.out.push_back(Output::SaveDisk(d.meta.clone()));
+            self.out.push_back(Output::SaveDisk {
+                save: None,
+                meta: d.meta.clone(),
+            });
             if let Some(agent) = d.agent {
                 let m = &d.meta;
                 let ack = Message::BatchAck {
@@ -612,6 +654,7 @@ impl crate::machine::Machine for ProcessServer {
         match input {
             Input::Net(ev) => self.on_net(ev),
             Input::CachePersisted { id, loc, bytes } => self.on_persisted(id, loc, bytes),
+            Input::DiskSaved { save } => self.on_saved(save),
             Input::Tick => {}
         }
         self.on_timers();

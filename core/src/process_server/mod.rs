@@ -8,6 +8,9 @@
 //! While the master target is away the cache grows up to `cache_bytes_max`; past it, agents are
 //! told `Busy` and hold their writes. After a restart the driver feeds back every cached batch
 //! (`ProcessServer::new`), and forwarding resumes where the master target stands.
+//! An `OpenStream` that brings a new epoch or size is answered with `StreamState` only once
+//! that metadata is durable (`DiskSaved`), so the agent never streams under an epoch that a
+//! crash of the process server would forget.
 
 mod handle;
 
@@ -75,6 +78,10 @@ pub enum Input {
         loc: CacheLoc,
         bytes: u64,
     },
+    /// `SaveDisk{save: Some(save)}` is durable (saves are answered in the order emitted).
+    DiskSaved {
+        save: u64,
+    },
     Tick,
 }
 
@@ -98,8 +105,12 @@ pub enum Output {
         disk: DiskId,
         through: Seq,
     },
-    /// Persist what is known of a disk (metadata; losing it only causes resends).
-    SaveDisk(CacheDiskMeta),
+    /// Persist what is known of a disk. With `save` (a new epoch or size, which a stream waits
+    /// for), durably, then answer `DiskSaved{save}`; without, losing it only causes resends.
+    SaveDisk {
+        save: Option<u64>,
+        meta: CacheDiskMeta,
+    },
     /// Delete what is persisted of a disk whose protection ended (after its `CacheRelease`).
     ForgetDisk(DiskId),
 }
@@ -120,6 +131,10 @@ struct DiskCache {
     agent: Option<ConnId>,
     /// The master target's reason for refusing this disk's stream, until it takes it again.
     refused: Option<String>,
+    /// The newest save of a new epoch or size not yet durable.
+    saving: Option<u64>,
+    /// The agent connection whose `StreamState` waits for `saving`.
+    state_for: Option<ConnId>,
     route: Option<String>,
     link: Link,
     cached_bytes: u64,
@@ -134,6 +149,7 @@ pub struct ProcessServer {
     appending: BTreeMap<u64, (DiskId, Seq, Seq, Epoch, u64)>,
     appending_bytes: u64,
     next_append: u64,
+    next_save: u64,
     cs: Link,
     next_token: ConnectToken,
     next_heartbeat: Timestamp,

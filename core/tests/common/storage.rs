@@ -120,8 +120,12 @@ impl Cluster {
                     !gone
                 });
             }
-            ps::Output::SaveDisk(meta) => {
+            ps::Output::SaveDisk { save, meta } => {
                 self.ps_meta.insert(meta.disk.clone(), meta);
+                if let Some(save) = save {
+                    self.local
+                        .push_back(Local::Ps(ps::Input::DiskSaved { save }));
+                }
             }
         }
     }

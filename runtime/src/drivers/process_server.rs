@@ -121,7 +121,9 @@ impl<T: Transport, V: Vfs + Clone + Send + 'static> Effects for PsEffects<T, V> 
         &mut self.net
     }
 
-    fn execute(&mut self, out: Output, _inputs: &mut VecDeque<Input>) -> Result<(), RoleError> {
+    /// A disk's metadata with a save id is saved in a redb commit that waits for the disk, so
+    /// its `DiskSaved` is fed back at once.
+    fn execute(&mut self, out: Output, inputs: &mut VecDeque<Input>) -> Result<(), RoleError> {
         match out {
             Output::Net(cmd) => self.net.execute(cmd),
             Output::CacheAppend { id, header, data } => {
@@ -136,7 +138,14 @@ impl<T: Transport, V: Vfs + Clone + Send + 'static> Effects for PsEffects<T, V> 
             Output::CacheRelease { disk, through } => {
                 self.cache.release_through(&disk, through).map_err(fail)?
             }
-            Output::SaveDisk(m) => self.meta.save_ps_disk(&m).map_err(fail)?,
+            Output::SaveDisk { save, meta } => {
+                self.meta
+                    .save_ps_disk(&meta, save.is_some())
+                    .map_err(fail)?;
+                if let Some(save) = save {
+                    inputs.push_back(Input::DiskSaved { save });
+                }
+            }
             Output::ForgetDisk(disk) => {
                 tracing::info!("disk {disk}: protection ended, its cache is dropped");
                 self.meta.forget_ps_disk(&disk).map_err(fail)?
