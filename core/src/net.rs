@@ -4,7 +4,7 @@
 //! `protocol::check_hello`, and reports the peer). Core sees connections as `ConnId`s and frames
 //! as messages plus a data part.
 
-use crate::ids::ConnId;
+use crate::ids::{ConnId, Epoch};
 use crate::protocol::{Hello, Message};
 use crate::time::Timestamp;
 use std::sync::Arc;
@@ -39,9 +39,13 @@ pub enum NetEvent {
 
 #[derive(Debug, Clone)]
 pub enum NetCommand {
+    /// Opens a connection; its `Hello` carries `epoch`: the protection epoch of the disk the
+    /// connection is for (a stream is opened under it, and a new epoch takes a new connection),
+    /// `Epoch(0)` for a control connection.
     Connect {
         token: ConnectToken,
         addr: String,
+        epoch: Epoch,
     },
     Send {
         conn: ConnId,
@@ -83,4 +87,35 @@ pub(crate) enum Link {
     Ready(ConnId),
     /// Waiting until the time to reconnect.
     Backoff(Timestamp),
+}
+
+/// The epoch each accepted connection's `Hello` carries. A data connection is made for one
+/// disk's stream under one epoch: an `OpenStream` under any other epoch is refused, so a peer
+/// that learns of a new epoch opens a new connection (the old one cannot carry it by mistake).
+/// One entry per open connection, removed when it closes.
+#[derive(Debug, Default)]
+pub(crate) struct ConnEpochs(std::collections::BTreeMap<ConnId, Epoch>);
+
+impl ConnEpochs {
+    pub fn accepted(&mut self, conn: ConnId, peer: &Hello) {
+        self.0.insert(conn, peer.epoch);
+    }
+
+    pub fn closed(&mut self, conn: ConnId) {
+        self.0.remove(&conn);
+    }
+
+    /// Why `OpenStream { disk, epoch }` may not be opened on `conn`, if it may not.
+    pub fn refusal(&self, conn: ConnId, disk: &crate::ids::DiskId, epoch: Epoch) -> Option<String> {
+        match self.0.get(&conn) {
+            Some(e) if *e == epoch => None,
+            Some(e) => Some(format!(
+                "disk {disk}: OpenStream under epoch {epoch} on a connection made for epoch {e}; \
+                 open a new connection for a new epoch"
+            )),
+            None => Some(format!(
+                "disk {disk}: OpenStream on a connection that was not accepted here"
+            )),
+        }
+    }
 }

@@ -223,6 +223,7 @@ fn master_target_opens_a_stream_only_once_the_new_replica_is_durable() {
         .any(|o| matches!(o, mt::Output::JournalAppend { .. })));
     // A new connection opens again; the save's answer opens the stream on it alone.
     let conn2 = ConnId(12);
+    mt_accept(&mut m, conn2, 1);
     let outs = mt_recv(&mut m, conn2, open(1, 1), vec![]);
     assert!(
         outs.iter().all(|o| save_of(o).is_none()),
@@ -253,6 +254,7 @@ fn master_target_tells_a_stream_past_a_gap_where_it_stands_only_once_the_gap_is_
         mt::Input::Net(closed_event(conn)),
     );
     let conn2 = ConnId(11);
+    mt_accept(&mut m, conn2, 2);
     let outs = mt_recv(&mut m, conn2, open(2, 10), vec![]);
     let save = outs
         .iter()
@@ -272,6 +274,7 @@ fn master_target_tells_a_stream_past_a_gap_where_it_stands_only_once_the_gap_is_
     assert!(sent(&outs).is_empty(), "{outs:?}");
     // It comes back: the durable state needs no new save, so the stream opens at once.
     let conn3 = ConnId(13);
+    mt_accept(&mut m, conn3, 2);
     let outs = mt_recv(&mut m, conn3, open(2, 10), vec![]);
     assert!(outs.iter().all(|o| save_of(o).is_none()), "{outs:?}");
     assert!(
@@ -291,21 +294,27 @@ fn master_target_tells_a_stream_past_a_gap_where_it_stands_only_once_the_gap_is_
 fn master_target_an_older_save_answered_does_not_open_the_stream() {
     let (mut m, conn) = mt_alone();
     mt_open(&mut m, conn, 1, 1);
-    // Two epoch changes, two saves in flight: only the answer to the newer opens the stream.
-    let first = mt_recv(&mut m, conn, open(2, 1), vec![]);
+    // Two epoch changes (each on a connection of its own), two saves in flight: only the
+    // answer to the newer opens the stream.
+    let (conn2, conn3) = (ConnId(12), ConnId(13));
+    mt_accept(&mut m, conn2, 2);
+    let first = mt_recv(&mut m, conn2, open(2, 1), vec![]);
     let first = first.iter().find_map(save_of).expect("a save for epoch 2");
-    let second = mt_recv(&mut m, conn, open(3, 1), vec![]);
+    mt_accept(&mut m, conn3, 3);
+    let second = mt_recv(&mut m, conn3, open(3, 1), vec![]);
     let second = second.iter().find_map(save_of).expect("a save for epoch 3");
     m.handle(
         Timestamp::from_millis(1002),
         mt::Input::ReplicaSaved { save: first },
     );
-    assert!(!stream_state_on(&mt_outputs(&mut m), conn));
+    let outs = mt_outputs(&mut m);
+    assert!(!stream_state_on(&outs, conn) && !stream_state_on(&outs, conn3));
     m.handle(
         Timestamp::from_millis(1003),
         mt::Input::ReplicaSaved { save: second },
     );
     let outs = mt_outputs(&mut m);
+    assert!(stream_state_on(&outs, conn3), "{outs:?}");
     assert!(
         matches!(
             sent(&outs)[..],
@@ -314,6 +323,43 @@ fn master_target_an_older_save_answered_does_not_open_the_stream() {
                 ..
             }]
         ),
+        "{outs:?}"
+    );
+}
+
+/// A connection is made for one epoch (its `Hello` says which): an `OpenStream` under another
+/// is refused before anything is created or saved, and one never accepted is refused too.
+#[test]
+fn master_target_opens_a_stream_only_under_its_connections_hello_epoch() {
+    let (mut m, conn) = mt_alone(); // Accepted for epoch 1.
+    let outs = mt_recv(&mut m, conn, open(2, 1), vec![]);
+    assert!(outs.iter().all(|o| save_of(o).is_none()), "{outs:?}");
+    assert!(closes(&outs), "{outs:?}");
+    match &sent(&outs)[..] {
+        [Message::Reject { reason }] => assert!(
+            reason.contains("epoch e2") && reason.contains("made for epoch e1"),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(m.stats().replicas.is_empty());
+    let stranger = ConnId(30);
+    let outs = mt_recv(&mut m, stranger, open(1, 1), vec![]);
+    assert!(
+        matches!(sent(&outs)[..], [Message::Reject { .. }]),
+        "{outs:?}"
+    );
+    assert!(m.stats().replicas.is_empty());
+    // The same connection under its own epoch opens; closed, its epoch is forgotten.
+    let outs = mt_open(&mut m, conn, 1, 1);
+    assert!(stream_state_on(&outs, conn), "{outs:?}");
+    m.handle(
+        Timestamp::from_millis(1002),
+        mt::Input::Net(closed_event(conn)),
+    );
+    let outs = mt_recv(&mut m, conn, open(1, 1), vec![]);
+    assert!(
+        matches!(sent(&outs)[..], [Message::Reject { .. }]),
         "{outs:?}"
     );
 }

@@ -48,7 +48,9 @@ fn failed(p: &mut Ps, token: u64) -> Vec<ps::Output> {
 fn connects(out: &[ps::Output], addr: &str) -> Vec<u64> {
     out.iter()
         .filter_map(|o| match o {
-            ps::Output::Net(NetCommand::Connect { token, addr: a }) if a == addr => Some(*token),
+            ps::Output::Net(NetCommand::Connect { token, addr: a, .. }) if a == addr => {
+                Some(*token)
+            }
             _ => None,
         })
         .collect()
@@ -99,6 +101,19 @@ fn open(epoch: u64, size_bytes: u64, first_seq: Seq) -> Message {
         size_bytes,
         first_seq,
     }
+}
+
+/// `OpenStream` on `conn`, accepted first as a connection made for `epoch`.
+fn open_on(
+    p: &mut Ps,
+    conn: ConnId,
+    epoch: u64,
+    size_bytes: u64,
+    first_seq: Seq,
+) -> Vec<ps::Output> {
+    let peer = Node::Agent.hello_at(Epoch(epoch));
+    net(p, NetEvent::Accepted { conn, peer });
+    p.recv(conn, open(epoch, size_bytes, first_seq), vec![])
 }
 
 fn frame_of(seq: Seq) -> u64 {
@@ -194,7 +209,7 @@ fn cache_after_close(p: &mut Ps) -> Vec<ps::Output> {
     // The agent reconnects on another connection, sends batch 2 and goes away before it is
     // persisted.
     let agent2 = ConnId(30);
-    p.recv(agent2, open(1, DISK_BYTES as u64, 2), vec![]);
+    open_on(p, agent2, 1, DISK_BYTES as u64, 2);
     let (h, d) = one_block_batch(2);
     let out = p.recv(agent2, Message::Batch(h), d);
     let (id, bytes) = appended(&out);
@@ -336,38 +351,45 @@ fn routes_and_retire_only_from_the_configuration_server() {
 fn open_stream_fences_older_epochs_and_saves_what_changed() {
     let size = DISK_BYTES as u64;
     let mut p = Ps::new(ps_settings(), 0, 1);
-    let agent2 = ConnId(20);
-    let out = p.recv(agent2, open(0, size, 1), vec![]);
-    assert!(refused(&out, agent2), "an older epoch: {out:?}");
+    let (agent0, agent1, agent2) = (ConnId(19), ConnId(20), ConnId(22));
+    let out = open_on(&mut p, agent0, 0, size, 1);
+    assert!(refused(&out, agent0), "an older epoch: {out:?}");
     // Unchanged: nothing to save.
-    let out = p.recv(agent2, open(1, size, 1), vec![]);
+    let out = open_on(&mut p, agent1, 1, size, 1);
     assert!(
-        matches!(sent(&out, agent2)[..], [Message::StreamState { .. }]),
+        matches!(sent(&out, agent1)[..], [Message::StreamState { .. }]),
         "{out:?}"
     );
     assert_eq!(saves(&out), [0u64; 0], "{out:?}");
-    // A new size, then a new epoch: saved, and the stream is answered only once the save is
+    // A new size (on the same connection: the epoch is the same), then a new epoch (on a
+    // connection made for it): saved, and the stream is answered only once the save is
     // durable (a batch before that is refused: the stream is not open).
-    let out = p.recv(agent2, open(1, 2 * size, 1), vec![]);
+    let out = p.recv(agent1, open(1, 2 * size, 1), vec![]);
     let first = saves(&out);
     assert_eq!(first.len(), 1, "{out:?}");
     assert!(
-        sent(&out, agent2).is_empty(),
+        sent(&out, agent1).is_empty(),
         "answered before its save: {out:?}"
     );
-    let out = p.recv(agent2, open(2, 2 * size, 1), vec![]);
+    let out = open_on(&mut p, agent2, 2, 2 * size, 1);
     let second = saves(&out);
     assert_eq!(second.len(), 1, "{out:?}");
     assert!(
         sent(&out, agent2).is_empty(),
         "answered before its save: {out:?}"
     );
+    // The new epoch closed the master-target link (made for epoch 1); no new one is made
+    // before the epoch is durable here.
+    assert_eq!(closes(&out), [MT], "{out:?}");
+    closed(&mut p, MT);
+    assert!(connects(&tick(&mut p, 10_000), Node::Mt.addr()).is_empty());
     let (h, d) = one_block_batch(1);
     let out = p.recv(agent2, Message::Batch(h), d);
     assert!(refused(&out, agent2), "a batch before StreamState: {out:?}");
     let out = p.recv(agent2, open(2, 2 * size, 1), vec![]);
     assert!(sent(&out, agent2).is_empty(), "still waiting: {out:?}");
-    // The older save alone does not open the stream; the newer does.
+    // The older save alone does not open the stream; the newer does, and the master target
+    // is reconnected under the new epoch.
     p.ps.handle(p.now, ps::Input::DiskSaved { save: first[0] });
     assert!(sent(&p.outputs(), agent2).is_empty());
     p.ps.handle(p.now, ps::Input::DiskSaved { save: second[0] });
@@ -382,6 +404,31 @@ fn open_stream_fences_older_epochs_and_saves_what_changed() {
         ),
         "{out:?}"
     );
+    assert!(
+        out.iter().any(|o| matches!(
+            o,
+            ps::Output::Net(NetCommand::Connect { epoch: Epoch(2), addr, .. }) if addr == Node::Mt.addr()
+        )),
+        "{out:?}"
+    );
+}
+
+/// A connection is made for one epoch: an `OpenStream` under another, or on a connection never
+/// accepted, is refused before anything changes.
+#[test]
+fn open_stream_only_under_the_epoch_of_its_connections_hello() {
+    let mut p = Ps::new(ps_settings(), 0, 1); // AGENT was accepted for epoch 1.
+    let out = p.recv(AGENT, open(2, DISK_BYTES as u64, 1), vec![]);
+    assert!(refused(&out, AGENT), "{out:?}");
+    assert!(saves(&out).is_empty(), "{out:?}");
+    match &sent(&out, AGENT)[..] {
+        [Message::Reject { reason }] => assert!(reason.contains("made for epoch e1"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let (h, d) = one_block_batch(1);
+    appended(&p.recv(AGENT, Message::Batch(h), d)); // Still open under epoch 1.
+    let out = p.recv(ConnId(30), open(1, DISK_BYTES as u64, 1), vec![]);
+    assert!(refused(&out, ConnId(30)), "{out:?}");
 }
 
 /// The agent lost writes (it crashed): its stream resumes past a gap with nothing cached, so
@@ -391,7 +438,7 @@ fn a_gap_with_nothing_cached_reopens_the_master_target_stream() {
     let mut p = Ps::new(ps_settings(), 0, 1);
     p.recv(MT, stream_state(0), vec![]);
     let agent2 = ConnId(20);
-    let out = p.recv(agent2, open(1, DISK_BYTES as u64, 10), vec![]);
+    let out = open_on(&mut p, agent2, 1, DISK_BYTES as u64, 10);
     assert_eq!(closes(&out), [MT], "{out:?}");
     let token = connects(&out, Node::Mt.addr())[0]; // reconnected at once
     closed(&mut p, MT);
@@ -404,7 +451,7 @@ fn a_gap_with_nothing_cached_reopens_the_master_target_stream() {
         "{out:?}"
     );
     // A stream resuming where it was is no gap.
-    let out = p.recv(ConnId(21), open(1, DISK_BYTES as u64, 10), vec![]);
+    let out = open_on(&mut p, ConnId(21), 1, DISK_BYTES as u64, 10);
     assert!(closes(&out).is_empty(), "{out:?}");
 }
 

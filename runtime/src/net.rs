@@ -10,7 +10,7 @@
 
 use crate::netlog::{self, peer_name, SharedRepeats, Unreachable};
 use crate::transport::Transport;
-use haven_core::ids::ConnId;
+use haven_core::ids::{ConnId, Epoch};
 use haven_core::net::{ConnectToken, NetCommand, NetEvent, Payload};
 use haven_core::protocol::{self, check_hello, Hello, Message, Role, FRAME_HEADER_BYTES};
 use std::collections::BTreeMap;
@@ -230,7 +230,7 @@ impl<T: Transport> Net<T> {
 
     pub fn execute(&mut self, cmd: NetCommand) {
         match cmd {
-            NetCommand::Connect { token, addr } => self.connect(token, addr),
+            NetCommand::Connect { token, addr, epoch } => self.connect(token, addr, epoch),
             NetCommand::Send { conn, msg, data } => self.send(conn, &msg, data),
             NetCommand::Close { conn } => {
                 // Dropping the writer ends the writer task, which shuts the socket down; the
@@ -266,10 +266,13 @@ impl<T: Transport> Net<T> {
         }
     }
 
-    fn connect(&self, token: ConnectToken, addr: String) {
+    fn connect(&self, token: ConnectToken, addr: String, epoch: Epoch) {
         let (transport, hello, next, events, unreachable) = (
             self.transport.clone(),
-            self.hello.clone(),
+            Hello {
+                epoch,
+                ..self.hello.clone()
+            },
             self.next_conn.clone(),
             self.events.clone(),
             self.unreachable.clone(),

@@ -245,7 +245,14 @@ impl Net {
         w.q.push_back(Item { at, remote, ev });
     }
 
-    pub fn connect(&mut self, from: Node, token: ConnectToken, addr: &str, now: Timestamp) {
+    pub fn connect(
+        &mut self,
+        from: Node,
+        token: ConnectToken,
+        addr: &str,
+        epoch: Epoch,
+        now: Timestamp,
+    ) {
         let to = self.addrs.get(addr).copied();
         let fail = |reason: &str| NetEvent::ConnectFailed {
             token,
@@ -294,7 +301,10 @@ impl Net {
             true,
             NetEvent::Accepted {
                 conn,
-                peer: from.hello(),
+                peer: Hello {
+                    epoch,
+                    ..from.hello()
+                },
             },
         );
         let back = at.plus_millis(self.delay(from, to));

@@ -15,7 +15,9 @@ impl Cluster {
     pub(crate) fn net_cmd(&mut self, from: Node, cmd: NetCommand) -> R {
         let now = self.now;
         match cmd {
-            NetCommand::Connect { token, addr } => self.net.connect(from, token, &addr, now),
+            NetCommand::Connect { token, addr, epoch } => {
+                self.net.connect(from, token, &addr, epoch, now)
+            }
             NetCommand::Send { conn, msg, data } => {
                 self.check_promise(from, &msg)?;
                 self.net.send(from, conn, &msg, &data, now)?;

@@ -1,6 +1,7 @@
 //! The agent's connections: one to the configuration server, one per disk to its process server.
 
 use super::*;
+use crate::ids::Epoch;
 
 impl Agent {
     pub(super) fn connect_cs(&mut self) {
@@ -9,6 +10,7 @@ impl Agent {
         self.out.push_back(Output::Net(NetCommand::Connect {
             token: CS_TOKEN,
             addr,
+            epoch: Epoch(0),
         }));
     }
 
@@ -22,8 +24,9 @@ impl Agent {
         let token = self.next_token;
         self.next_token += 1;
         self.links[disk] = Link::Connecting(token);
+        let epoch = self.streams[disk].epoch;
         self.out
-            .push_back(Output::Net(NetCommand::Connect { token, addr }));
+            .push_back(Output::Net(NetCommand::Connect { token, addr, epoch }));
     }
 
     pub(super) fn on_net(&mut self, ev: NetEvent) {

@@ -14,7 +14,7 @@
 
 use crate::batch::{decompress, BatchHeader};
 use crate::ids::{ComponentId, ConnId, DiskId, Epoch, Seq};
-use crate::net::{ConnectToken, NetCommand, NetEvent};
+use crate::net::{ConnEpochs, ConnectToken, NetCommand, NetEvent};
 use crate::protocol::{Message, Registration};
 use crate::stats::MasterTargetStats;
 use crate::time::{earliest, Timestamp};
@@ -115,6 +115,8 @@ pub struct MasterTarget {
     appending: BTreeMap<u64, (DiskId, Seq, bool)>,
     next_append: u64,
     next_save: u64,
+    /// The epoch each process-server connection was made for.
+    peers: ConnEpochs,
     /// Recovery points decided since this master target started (for `POINTS_PER_SYNC`).
     points_decided: u64,
     cs: Link,
@@ -148,6 +150,7 @@ impl MasterTarget {
             appending: BTreeMap::new(),
             next_append: 1,
             next_save: 1,
+            peers: ConnEpochs::default(),
             points_decided: 0,
             cs: Link::Idle,
             next_heartbeat: now,
@@ -182,6 +185,7 @@ impl MasterTarget {
         self.out.push_back(Output::Net(NetCommand::Connect {
             token: CS_TOKEN,
             addr,
+            epoch: Epoch(0),
         }));
     }
 
@@ -201,9 +205,10 @@ impl MasterTarget {
             NetEvent::ConnectFailed { .. } => {
                 self.cs = Link::Backoff(self.now.plus_millis(self.settings.reconnect_delay_ms));
             }
-            NetEvent::Accepted { .. } => {}
+            NetEvent::Accepted { conn, peer } => self.peers.accepted(conn, &peer),
             NetEvent::Received { conn, msg, data } => self.on_message(conn, msg, data),
             NetEvent::Closed { conn, .. } => {
+                self.peers.closed(conn);
                 if self.cs == Link::Ready(conn) {
                     self.cs = Link::Backoff(self.now.plus_millis(self.settings.reconnect_delay_ms));
                 }
@@ -268,6 +273,9 @@ impl MasterTarget {
         size_bytes: u64,
         first_seq: Seq,
     ) {
+        if let Some(reason) = self.peers.refusal(conn, &disk, epoch) {
+            return self.refuse(conn, reason);
+        }
         if size_bytes == 0 || !size_bytes.is_multiple_of(crate::batch::BLOCK_BYTES) {
             return self.refuse(
                 conn,

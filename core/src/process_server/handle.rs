@@ -21,6 +21,7 @@ impl ProcessServer {
             appending_bytes: 0,
             next_append: 1,
             next_save: 1,
+            peers: ConnEpochs::default(),
             cs: Link::Idle,
             next_token: 1,
             next_heartbeat: now,
@@ -142,20 +143,23 @@ impl ProcessServer {
         self.out.push_back(Output::Net(NetCommand::Connect {
             token: CS_TOKEN,
             addr,
+            epoch: Epoch(0),
         }));
     }
 
     fn connect_mt(&mut self, id: &DiskId) {
         let d = self.disks.get_mut(id).expect("known disk");
         let Some(addr) = d.route.clone() else { return };
-        if d.link != Link::Idle {
+        // The master target hears of an epoch only once it is durable here.
+        if d.link != Link::Idle || d.saving.is_some() {
             return;
         }
         let token = self.next_token;
         self.next_token += 1;
         d.link = Link::Connecting(token);
+        let epoch = d.meta.epoch;
         self.out
-            .push_back(Output::Net(NetCommand::Connect { token, addr }));
+            .push_back(Output::Net(NetCommand::Connect { token, addr, epoch }));
     }
 
     fn on_net(&mut self, ev: NetEvent) {
@@ -173,7 +177,8 @@ impl ProcessServer {
                     d.link = backoff;
                 }
             }
-            NetEvent::Accepted { .. } => {} // Agents open streams with OpenStream.
+            // Agents open streams with OpenStream, under the epoch of their Hello.
+            NetEvent::Accepted { conn, peer } => self.peers.accepted(conn, &peer),
             NetEvent::Received { conn, msg, data } => self.on_message(conn, msg, data),
             NetEvent::Closed { conn, .. } => self.on_closed(conn),
         }
@@ -225,6 +230,7 @@ impl ProcessServer {
         if matches!(self.cs, Link::Ready(c) | Link::Opening(c) if c == conn) {
             self.cs = backoff;
         }
+        self.peers.closed(conn);
         for d in self.disks.values_mut() {
             if d.agent == Some(conn) {
                 d.agent = None;
@@ -279,6 +285,9 @@ impl ProcessServer {
         size_bytes: u64,
         first_seq: Seq,
     ) {
+        if let Some(reason) = self.peers.refusal(conn, &disk, epoch) {
+            return self.refuse(conn, reason);
+        }
         let meta = CacheDiskMeta {
             disk: disk.clone(),
             epoch,
@@ -293,25 +302,26 @@ impl ProcessServer {
             );
             return self.refuse(conn, reason);
         }
-        let changed = d.meta.epoch != epoch || d.meta.size_bytes != size_bytes;
+        let new_epoch = d.meta.epoch != epoch;
+        let changed = new_epoch || d.meta.size_bytes != size_bytes;
         d.meta.epoch = epoch;
         d.meta.size_bytes = size_bytes;
         d.agent = Some(conn);
-        let mut reopen = None;
+        // The link to the master target was made for the old epoch: it takes a new connection.
+        let mut reopen_mt = new_epoch;
         if first_seq > d.expect_seq {
             // The agent no longer has the writes in between (it crashed). Take what it has; the
-            // master target records the gap and the replica is marked for resync.
+            // master target records the gap and the replica is marked for resync. If nothing
+            // cached will carry the gap to the master target, reopen its stream so that
+            // `OpenStream` tells it now (the replica is flagged at once, not at the next write).
             d.expect_seq = first_seq;
-            if d.entries.is_empty() {
-                // Nothing cached will carry the gap to the master target: reopen its stream so
-                // that `OpenStream` tells it now (the replica is flagged at once, not at the
-                // next write).
-                if let Link::Opening(c) | Link::Ready(c) = d.link {
-                    d.link = Link::Idle;
-                    d.sent = 0;
-                    reopen = Some(c);
-                }
-            }
+            reopen_mt |= d.entries.is_empty();
+        }
+        let mut reopen = None;
+        if let (true, Link::Opening(c) | Link::Ready(c)) = (reopen_mt, d.link) {
+            d.link = Link::Idle;
+            d.sent = 0;
+            reopen = Some(c);
         }
         if changed {
             let save = self.next_save;

@@ -16,7 +16,7 @@ mod handle;
 
 use crate::batch::BatchHeader;
 use crate::ids::{ComponentId, ConnId, DiskId, Epoch, Seq};
-use crate::net::{ConnectToken, NetCommand, NetEvent};
+use crate::net::{ConnEpochs, ConnectToken, NetCommand, NetEvent};
 use crate::protocol::Message;
 use crate::time::Timestamp;
 use std::collections::{BTreeMap, VecDeque};
@@ -150,6 +150,8 @@ pub struct ProcessServer {
     appending_bytes: u64,
     next_append: u64,
     next_save: u64,
+    /// The epoch each agent connection was made for.
+    peers: ConnEpochs,
     cs: Link,
     next_token: ConnectToken,
     next_heartbeat: Timestamp,

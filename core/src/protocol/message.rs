@@ -42,7 +42,9 @@ pub struct Hello {
     pub version: u32,
     pub role: Role,
     pub component: ComponentId,
-    /// Highest protection epoch the sender knows of (0 on control connections).
+    /// The protection epoch the connection is made for: a data connection carries one disk's
+    /// stream under this epoch (its `OpenStream` must say the same, or it is refused), a new
+    /// epoch takes a new connection; 0 on control connections and from the acceptor.
     pub epoch: Epoch,
 }
 

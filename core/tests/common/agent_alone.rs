@@ -203,7 +203,7 @@ impl A {
                     None
                 }
                 agent::Output::SourceSync { io, .. } => Some(agent::Input::Synced { io }),
-                agent::Output::Net(NetCommand::Connect { token, addr }) => {
+                agent::Output::Net(NetCommand::Connect { token, addr, .. }) => {
                     let (conn, peer) = if addr == Node::Cs.addr() {
                         (CS, Node::Cs.hello())
                     } else {

@@ -305,7 +305,7 @@ impl Cluster {
 
     pub(super) fn net_cmd(&mut self, from: Node, cmd: NetCommand) {
         match cmd {
-            NetCommand::Connect { token, addr } => {
+            NetCommand::Connect { token, addr, epoch } => {
                 let target = Node::ALL
                     .into_iter()
                     .find(|n| n.addr() == addr && self.is_up(*n));
@@ -332,7 +332,7 @@ impl Cluster {
                     to,
                     NetEvent::Accepted {
                         conn,
-                        peer: from.hello(),
+                        peer: from.hello_at(epoch),
                     },
                 ));
                 self.net.push_back((

@@ -51,6 +51,14 @@ impl Node {
             Node::Agent => "agent:none",
         }
     }
+    /// The node's `Hello` on a connection made for `epoch`.
+    pub fn hello_at(self, epoch: Epoch) -> Hello {
+        Hello {
+            epoch,
+            ..self.hello()
+        }
+    }
+
     pub fn hello(self) -> Hello {
         let (role, name) = match self {
             Node::Cs => (Role::ConfigServer, "cs"),

@@ -16,10 +16,19 @@ pub fn mt_alone() -> (MasterTarget, ConnId) {
         now,
         mt::Input::Net(NetEvent::Accepted {
             conn,
-            peer: Node::Ps.hello(),
+            peer: Node::Ps.hello_at(Epoch(1)),
         }),
     );
     (m, conn)
+}
+
+/// A process server's connection made for `epoch` is accepted on `conn`.
+pub fn mt_accept(m: &mut MasterTarget, conn: ConnId, epoch: u64) {
+    let peer = Node::Ps.hello_at(Epoch(epoch));
+    m.handle(
+        Timestamp::from_millis(1001),
+        mt::Input::Net(NetEvent::Accepted { conn, peer }),
+    );
 }
 
 pub fn mt_outputs(m: &mut MasterTarget) -> Vec<mt::Output> {
@@ -34,9 +43,11 @@ pub fn mt_recv(m: &mut MasterTarget, conn: ConnId, msg: Message, data: Vec<u8>) 
     mt_outputs(m)
 }
 
-/// Opens the stream of disk0 and makes every replica save it asks for durable; the outputs of
-/// both steps.
+/// Opens the stream of disk0 on `conn`, accepted anew for `epoch` (as a process server opens a
+/// connection per stream and epoch), and makes every replica save it asks for durable; the
+/// outputs of both steps.
 pub fn mt_open(m: &mut MasterTarget, conn: ConnId, epoch: u64, first_seq: Seq) -> Vec<mt::Output> {
+    mt_accept(m, conn, epoch);
     let mut outs = mt_recv(m, conn, open(epoch, first_seq), vec![]);
     let saves: Vec<u64> = outs.iter().filter_map(save_of).collect();
     for save in saves {

@@ -72,7 +72,7 @@ impl Ps {
             now,
             ps::Input::Net(NetEvent::Accepted {
                 conn: AGENT,
-                peer: Node::Agent.hello(),
+                peer: Node::Agent.hello_at(EPOCH),
             }),
         );
         let open = Message::OpenStream {
@@ -131,7 +131,7 @@ pub fn one_block_batch(seq: Seq) -> (BatchHeader, Vec<u8>) {
 pub fn connect_token(out: &[ps::Output], to: &str) -> u64 {
     out.iter()
         .find_map(|o| match o {
-            ps::Output::Net(NetCommand::Connect { token, addr }) if addr == to => Some(*token),
+            ps::Output::Net(NetCommand::Connect { token, addr, .. }) if addr == to => Some(*token),
             _ => None,
         })
         .unwrap_or_else(|| panic!("no Connect to {to}: {out:?}"))

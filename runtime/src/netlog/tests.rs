@@ -94,6 +94,7 @@ async fn unreachable_lost_and_refused_peers_are_logged_once() {
         agent.execute(NetCommand::Connect {
             token,
             addr: addr.clone(),
+            epoch: Epoch(1),
         });
         let ev = next(&mut agent, &mut rx).await;
         assert!(matches!(ev, NetEvent::ConnectFailed { .. }), "{ev:?}");
@@ -111,13 +112,16 @@ async fn unreachable_lost_and_refused_peers_are_logged_once() {
         agent.execute(NetCommand::Connect {
             token: 10 + round,
             addr: addr.clone(),
+            epoch: Epoch(7 + round),
         });
         let NetEvent::Connected { conn, .. } = next(&mut agent, &mut rx).await else {
             panic!("not connected");
         };
         let theirs = loop {
             // The close of the last round's connection may come first.
-            if let NetEvent::Accepted { conn, .. } = next(&mut ps, &mut srx).await {
+            if let NetEvent::Accepted { conn, peer } = next(&mut ps, &mut srx).await {
+                // The connection's Hello carries the epoch it was made for.
+                assert_eq!(peer.epoch, Epoch(7 + round));
                 break conn;
             }
         };
