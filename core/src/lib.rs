@@ -23,6 +23,7 @@
 pub mod agent;
 pub mod batch;
 pub mod config_server;
+pub mod deadlines;
 pub mod ids;
 pub mod index;
 pub mod machine;

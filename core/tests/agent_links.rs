@@ -27,8 +27,12 @@ fn stream_state(disk: DiskId, epoch: Epoch) -> Message {
 /// An agent with disk0 and disk1, both assigned to ps1 and streaming, disk0 on `PS` and disk1
 /// on the second process-server connection (returned).
 fn two_streaming() -> (A, ConnId) {
+    two_streaming_with(haven_core::batch::BLOCK_BYTES)
+}
+
+fn two_streaming_with(batch_bytes_max: u64) -> (A, ConnId) {
     let mut settings = agent_settings();
-    settings.batch_bytes_max = haven_core::batch::BLOCK_BYTES;
+    settings.batch_bytes_max = batch_bytes_max;
     let size = DISK_BYTES as u64;
     let disks = vec![
         copied_disk(disk_id(), size, 0),
@@ -69,6 +73,43 @@ fn each_disk_streams_on_its_own_connection() {
     a.advance(20);
     assert_eq!(batches_on(&a, c1), [("disk1".to_string(), 1)]);
     assert_eq!(batches_on(&a, PS), [("disk0".to_string(), 1)]);
+}
+
+/// Each disk's batch delay is its own timer: `poll_timeout` is the earliest of them, and a tick
+/// at it closes that disk's batch alone (the deadline index files every disk's timer).
+#[test]
+fn each_disks_batch_deadline_is_kept_and_fired_on_its_own() {
+    let (mut a, c1) = two_streaming_with(64 * haven_core::batch::BLOCK_BYTES);
+    let start = a.now;
+    a.write_block_on(1, 3); // disk1's batch closes 10 ms from now
+    a.now = a.now.plus_millis(4);
+    a.write_block_on(0, 4); // disk0's at 14 ms
+    let heartbeat = start.plus_millis(1000);
+    assert_eq!(a.agent.poll_timeout(), Some(start.plus_millis(10)));
+    a.now = start.plus_millis(10);
+    a.input(agent::Input::Tick);
+    assert_eq!(batches_on(&a, c1), [("disk1".to_string(), 1)]);
+    assert!(batches_on(&a, PS).is_empty(), "{:?}", a.ps_sends);
+    let t = a.agent.poll_timeout();
+    assert_eq!(t, Some(start.plus_millis(14)), "heartbeat at {heartbeat:?}");
+    a.now = start.plus_millis(14);
+    a.input(agent::Input::Tick);
+    assert_eq!(batches_on(&a, PS), [("disk0".to_string(), 1)]);
+    // Nothing else is due before the heartbeat (the sent batches' stall deadlines are 10 s
+    // away), acked or not.
+    assert_eq!(a.agent.poll_timeout(), Some(heartbeat));
+    a.recv(PS, ack_of(disk_id(), 1));
+    a.recv(c1, ack_of(disk1(), 1));
+    assert_eq!(a.agent.poll_timeout(), Some(heartbeat));
+}
+
+fn ack_of(disk: DiskId, seq: u64) -> Message {
+    Message::BatchAck {
+        disk,
+        epoch: EPOCH,
+        cached_seq: seq,
+        applied_seq: seq,
+    }
 }
 
 /// Two connects are outstanding at once and complete in the other order: each connection goes

@@ -22,6 +22,8 @@ impl Agent {
             held: VecDeque::new(),
             pending: VecDeque::new(),
             batch_deadline: vec![None; n],
+            wake: Deadlines::default(),
+            touched: (0..n).collect(),
             next_heartbeat: now,
             next_token: 1,
             out: VecDeque::new(),
@@ -34,6 +36,7 @@ impl Agent {
             agent.reserve_more(disk);
         }
         agent.connect_cs();
+        agent.refile();
         agent
     }
 
@@ -93,11 +96,13 @@ impl Agent {
     fn start(&mut self, input: Input) {
         match input {
             Input::Write { io, disk, op, fua } => {
+                self.touched.push(disk);
                 let span = op.block_span();
                 self.pending.push_back((io, Pending { disk, fua, span }));
                 self.out.push_back(Output::SourceWrite { io, disk, op });
             }
             Input::Flush { io, disk } => {
+                self.touched.push(disk);
                 // A flush is a natural consistency point: close the batch so it ends there.
                 self.streams[disk].close_batch();
                 self.batch_deadline[disk] = None;
@@ -186,32 +191,99 @@ impl Agent {
         }
     }
 
+    /// The earliest of `disk`'s timers.
+    fn disk_deadline(&self, disk: usize) -> Option<Timestamp> {
+        let mut t = self.batch_deadline[disk];
+        let link = self.links[disk];
+        if let Link::Backoff(at) = link {
+            t = earliest(t, Some(at));
+        }
+        if self.stalled_candidate(disk, &link) {
+            let stall = self.progress_at[disk].plus_millis(super::STREAM_STALL_MS);
+            t = earliest(t, Some(stall));
+        }
+        let busy = self.busy_until[disk];
+        if busy > self.now && self.streams[disk].has_unsent() {
+            t = earliest(t, Some(busy));
+        }
+        t
+    }
+
+    /// Marks the disks `input` concerns, before it is handled: a source completion's or copy
+    /// read's disk, the disk whose stream a message arrived on; every disk for the rest of the
+    /// network (the configuration server's messages, connects and closes). A write or flush
+    /// marks its disk when it starts.
+    fn touch_for(&mut self, input: &Input) {
+        let disk = match input {
+            Input::Net(NetEvent::Received { conn, .. }) => self
+                .links
+                .iter()
+                .position(|l| matches!(l, Link::Opening(c) | Link::Ready(c) if c == conn)),
+            Input::Net(_) => None,
+            Input::SourceDone { io, .. } | Input::SourceFailed { io, .. } => {
+                let p = self.pending.iter().find(|(i, _)| i == io);
+                return self.touched.extend(p.map(|(_, p)| p.disk));
+            }
+            Input::CopyData { disk, .. } | Input::Reserved { disk, .. } => Some(*disk),
+            Input::Write { .. } | Input::Flush { .. } | Input::Synced { .. } | Input::Tick => {
+                return;
+            }
+        };
+        match disk {
+            Some(d) => self.touched.push(d),
+            None => self.touched.extend(0..self.streams.len()),
+        }
+    }
+
+    /// Files the touched disks' deadlines again.
+    fn refile(&mut self) {
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        for &disk in &touched {
+            self.wake.set(disk, self.disk_deadline(disk));
+        }
+        touched.clear();
+        self.touched = touched; // Keeps its capacity.
+    }
+
+    /// One disk's timers (a stalled stream, its batch deadline, its reconnect), then whatever
+    /// its state now allows (connect, send, report the copy cached).
+    fn disk_timers(&mut self, disk: usize) {
+        let now = self.now;
+        let link = self.links[disk];
+        if self.stalled_candidate(disk, &link)
+            && now.millis_since(self.progress_at[disk]) >= super::STREAM_STALL_MS
+        {
+            if let Link::Opening(conn) | Link::Ready(conn) = link {
+                self.out.push_back(Output::Net(NetCommand::Close { conn }));
+                self.links[disk] = Link::Backoff(now.plus_millis(self.settings.reconnect_delay_ms));
+                self.streams[disk].unsend_from(0);
+            }
+        }
+        if self.batch_deadline[disk].is_some_and(|t| t <= now) {
+            self.batch_deadline[disk] = None;
+            self.streams[disk].close_batch();
+        }
+        if let Link::Backoff(at) = self.links[disk] {
+            if at <= now {
+                self.links[disk] = Link::Idle;
+            }
+        }
+        self.connect_ps(disk);
+        self.pump(disk);
+        self.copy_cached(disk);
+    }
+
+    /// The timers of the touched disks and of the disks that are due, then the agent's own.
     fn on_timers(&mut self) {
         let now = self.now;
-        for disk in 0..self.streams.len() {
-            let link = self.links[disk];
-            if self.stalled_candidate(disk, &link)
-                && now.millis_since(self.progress_at[disk]) >= super::STREAM_STALL_MS
-            {
-                if let Link::Opening(conn) | Link::Ready(conn) = link {
-                    self.out.push_back(Output::Net(NetCommand::Close { conn }));
-                    self.links[disk] =
-                        Link::Backoff(now.plus_millis(self.settings.reconnect_delay_ms));
-                    self.streams[disk].unsend_from(0);
-                }
-            }
-            if self.batch_deadline[disk].is_some_and(|t| t <= now) {
-                self.batch_deadline[disk] = None;
-                self.streams[disk].close_batch();
-            }
-            if let Link::Backoff(at) = self.links[disk] {
-                if at <= now {
-                    self.links[disk] = Link::Idle;
-                }
-            }
-            self.connect_ps(disk);
-            self.pump(disk);
-            self.copy_cached(disk);
+        let due: Vec<usize> = self.wake.due(now).collect();
+        self.touched.extend(due);
+        self.touched.sort_unstable();
+        self.touched.dedup();
+        for i in 0..self.touched.len() {
+            self.disk_timers(self.touched[i]);
         }
         if matches!(self.cs, Link::Backoff(at) if at <= now) {
             self.connect_cs();
@@ -259,6 +331,7 @@ impl crate::machine::Machine for Agent {
     fn handle(&mut self, now: Timestamp, input: Input) {
         self.now = self.now.max(now);
         let tick = matches!(input, Input::Tick);
+        self.touch_for(&input);
         match input {
             Input::Net(ev) => self.on_net(ev),
             Input::Write { .. } | Input::Flush { .. } => {
@@ -284,6 +357,7 @@ impl crate::machine::Machine for Agent {
         if tick {
             self.copy_step();
         }
+        self.refile();
     }
 
     fn poll_output(&mut self) -> Option<Output> {
@@ -291,27 +365,9 @@ impl crate::machine::Machine for Agent {
     }
 
     fn poll_timeout(&self) -> Option<Timestamp> {
-        let mut t = Some(self.next_heartbeat);
-        for d in &self.batch_deadline {
-            t = earliest(t, *d);
-        }
-        for link in self.links.iter().chain(std::iter::once(&self.cs)) {
-            if let Link::Backoff(at) = link {
-                t = earliest(t, Some(*at));
-            }
-        }
-        for (i, link) in self.links.iter().enumerate() {
-            if self.stalled_candidate(i, link) {
-                t = earliest(
-                    t,
-                    Some(self.progress_at[i].plus_millis(super::STREAM_STALL_MS)),
-                );
-            }
-        }
-        for (i, b) in self.busy_until.iter().enumerate() {
-            if *b > self.now && self.streams[i].has_unsent() {
-                t = earliest(t, Some(*b));
-            }
+        let mut t = earliest(Some(self.next_heartbeat), self.wake.next());
+        if let Link::Backoff(at) = self.cs {
+            t = earliest(t, Some(at));
         }
         if (0..self.streams.len()).any(|d| self.copy_read_due(d)) {
             t = Some(self.now); // The next chunk of a copy, at the next tick.

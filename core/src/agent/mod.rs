@@ -17,6 +17,7 @@ mod stream;
 pub use stream::{Stream, RPO_MARKS_MAX};
 
 use crate::batch::BLOCK_BYTES;
+use crate::deadlines::Deadlines;
 use crate::ids::{ComponentId, ConnId, DiskId, Seq};
 use crate::net::{ConnectToken, NetCommand, NetEvent};
 use crate::protocol::{DiskInfo, Message, Registration};
@@ -195,6 +196,11 @@ pub struct Agent {
     /// Source writes emitted and not yet done, in emission order.
     pending: VecDeque<(IoId, Pending)>,
     batch_deadline: Vec<Option<Timestamp>>,
+    /// Each disk's earliest timer (batch close, reconnect, stall, busy), filed again after
+    /// every input that touched the disk: a tick visits only the disks that are due.
+    wake: Deadlines<usize>,
+    /// The disks the current input touched (filled during `handle`, drained at its end).
+    touched: Vec<usize>,
     next_heartbeat: Timestamp,
     next_token: ConnectToken,
     out: VecDeque<Output>,

@@ -401,6 +401,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = MetaStore::open(&dir.path().join("meta.redb")).unwrap();
         let (mut r, _) = Replica::open(&StdVfs, dir.path(), meta(), &store).unwrap();
+        assert_eq!(
+            (r.size_bytes(), r.journal_bytes()),
+            (BLOCKS * BLOCK_BYTES, 0)
+        );
         // The base image holds data of its own: blocks the journal never wrote read from it.
         let mut disk = vec![0u8; (BLOCKS * BLOCK_BYTES) as usize];
         for (i, b) in disk.chunks_mut(B).enumerate().filter(|(i, _)| i % 3 == 0) {
@@ -418,6 +422,8 @@ mod tests {
         }
         r.sync().unwrap();
         assert!(r.index_entries() > 0);
+        let journal_bytes = r.journal_bytes();
+        assert!(journal_bytes > 0);
         check_reads(&r, &disks, &mut rng);
         let past = BLOCKS * BLOCK_BYTES;
         assert!(matches!(
@@ -433,7 +439,8 @@ mod tests {
         assert_eq!(m.applied_seq, seq - 1);
         assert_eq!(m.points, consistent);
         assert_eq!(m.journal_bytes, r.journal_bytes());
-        assert!(m.journal_bytes > 0);
+        assert_eq!(m.journal_bytes, journal_bytes);
+        assert_eq!(r.size_bytes(), BLOCKS * BLOCK_BYTES);
         check_reads(&r, &disks, &mut rng);
         let journal = replica_dir(dir.path(), &r.disk).join("journal");
         assert!(!StdVfs.list_dir(&journal).unwrap().is_empty());
