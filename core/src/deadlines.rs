@@ -9,12 +9,12 @@ use crate::time::Timestamp;
 use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone)]
-pub struct Deadlines<K: Ord + Copy> {
+pub struct Deadlines<K: Ord + Clone> {
     by_time: BTreeSet<(Timestamp, K)>,
     of: BTreeMap<K, Timestamp>,
 }
 
-impl<K: Ord + Copy> Default for Deadlines<K> {
+impl<K: Ord + Clone> Default for Deadlines<K> {
     fn default() -> Self {
         Deadlines {
             by_time: BTreeSet::new(),
@@ -23,23 +23,23 @@ impl<K: Ord + Copy> Default for Deadlines<K> {
     }
 }
 
-impl<K: Ord + Copy> Deadlines<K> {
+impl<K: Ord + Clone> Deadlines<K> {
     /// Sets `key`'s deadline to `at` (replacing the one it had), or clears it with `None`.
     pub fn set(&mut self, key: K, at: Option<Timestamp>) {
         let old = match at {
-            Some(t) => self.of.insert(key, t),
+            Some(t) => self.of.insert(key.clone(), t),
             None => self.of.remove(&key),
         };
         if let Some(old) = old {
-            self.by_time.remove(&(old, key));
+            self.by_time.remove(&(old, key.clone()));
         }
         if let Some(t) = at {
             self.by_time.insert((t, key));
         }
     }
 
-    pub fn get(&self, key: K) -> Option<Timestamp> {
-        self.of.get(&key).copied()
+    pub fn get(&self, key: &K) -> Option<Timestamp> {
+        self.of.get(key).copied()
     }
 
     /// The earliest deadline of all.
@@ -53,7 +53,7 @@ impl<K: Ord + Copy> Deadlines<K> {
         self.by_time
             .iter()
             .take_while(move |(t, _)| *t <= now)
-            .map(|(_, k)| *k)
+            .map(|(_, k)| k.clone())
     }
 
     pub fn len(&self) -> usize {
@@ -85,11 +85,14 @@ mod tests {
         assert_eq!(d.due(t(9)).count(), 0);
         // Replaced: the old deadline is gone, not kept beside the new one.
         d.set(2, Some(t(40)));
-        assert_eq!((d.next(), d.get(2), d.len()), (Some(t(20)), Some(t(40)), 3));
+        assert_eq!(
+            (d.next(), d.get(&2), d.len()),
+            (Some(t(20)), Some(t(40)), 3)
+        );
         assert_eq!(d.due(t(35)).collect::<Vec<_>>(), [3, 1]);
         d.set(3, None);
         d.set(3, None); // Clearing what is not set changes nothing.
-        assert_eq!((d.next(), d.get(3), d.len()), (Some(t(30)), None, 2));
+        assert_eq!((d.next(), d.get(&3), d.len()), (Some(t(30)), None, 2));
         assert_eq!(d.due(t(100)).collect::<Vec<_>>(), [1, 2]);
         // Two keys at the same time are both kept.
         d.set(1, Some(t(40)));

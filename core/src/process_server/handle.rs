@@ -4,7 +4,6 @@ use super::*;
 use crate::batch::{compress_at, CompressionPolicy, Encoding, ZSTD_LEVELS, ZSTD_LEVEL_DEFAULT};
 use crate::protocol::{Registration, Route};
 use crate::stats::{CacheDiskStats, ProcessServerStats};
-use crate::time::earliest;
 
 impl ProcessServer {
     /// `disks` and `cached` are what the driver recovered from its metadata and cache, in order.
@@ -21,6 +20,9 @@ impl ProcessServer {
             appending_bytes: 0,
             next_append: 1,
             next_save: 1,
+            wake: Deadlines::default(),
+            touched: Vec::new(),
+            touched_all: true,
             peers: ConnEpochs::default(),
             cs: Link::Idle,
             next_token: 1,
@@ -107,37 +109,7 @@ impl ProcessServer {
         }
     }
 
-    fn on_timers(&mut self) {
-        let now = self.now;
-        let ids: Vec<DiskId> = self.disks.keys().cloned().collect();
-        for id in ids {
-            let d = self.disks.get_mut(&id).expect("listed");
-            if matches!(d.link, Link::Backoff(at) if at <= now) {
-                d.link = Link::Idle;
-            }
-            if d.waiting() && now.millis_since(d.progress_at) >= STREAM_STALL_MS {
-                if let Link::Opening(conn) | Link::Ready(conn) = d.link {
-                    // The master target went silent with batches outstanding: reconnect.
-                    self.out.push_back(Output::Net(NetCommand::Close { conn }));
-                    d.link = Link::Backoff(now.plus_millis(self.settings.reconnect_delay_ms));
-                    d.sent = 0;
-                }
-            }
-            self.connect_mt(&id);
-        }
-        if matches!(self.cs, Link::Backoff(at) if at <= now) {
-            self.connect_cs();
-        }
-        if self.next_heartbeat <= now {
-            self.next_heartbeat = now.plus_millis(self.settings.heartbeat_interval_ms);
-            if let Link::Ready(conn) = self.cs {
-                let msg = Message::ProcessServerHeartbeat(self.stats());
-                self.out.push_back(Output::Net(NetCommand::send(conn, msg)));
-            }
-        }
-    }
-
-    fn connect_cs(&mut self) {
+    pub(super) fn connect_cs(&mut self) {
         self.cs = Link::Connecting(CS_TOKEN);
         let addr = self.settings.config_server_addr.clone();
         self.out.push_back(Output::Net(NetCommand::Connect {
@@ -147,7 +119,7 @@ impl ProcessServer {
         }));
     }
 
-    fn connect_mt(&mut self, id: &DiskId) {
+    pub(super) fn connect_mt(&mut self, id: &DiskId) {
         let d = self.disks.get_mut(id).expect("known disk");
         let Some(addr) = d.route.clone() else { return };
         // The master target hears of an epoch only once it is durable here.
@@ -661,6 +633,7 @@ impl crate::machine::Machine for ProcessServer {
 
     fn handle(&mut self, now: Timestamp, input: Input) {
         self.now = self.now.max(now);
+        self.touch_for(&input);
         match input {
             Input::Net(ev) => self.on_net(ev),
             Input::CachePersisted { id, loc, bytes } => self.on_persisted(id, loc, bytes),
@@ -668,6 +641,7 @@ impl crate::machine::Machine for ProcessServer {
             Input::Tick => {}
         }
         self.on_timers();
+        self.refile();
     }
 
     fn poll_output(&mut self) -> Option<Output> {
@@ -675,21 +649,7 @@ impl crate::machine::Machine for ProcessServer {
     }
 
     fn poll_timeout(&self) -> Option<Timestamp> {
-        let mut t = Some(self.next_heartbeat);
-        for link in self
-            .disks
-            .values()
-            .map(|d| &d.link)
-            .chain(std::iter::once(&self.cs))
-        {
-            if let Link::Backoff(at) = link {
-                t = earliest(t, Some(*at));
-            }
-        }
-        for d in self.disks.values().filter(|d| d.waiting()) {
-            t = earliest(t, Some(d.progress_at.plus_millis(STREAM_STALL_MS)));
-        }
-        t
+        self.next_deadline()
     }
 
     fn tick() -> Input {

@@ -13,8 +13,10 @@
 //! crash of the process server would forget.
 
 mod handle;
+mod timers;
 
 use crate::batch::BatchHeader;
+use crate::deadlines::Deadlines;
 use crate::ids::{ComponentId, ConnId, DiskId, Epoch, Seq};
 use crate::net::{ConnEpochs, ConnectToken, NetCommand, NetEvent};
 use crate::protocol::Message;
@@ -150,6 +152,12 @@ pub struct ProcessServer {
     appending_bytes: u64,
     next_append: u64,
     next_save: u64,
+    /// Each disk's earliest timer (reconnect, stall), filed again after every input that
+    /// concerned the disk.
+    wake: Deadlines<DiskId>,
+    /// The disks the current input concerns (or all of them), filled during `handle`.
+    touched: Vec<DiskId>,
+    touched_all: bool,
     /// The epoch each agent connection was made for.
     peers: ConnEpochs,
     cs: Link,
