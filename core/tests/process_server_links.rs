@@ -249,6 +249,61 @@ fn failed_connects_back_off_and_retry_each_link() {
     assert_eq!(connects(&out, Node::Cs.addr()).len(), 1, "{out:?}");
 }
 
+/// After a restart, a disk whose metadata was never durable is known only from its cached
+/// batches (no size): the route gives its size, which is saved durably before the master
+/// target is asked to open the stream with it.
+#[test]
+fn a_route_completes_a_disk_known_only_from_its_cached_batches() {
+    let now = p_now();
+    let cached = vec![ps::CachedBatch {
+        disk: disk_id(),
+        epoch: Epoch(2),
+        first_seq: 1,
+        last_seq: 1,
+        loc: LOC,
+        bytes: frame_of(1),
+    }];
+    let ps = ps::ProcessServer::new(ps_settings(), vec![], cached, now);
+    let route = Route {
+        disk: disk_id(),
+        epoch: Epoch(2),
+        size_bytes: DISK_BYTES as u64,
+        master_target: ComponentId::new("mt1").unwrap(),
+        master_target_addr: Node::Mt.addr().into(),
+    };
+    let mut p = Ps { ps, now };
+    let out = p.outputs();
+    connected(&mut p, connect_token(&out, Node::Cs.addr()), CS);
+    let out = p.recv(CS, Message::Routes(vec![route]), vec![]);
+    let saved: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            ps::Output::SaveDisk {
+                save: Some(id),
+                meta,
+            } => Some((*id, meta.size_bytes, meta.epoch)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(saved.len(), 1, "{out:?}");
+    assert_eq!((saved[0].1, saved[0].2), (DISK_BYTES as u64, Epoch(2)));
+    assert!(connects(&out, Node::Mt.addr()).is_empty(), "{out:?}");
+    p.ps.handle(p.now, ps::Input::DiskSaved { save: saved[0].0 });
+    let token = connects(&p.outputs(), Node::Mt.addr())[0];
+    let out = connected(&mut p, token, ConnId(40));
+    assert!(
+        matches!(
+            &sent(&out, ConnId(40))[..],
+            [Message::OpenStream { size_bytes, epoch: Epoch(2), first_seq: 1, .. }] if *size_bytes == DISK_BYTES as u64
+        ),
+        "{out:?}"
+    );
+}
+
+fn p_now() -> haven_core::Timestamp {
+    haven_core::Timestamp::from_millis(1_000_000)
+}
+
 /// Every connection attempt has its own token, so that each `Connected` reaches the stream
 /// that asked for it.
 #[test]
@@ -263,7 +318,12 @@ fn connect_tokens_are_never_reused() {
         master_target_addr: "mt2:7002".into(),
     };
     let out = p.recv(CS, Message::Routes(vec![route]), vec![]);
-    let token1 = connects(&out, "mt2:7002")[0];
+    // A disk new here is saved durably before its master target hears of it.
+    let save = saves(&out);
+    assert_eq!(save.len(), 1, "{out:?}");
+    assert!(connects(&out, "mt2:7002").is_empty(), "{out:?}");
+    p.ps.handle(p.now, ps::Input::DiskSaved { save: save[0] });
+    let token1 = connects(&p.outputs(), "mt2:7002")[0];
     closed(&mut p, MT);
     let token0 = connects(&tick(&mut p, 50), Node::Mt.addr())[0];
     assert_ne!(token0, token1);

@@ -63,6 +63,17 @@ fn synced_data_survives_unsynced_is_dropped() {
     assert_eq!(vfs.stats().crashes, 1);
 }
 
+/// A simulated file system has no links: a path names itself (the agent registers its disks'
+/// source paths through `canonicalize`).
+#[test]
+fn a_simulated_path_is_its_own_canonical_name() {
+    let vfs = SimVfs::new();
+    assert_eq!(
+        vfs.canonicalize(&p("/d/disk0.img")).unwrap(),
+        p("/d/disk0.img")
+    );
+}
+
 #[test]
 fn names_need_a_directory_sync() {
     let vfs = SimVfs::new();

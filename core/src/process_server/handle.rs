@@ -296,15 +296,7 @@ impl ProcessServer {
             reopen = Some(c);
         }
         if changed {
-            let save = self.next_save;
-            self.next_save += 1;
-            let d = self.disks.get_mut(&disk).expect("entry made above");
-            d.saving = Some(save);
-            let meta = d.meta.clone();
-            self.out.push_back(Output::SaveDisk {
-                save: Some(save),
-                meta,
-            });
+            self.save_durably(&disk);
         }
         let d = self.disks.get_mut(&disk).expect("entry made above");
         if d.saving.is_some() {
@@ -498,6 +490,21 @@ impl ProcessServer {
         self.pump(&disk);
     }
 
+    /// Saves `disk`'s metadata durably (a new epoch or size, or a disk new here, which a peer
+    /// will be told of): its stream to the agent is answered, and its master target connected,
+    /// only once `DiskSaved` says so.
+    fn save_durably(&mut self, disk: &DiskId) {
+        let save = self.next_save;
+        self.next_save += 1;
+        let d = self.disks.get_mut(disk).expect("a known disk");
+        d.saving = Some(save);
+        let meta = d.meta.clone();
+        self.out.push_back(Output::SaveDisk {
+            save: Some(save),
+            meta,
+        });
+    }
+
     fn on_routes(&mut self, routes: Vec<Route>) {
         for r in routes {
             let meta = CacheDiskMeta {
@@ -506,8 +513,22 @@ impl ProcessServer {
                 size_bytes: r.size_bytes,
                 applied_seq: 0,
             };
+            let known = self.disks.contains_key(&r.disk);
             let d = self.disk_entry(meta);
-            if d.route.as_deref() != Some(r.master_target_addr.as_str()) {
+            if r.epoch < d.meta.epoch {
+                continue; // A route of an older protection.
+            }
+            // A disk new here, or one whose epoch or size the route corrects (a disk known
+            // only from cached batches after a restart has neither): saved before it is used.
+            let new_epoch = d.meta.epoch != r.epoch;
+            let changed = !known || new_epoch || d.meta.size_bytes != r.size_bytes;
+            d.meta.epoch = r.epoch;
+            d.meta.size_bytes = r.size_bytes;
+            if changed {
+                self.save_durably(&r.disk);
+            }
+            let d = self.disks.get_mut(&r.disk).expect("just inserted");
+            if new_epoch || d.route.as_deref() != Some(r.master_target_addr.as_str()) {
                 if let Link::Opening(c) | Link::Ready(c) = d.link {
                     self.out
                         .push_back(Output::Net(NetCommand::Close { conn: c }));

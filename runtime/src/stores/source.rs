@@ -187,6 +187,7 @@ mod tests {
         let zero = |offset, len, punch| SourceOp::Zero { offset, len, punch };
         check(zero(B as u64, BLOCK_BYTES, true), &mut model, true);
         check(zero(10, 100, true), &mut model, false);
+        check(zero(0, BLOCK_BYTES + 10, false), &mut model, false); // written zeros from byte 0
         check(zero(2 << 20, (1 << 20) - 4096, false), &mut model, true); // written zeros
         check(write(1 << 20, 2 << 20, 4), &mut model, false);
         check(zero((1 << 20) + 5, (1 << 20) + 7, false), &mut model, false); // more than a chunk
