@@ -235,7 +235,7 @@ mod tests {
     fn appends_of_every_shape_read_back_and_close_to_exact_length() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        // Without O_DIRECT here (tmpfs) the same appends take the buffered path.
+        // The temporary directory allows O_DIRECT (as `logs_round_trip_with_direct_io` checks).
         let f = StdVfs.open_log(&path, true).unwrap();
         let sizes = [
             1,
@@ -259,6 +259,10 @@ mod tests {
             assert_eq!(f.len().unwrap(), want.len() as u64);
             assert_eq!(read_all(&f, want.len() as u64), want, "after append {i}");
         }
+        // Every append went direct: none was misplaced so that the file system refused it and
+        // the log fell back to the page cache (which would hide a wrong offset).
+        let direct = f.direct.as_ref().expect("the temporary directory allows O_DIRECT");
+        assert!(!direct.lock().buffered, "fell back to buffered appends");
         // Only appends at the end are accepted.
         let err = f.write_at(b"x", 3).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
