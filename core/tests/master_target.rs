@@ -150,6 +150,23 @@ fn master_target_refuses_malformed_batches() {
     assert!(matches!(sent(&outs)[..], [Message::Reject { .. }]));
 }
 
+/// A new replica whose stream starts past seq 1 (a disk protected again) is not consistent
+/// until its copy arrives, and says so without calling the earlier writes lost.
+#[test]
+fn a_new_replica_starting_past_seq_1_waits_for_its_copy() {
+    let (mut m, conn) = mt_alone();
+    let outs = mt_open(&mut m, conn, 1, 103);
+    let why = outs
+        .iter()
+        .find_map(|o| match o {
+            mt::Output::CreateReplica { meta, .. } => meta.inconsistent.clone(),
+            _ => None,
+        })
+        .expect("created inconsistent");
+    assert!(why.contains("new replica starting at seq 103"), "{why}");
+    assert!(!why.contains("lost"), "{why}");
+}
+
 #[test]
 fn master_target_marks_a_gap_inconsistent() {
     let (mut m, conn) = mt_alone();

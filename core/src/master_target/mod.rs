@@ -317,11 +317,21 @@ impl MasterTarget {
         let mut changed = epoch != r.meta.epoch;
         r.meta.epoch = epoch;
         if first_seq > r.expect_seq {
-            let why = format!(
-                "writes {}..={} were lost before reaching the process server; a resync is needed",
-                r.expect_seq,
-                first_seq - 1
-            );
+            let why = if created {
+                // A new replica of a disk that streamed before (protected again): the writes
+                // before its first seq are on the source, not lost; a copy brings them.
+                format!(
+                    "a new replica starting at seq {first_seq}: it is consistent once the \
+                     disk's initial copy has reached it (if no copy runs, a resync is needed)"
+                )
+            } else {
+                format!(
+                    "writes {}..={} were lost before reaching the process server; a resync is \
+                     needed",
+                    r.expect_seq,
+                    first_seq - 1
+                )
+            };
             r.meta.inconsistent.get_or_insert(why);
             r.expect_seq = first_seq;
             changed = true;

@@ -261,7 +261,10 @@ mod tests {
         }
         // Every append went direct: none was misplaced so that the file system refused it and
         // the log fell back to the page cache (which would hide a wrong offset).
-        let direct = f.direct.as_ref().expect("the temporary directory allows O_DIRECT");
+        let direct = f
+            .direct
+            .as_ref()
+            .expect("the temporary directory allows O_DIRECT");
         assert!(!direct.lock().buffered, "fell back to buffered appends");
         // Only appends at the end are accepted.
         let err = f.write_at(b"x", 3).unwrap_err();
@@ -301,6 +304,9 @@ mod tests {
         f.set_len(4500).unwrap();
         let second = pattern(2, 9000);
         f.write_at(&second, 4500).unwrap();
+        // The reloaded partial block let the append stay direct (a wrong tail would misalign
+        // it, and the fallback to buffered appends would hide that).
+        assert!(!f.direct.as_ref().unwrap().lock().buffered);
         drop(f);
         let mut want = first[..4500].to_vec();
         want.extend_from_slice(&second);
