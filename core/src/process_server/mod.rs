@@ -13,6 +13,7 @@
 //! crash of the process server would forget.
 
 mod handle;
+mod streams;
 mod timers;
 
 use crate::batch::BatchHeader;
