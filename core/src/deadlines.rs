@@ -81,6 +81,7 @@ mod tests {
         d.set(2, Some(t(10)));
         d.set(3, Some(t(20)));
         assert_eq!(d.next(), Some(t(10)));
+        assert!(!d.is_empty());
         assert_eq!(d.due(t(20)).collect::<Vec<_>>(), [2, 3]);
         assert_eq!(d.due(t(9)).count(), 0);
         // Replaced: the old deadline is gone, not kept beside the new one.

@@ -150,6 +150,31 @@ fn master_target_refuses_malformed_batches() {
     assert!(matches!(sent(&outs)[..], [Message::Reject { .. }]));
 }
 
+/// `OpenStream` again on the stream's own connection, past a gap: the stream is closed until
+/// the gap is durable, so a batch sent meanwhile is refused, not appended.
+#[test]
+fn a_reopen_on_the_same_connection_waits_for_its_save_too() {
+    let (mut m, conn) = mt_alone();
+    mt_open(&mut m, conn, 1, 1);
+    mt_apply(&mut m, conn, 1, 1, 2);
+    let outs = mt_recv(&mut m, conn, open(1, 10), vec![]);
+    let save = outs.iter().find_map(save_of).expect("the gap is saved");
+    let (h, d) = data_batch(1, 10, 10);
+    let early = mt_recv(&mut m, conn, Message::Batch(h), d);
+    assert!(
+        !early
+            .iter()
+            .any(|o| matches!(o, mt::Output::JournalAppend { .. })),
+        "appended before the gap was durable: {early:?}"
+    );
+    assert!(closes(&early), "{early:?}");
+    m.handle(
+        Timestamp::from_millis(1002),
+        mt::Input::ReplicaSaved { save },
+    );
+    assert!(stream_state_on(&mt_outputs(&mut m), conn));
+}
+
 /// A new replica whose stream starts past seq 1 (a disk protected again) is not consistent
 /// until its copy arrives, and says so without calling the earlier writes lost.
 #[test]

@@ -623,6 +623,43 @@ fn poll_timeout_is_the_heartbeat_or_a_backoff() {
     assert_eq!(p.ps.poll_timeout(), Some(p.now.plus_millis(800)));
     closed(&mut p, MT);
     assert_eq!(p.ps.poll_timeout(), Some(p.now.plus_millis(50)));
+    // Reconnected; then the configuration server's link backs off the same way.
+    let token = connects(&tick(&mut p, 50), Node::Mt.addr())[0];
+    connected(&mut p, token, ConnId(12));
+    closed(&mut p, CS);
+    assert_eq!(p.ps.poll_timeout(), Some(p.now.plus_millis(50)));
+}
+
+/// A route with a newer epoch for a disk the process server knows: saved durably, the master
+/// target's link (made for the old epoch) closed, and a new one made for the new epoch once the
+/// save is durable. A route of an older epoch changes nothing.
+#[test]
+fn a_route_with_a_new_epoch_reconnects_the_master_target_under_it() {
+    let mut p = Ps::new(ps_settings(), 0, 1);
+    let route = |epoch| Route {
+        disk: disk_id(),
+        epoch: Epoch(epoch),
+        size_bytes: DISK_BYTES as u64,
+        master_target: ComponentId::new("mt1").unwrap(),
+        master_target_addr: Node::Mt.addr().into(),
+    };
+    let out = p.recv(CS, Message::Routes(vec![route(0)]), vec![]);
+    assert!(out.is_empty(), "an older route: {out:?}");
+    let out = p.recv(CS, Message::Routes(vec![route(2)]), vec![]);
+    let save = saves(&out);
+    assert_eq!(save.len(), 1, "{out:?}");
+    assert_eq!(closes(&out), [MT], "{out:?}");
+    assert!(connects(&out, Node::Mt.addr()).is_empty(), "{out:?}");
+    closed(&mut p, MT);
+    p.ps.handle(p.now, ps::Input::DiskSaved { save: save[0] });
+    let out = p.outputs();
+    assert!(
+        out.iter().any(|o| matches!(
+            o,
+            ps::Output::Net(NetCommand::Connect { epoch: Epoch(2), addr, .. }) if addr == Node::Mt.addr()
+        )),
+        "{out:?}"
+    );
 }
 
 /// A master-target stream idle for longer than the stall bound is not stalled: the first batch
