@@ -300,6 +300,72 @@ fn a_route_completes_a_disk_known_only_from_its_cached_batches() {
     );
 }
 
+/// The process server was away while its disk was unprotected and protected again: it comes
+/// back with batches of the old epoch cached, and hears the new epoch's route before the old
+/// one's retirement. The old batches are released, never forwarded (the master target would
+/// refuse them, and the stream would be refused again at every reconnect).
+#[test]
+fn a_newer_epoch_releases_what_is_cached_of_older_ones() {
+    let now = p_now();
+    let meta = ps::CacheDiskMeta {
+        disk: disk_id(),
+        epoch: EPOCH,
+        size_bytes: DISK_BYTES as u64,
+        applied_seq: 0,
+    };
+    let cached = (1..=2)
+        .map(|seq| ps::CachedBatch {
+            disk: disk_id(),
+            epoch: EPOCH,
+            first_seq: seq,
+            last_seq: seq,
+            loc: LOC,
+            bytes: frame_of(seq),
+        })
+        .collect();
+    let mut p = Ps {
+        ps: ps::ProcessServer::new(ps_settings(), vec![meta], cached, now),
+        now,
+    };
+    assert_eq!(p.ps.cache_bytes(), frame_of(1) + frame_of(2));
+    let out = p.outputs();
+    connected(&mut p, connect_token(&out, Node::Cs.addr()), CS);
+    let route = Route {
+        disk: disk_id(),
+        epoch: Epoch(2),
+        size_bytes: DISK_BYTES as u64,
+        master_target: ComponentId::new("mt1").unwrap(),
+        master_target_addr: Node::Mt.addr().into(),
+    };
+    let out = p.recv(CS, Message::Routes(vec![route]), vec![]);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, ps::Output::CacheRelease { through: 2, .. })),
+        "{out:?}"
+    );
+    assert_eq!(p.ps.cache_bytes(), 0);
+    let save = saves(&out);
+    p.ps.handle(p.now, ps::Input::DiskSaved { save: save[0] });
+    let token = connects(&p.outputs(), Node::Mt.addr())[0];
+    let out = connected(&mut p, token, ConnId(40));
+    assert!(
+        matches!(
+            &sent(&out, ConnId(40))[..],
+            [Message::OpenStream {
+                epoch: Epoch(2),
+                first_seq: 3,
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
+    let out = p.recv(ConnId(40), stream_state(0), vec![]);
+    assert!(
+        !out.iter().any(|o| matches!(o, ps::Output::Forward { .. })),
+        "an old epoch's batch forwarded: {out:?}"
+    );
+}
+
 fn p_now() -> haven_core::Timestamp {
     haven_core::Timestamp::from_millis(1_000_000)
 }

@@ -367,6 +367,14 @@ impl ProcessServer {
             });
             return;
         };
+        if epoch < d.meta.epoch {
+            // Appended under an epoch a newer one has taken over since: never forwarded.
+            self.out.push_back(Output::CacheRelease {
+                disk,
+                through: last_seq,
+            });
+            return;
+        }
         d.cached_seq = d.cached_seq.max(last_seq);
         let applied = d.meta.applied_seq;
         if last_seq > applied {

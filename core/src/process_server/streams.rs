@@ -36,6 +36,10 @@ impl ProcessServer {
         d.meta.epoch = epoch;
         d.meta.size_bytes = size_bytes;
         d.agent = Some(conn);
+        if new_epoch {
+            self.drop_older_epochs(&disk);
+        }
+        let d = self.disks.get_mut(&disk).expect("entry made above");
         // The link to the master target was made for the old epoch: it takes a new connection.
         let mut reopen_mt = new_epoch;
         if first_seq > d.expect_seq {
@@ -95,6 +99,26 @@ impl ProcessServer {
         }
     }
 
+    /// A newer epoch took `disk` over: what is cached of older ones can never be applied (the
+    /// master target refuses an older epoch, and forwarding it would only be refused again and
+    /// again), so it is released, not forwarded. Batches are cached in seq order and epochs
+    /// only grow along it: the older ones are at the front.
+    fn drop_older_epochs(&mut self, disk: &DiskId) {
+        let d = self.disks.get_mut(disk).expect("a known disk");
+        let epoch = d.meta.epoch;
+        let mut through = None;
+        while d.entries.front().is_some_and(|e| e.epoch < epoch) {
+            let e = d.entries.pop_front().expect("front exists");
+            d.cached_bytes -= e.bytes;
+            through = Some(e.last_seq);
+        }
+        d.sent = 0;
+        if let Some(through) = through {
+            let disk = disk.clone();
+            self.out.push_back(Output::CacheRelease { disk, through });
+        }
+    }
+
     /// Saves `disk`'s metadata durably (a new epoch or size, or a disk new here, which a peer
     /// will be told of): its stream to the agent is answered, and its master target connected,
     /// only once `DiskSaved` says so.
@@ -129,6 +153,9 @@ impl ProcessServer {
             let changed = !known || new_epoch || d.meta.size_bytes != r.size_bytes;
             d.meta.epoch = r.epoch;
             d.meta.size_bytes = r.size_bytes;
+            if new_epoch {
+                self.drop_older_epochs(&r.disk);
+            }
             if changed {
                 self.save_durably(&r.disk);
             }
