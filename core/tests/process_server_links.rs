@@ -366,6 +366,29 @@ fn a_newer_epoch_releases_what_is_cached_of_older_ones() {
     );
 }
 
+/// An agent's stream for a disk the process server has never heard of (its route is still on
+/// the way): the disk's metadata is saved durably before the agent is told where it stands.
+#[test]
+fn a_stream_for_a_disk_new_here_is_answered_once_the_disk_is_saved() {
+    let mut p = Ps {
+        ps: ps::ProcessServer::new(ps_settings(), vec![], vec![], p_now()),
+        now: p_now(),
+    };
+    p.outputs();
+    let out = open_on(&mut p, AGENT, 1, DISK_BYTES as u64, 1);
+    let save = saves(&out);
+    assert_eq!(save.len(), 1, "{out:?}");
+    assert!(
+        sent(&out, AGENT).is_empty(),
+        "answered before the save: {out:?}"
+    );
+    p.ps.handle(p.now, ps::Input::DiskSaved { save: save[0] });
+    assert!(
+        matches!(sent(&p.outputs(), AGENT)[..], [Message::StreamState { .. }]),
+        "answered once saved"
+    );
+}
+
 fn p_now() -> haven_core::Timestamp {
     haven_core::Timestamp::from_millis(1_000_000)
 }

@@ -23,6 +23,7 @@ impl ProcessServer {
             size_bytes,
             applied_seq: 0,
         };
+        let known = self.disks.contains_key(&disk);
         let d = self.disk_entry(meta);
         if epoch < d.meta.epoch {
             let reason = format!(
@@ -31,8 +32,10 @@ impl ProcessServer {
             );
             return self.refuse(conn, reason);
         }
+        // A disk new here (its stream came before its route), a new epoch or a new size:
+        // saved durably before the agent is answered.
         let new_epoch = d.meta.epoch != epoch;
-        let changed = new_epoch || d.meta.size_bytes != size_bytes;
+        let changed = !known || new_epoch || d.meta.size_bytes != size_bytes;
         d.meta.epoch = epoch;
         d.meta.size_bytes = size_bytes;
         d.agent = Some(conn);
