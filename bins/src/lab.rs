@@ -83,6 +83,7 @@ pub async fn run(o: LabOptions) -> Result<(), String> {
         .map_err(e)?;
     let api = format!("http://{}", cs.api_addr);
     let nbd = agent.nbd_addr.to_string();
+    let agent_stop = agent.stopper();
     write_env(&dir, &env_text(&api, &nbd, &dir, o.disks))?;
     print_banner("all four roles on loopback", &api, &nbd, &dir, &o);
     let client = cs.client.clone();
@@ -112,6 +113,8 @@ pub async fn run(o: LabOptions) -> Result<(), String> {
             }
             _ = crate::shutdown_signal() => {
                 println!("stopping the lab");
+                // The agent first, while the process server can still take what it holds.
+                crate::stop_agent(&agent_stop).await;
                 return Ok(());
             }
         }

@@ -512,18 +512,26 @@ pub async fn run(o: LabOptions, dir: PathBuf) -> Result<(), String> {
         dir.display()
     );
     let (events_tx, mut events) = mpsc::channel(EVENTS_MAX);
+    // The agent is stopped first, so that it can hand what it holds to the process server and
+    // stop cleanly (its streams resume where they were at the next start).
     let (quit_tx, quit) = watch::channel(false);
+    let (quit_agent_tx, quit_agent) = watch::channel(false);
     let (exe, shared_dir) = (Arc::new(exe), Arc::new(dir.clone()));
     let tasks: Vec<_> = ROLES
         .into_iter()
         .map(|role| {
+            let q = if role == Role::Agent {
+                &quit_agent
+            } else {
+                &quit
+            };
             let (exe, d, tx, q) = (
                 exe.clone(),
                 shared_dir.clone(),
                 events_tx.clone(),
-                quit.clone(),
+                q.clone(),
             );
-            tokio::spawn(supervise(role, exe, d, tx, q))
+            (role, tokio::spawn(supervise(role, exe, d, tx, q)))
         })
         .collect();
     drop(events_tx);
@@ -558,10 +566,15 @@ pub async fn run(o: LabOptions, dir: PathBuf) -> Result<(), String> {
     }
     .await;
     println!("stopping the lab");
-    let _ = quit_tx.send(true);
     // Supervisors must not wait for room in a channel nobody reads any more.
     drop(events);
-    for t in tasks {
+    let (agent, rest): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|(r, _)| *r == Role::Agent);
+    let _ = quit_agent_tx.send(true);
+    for (_, t) in agent {
+        let _ = t.await;
+    }
+    let _ = quit_tx.send(true);
+    for (_, t) in rest {
         let _ = t.await;
     }
     if lab.ready {

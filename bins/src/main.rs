@@ -200,6 +200,21 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// How long a stopping agent may take to hand every write to the process server.
+pub const AGENT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Stops an agent cleanly (its streams resume where they were at the next start), or says why
+/// the next start will resync.
+pub async fn stop_agent(stopper: &drivers::agent::AgentStopper) {
+    if !stopper.stop(AGENT_STOP_TIMEOUT).await {
+        tracing::warn!(
+            "the agent stopped before every write reached the process server (within {} s); \
+             the next start resyncs what it held",
+            AGENT_STOP_TIMEOUT.as_secs()
+        );
+    }
+}
+
 async fn wait(
     name: &str,
     task: tokio::task::JoinHandle<Result<(), RoleError>>,
@@ -225,7 +240,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::info!("agent running; NBD on {}", h.nbd_addr);
-            wait("agent", h.task).await
+            let stopper = h.stopper();
+            wait("agent", h.task).await?;
+            stop_agent(&stopper).await;
+            Ok(())
         }
         Command::ProcessServer { config } => {
             let cfg = config::load::<config::ProcessServerFile>(&config)?

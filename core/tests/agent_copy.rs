@@ -17,6 +17,7 @@ const CHUNK: u64 = COPY_CHUNK_BYTES;
 
 fn not_copied(size_bytes: u64) -> AgentDisk {
     AgentDisk {
+        resume: None,
         disk: disk_id(),
         size_bytes,
         reserved: 0,

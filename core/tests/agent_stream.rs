@@ -1,10 +1,14 @@
 //! One disk's change stream on the agent (`agent::Stream`) driven directly: bytes written, the
-//! recovery point objective as batches are cached and applied, and the mode it reports.
+//! recovery point objective as batches are cached and applied, and the mode it reports; where a
+//! clean stop resumes it.
 
 mod common;
 
+use common::agent_alone::*;
 use common::*;
 use haven_core::agent::Stream;
+use haven_core::batch::BLOCK_BYTES;
+use haven_core::protocol::Message;
 use haven_core::stats::ReplicationMode;
 use haven_core::{Epoch, Timestamp};
 
@@ -90,4 +94,56 @@ fn mode_is_starting_until_seqs_are_reserved_and_an_epoch_is_assigned() {
     assert_eq!(s.stats(at(0), true).mode, ReplicationMode::InitialCopy);
     s.retire();
     assert_eq!(s.stats(at(0), true).mode, ReplicationMode::Unprotected);
+}
+
+/// A clean stop: the agent has resume points only once nothing it wrote is held (every batch
+/// acknowledged as cached); a start with one resumes the stream there (`OpenStream` says so,
+/// no gap), and one past the durable reservation is ignored.
+#[test]
+fn a_clean_stop_resumes_the_stream_where_it_was() {
+    let mut a = A::streaming_with(|s| s.batch_bytes_max = 64 * BLOCK_BYTES);
+    a.write_block(0);
+    a.write_block(1);
+    assert_eq!(a.agent.resume_points(), None, "an open batch is held");
+    a.advance(10);
+    assert_eq!(a.agent.resume_points(), None, "sent, not yet cached");
+    let last = a.agent.stats().disks[0].seq_written;
+    a.recv(
+        PS,
+        Message::BatchAck {
+            disk: disk_id(),
+            epoch: EPOCH,
+            cached_seq: last,
+            applied_seq: 0,
+        },
+    );
+    let resume = a.agent.resume_points().expect("drained");
+    assert_eq!(resume, [last + 1]);
+
+    let reserved = *a.reserves.last().expect("a reservation");
+    let start = |resume: Option<u64>| {
+        let mut disk = copied_disk(disk_id(), DISK_BYTES as u64, reserved);
+        disk.resume = resume;
+        let mut b = A::new(agent_settings(), vec![disk]);
+        let assign = assignment(disk_id(), EPOCH, Node::Ps.addr());
+        b.recv(CS, Message::Assign(vec![assign]));
+        b.to_ps
+            .iter()
+            .find_map(|m| match m {
+                Message::OpenStream { first_seq, .. } => Some(*first_seq),
+                _ => None,
+            })
+            .expect("OpenStream")
+    };
+    assert_eq!(start(Some(last + 1)), last + 1, "resumed: no gap");
+    assert_eq!(
+        start(None),
+        reserved + 1,
+        "after a crash: past the reservation"
+    );
+    assert_eq!(
+        start(Some(reserved + 2)),
+        reserved + 1,
+        "past the reservation: ignored"
+    );
 }

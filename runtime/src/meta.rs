@@ -18,6 +18,9 @@ mod legacy;
 const AGENT_RESERVED: TableDefinition<&str, u64> = TableDefinition::new("agent_reserved");
 /// Disks whose initial copy has completed.
 const AGENT_COPIED: TableDefinition<&str, bool> = TableDefinition::new("agent_copied");
+/// Agent: disk id -> the next seq at a clean stop (every seq before it cached at the process
+/// server). Taken (read and deleted durably) at the next start, before any seq is used.
+const AGENT_RESUME: TableDefinition<&str, u64> = TableDefinition::new("agent_resume");
 const PS_DISKS: TableDefinition<&str, &[u8]> = TableDefinition::new("ps_disks");
 const MT_REPLICAS: TableDefinition<&str, &[u8]> = TableDefinition::new("mt_replicas");
 /// (disk, seq) -> postcard `PointRecord`.
@@ -90,6 +93,7 @@ impl MetaStore {
             tx.open_table(AGENT_RESERVED).map_err(db_err)?;
             tx.open_table(PS_DISKS).map_err(db_err)?;
             tx.open_table(AGENT_COPIED).map_err(db_err)?;
+            tx.open_table(AGENT_RESUME).map_err(db_err)?;
             tx.open_table(MT_REPLICAS).map_err(db_err)?;
             tx.open_table(MT_POINTS).map_err(db_err)?;
             tx.open_table(CS_COMPONENTS).map_err(db_err)?;
@@ -154,6 +158,27 @@ impl MetaStore {
                 .insert(disk.as_str(), true)
                 .map_err(db_err)?;
             Ok(())
+        })
+    }
+
+    /// A clean stop: the disk's stream resumes at `next_seq` at the next start.
+    pub fn set_agent_resume(&self, disk: &DiskId, next_seq: Seq) -> Result<(), MetaError> {
+        self.write(|tx| {
+            tx.open_table(AGENT_RESUME)
+                .map_err(db_err)?
+                .insert(disk.as_str(), next_seq)
+                .map_err(db_err)?;
+            Ok(())
+        })
+    }
+
+    /// The seq a clean stop left for `disk`, deleted durably before it is returned: a crash
+    /// after this start must not resume there again (its seqs may have been used since).
+    pub fn take_agent_resume(&self, disk: &DiskId) -> Result<Option<Seq>, MetaError> {
+        self.write(|tx| {
+            let mut t = tx.open_table(AGENT_RESUME).map_err(db_err)?;
+            let v = t.remove(disk.as_str()).map_err(db_err)?.map(|v| v.value());
+            Ok(v)
         })
     }
 

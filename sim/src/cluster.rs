@@ -354,6 +354,7 @@ impl Cluster {
                     disk.incarnation_base = reserved;
                     // The simulated disks start as zeros on both sides: nothing to copy.
                     list.push(AgentDisk {
+                        resume: None,
                         disk: disk.id.clone(),
                         size_bytes: disk.wl.source.len() as u64,
                         reserved,

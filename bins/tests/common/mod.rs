@@ -146,7 +146,7 @@ pub struct Cluster {
     pub api: Api,
     pub ports: Ports,
     children: [Option<Child>; 4],
-    dir: PathBuf,
+    pub dir: PathBuf,
     _tmp: tempfile::TempDir,
 }
 
@@ -214,6 +214,19 @@ impl Cluster {
         let mut child = self.children[role as usize].take().expect("role running");
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
+    }
+
+    /// SIGTERM: a clean stop, waited for (the agent first hands what it holds to the process
+    /// server).
+    pub fn stop(&mut self, role: Daemon) {
+        let mut child = self.children[role as usize].take().expect("role running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success(), "kill -TERM {role:?}");
+        let exit = child.wait().expect("reap");
+        assert!(exit.success(), "{role:?} stopped with {exit}");
     }
 
     /// Starts a killed daemon again with the same configuration and data directory.

@@ -12,7 +12,14 @@ impl Agent {
             settings,
             streams: disks
                 .into_iter()
-                .map(|d| Stream::new(d.disk, d.size_bytes, d.reserved))
+                .map(|d| {
+                    let mut s = Stream::new(d.disk, d.size_bytes, d.reserved);
+                    // Only a seq inside the durable reservation (never one past it).
+                    if let Some(n) = d.resume.filter(|n| (1..=d.reserved + 1).contains(n)) {
+                        s.next_seq = n;
+                    }
+                    s
+                })
                 .collect(),
             links: vec![Link::Idle; n],
             ps_addrs: vec![None; n],
@@ -54,6 +61,19 @@ impl Agent {
     /// configuration server with each registration; set it before the first input.
     pub fn set_source_path(&mut self, disk: usize, path: String) {
         self.streams[disk].source_path = path;
+    }
+
+    /// For a clean stop: each disk's next seq, once nothing any disk wrote is held any more
+    /// (every seq assigned is cached at the process server) and no source write is under way;
+    /// `None` until then. A driver that persists these must not hand the agent another input:
+    /// the next start resumes each stream there (`AgentDisk::resume`).
+    pub fn resume_points(&self) -> Option<Vec<Seq>> {
+        let drained = self.pending.is_empty()
+            && self
+                .streams
+                .iter()
+                .all(|s| s.queue.is_empty() && s.open.is_none());
+        drained.then(|| self.streams.iter().map(|s| s.next_seq).collect())
     }
 
     /// The id of disk `disk` (an index into the disks given to `new`).

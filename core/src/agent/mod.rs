@@ -223,6 +223,10 @@ pub struct AgentDisk {
     /// Whether a copy of the whole disk is cached at the process server (`CopyCached` was
     /// persisted); if not, the agent copies it.
     pub copied: bool,
+    /// The next seq a clean stop left (every seq before it cached at the process server): the
+    /// stream resumes there, with no gap. `None` after a crash: the stream starts past the
+    /// reservation.
+    pub resume: Option<Seq>,
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ pub struct A {
 /// A disk whose copy is cached at the process server already (nothing to copy).
 pub fn copied_disk(disk: DiskId, size_bytes: u64, reserved: Seq) -> AgentDisk {
     AgentDisk {
+        resume: None,
         disk,
         size_bytes,
         reserved,

@@ -1,6 +1,7 @@
 //! The agent's driver: serves each protected disk over NBD, carries out the agent's source
 //! writes in the order the core emits them, and runs the agent's connections.
 
+use super::agent_stop::{self, StopRequest, STOP_POLL};
 use super::round::{Driver, Effects};
 use super::{spawn_accept_loop, Host, RoleError, EVENT_CHANNEL_DEPTH};
 use crate::meta::MetaStore;
@@ -150,6 +151,27 @@ pub struct AgentHandle {
     /// Where the API listens, when it was asked for.
     pub api_addr: Option<String>,
     pub task: tokio::task::JoinHandle<Result<(), RoleError>>,
+    stop: Arc<StopRequest>,
+}
+
+impl AgentHandle {
+    /// A handle that stops the agent cleanly (see `agent_stop`), usable after `task` is moved.
+    pub fn stopper(&self) -> AgentStopper {
+        AgentStopper(self.stop.clone())
+    }
+}
+
+/// Stops an agent cleanly: waits until every write is cached at the process server, then the
+/// agent records where each stream stands and stops; the next start resumes there.
+#[derive(Clone)]
+pub struct AgentStopper(Arc<StopRequest>);
+
+impl AgentStopper {
+    /// True when the agent stopped cleanly within `within`; false when it could not drain
+    /// (the next start then resyncs what was not cached, as after a crash).
+    pub async fn stop(&self, within: std::time::Duration) -> bool {
+        agent_stop::stop(&self.0, within).await
+    }
 }
 
 fn fail(e: impl std::fmt::Display) -> RoleError {
@@ -190,6 +212,7 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
             size_bytes: src.size_bytes(),
             reserved: meta.agent_reserved(&d.disk).map_err(fail)?,
             copied: meta.agent_copied(&d.disk).map_err(fail)?,
+            resume: meta.take_agent_resume(&d.disk).map_err(fail)?,
         });
         sources.push(src);
     }
@@ -231,6 +254,7 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
         }
         None => None,
     };
+    let stop = Arc::new(StopRequest::default());
     let effects = AgentEffects {
         net,
         sources,
@@ -241,12 +265,15 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
         syncs: vec![],
         stats,
         stats_at: None,
+        stop: stop.clone(),
+        stopped: false,
     };
     let task = tokio::spawn(Driver::new(agent, effects, clock).run(ev_rx, nbd_rx));
     Ok(AgentHandle {
         nbd_addr,
         api_addr,
         task,
+        stop,
     })
 }
 
@@ -264,6 +291,9 @@ struct AgentEffects<T: Transport, F: VFile> {
     /// The stats snapshot the API reads, and when it was last refreshed.
     stats: watch::Sender<haven_core::stats::AgentStats>,
     stats_at: Option<Timestamp>,
+    stop: Arc<StopRequest>,
+    /// The clean stop's marks are persisted: the loop ends before another input.
+    stopped: bool,
 }
 
 impl<T: Transport, F: VFile + Send + 'static> Effects for AgentEffects<T, F> {
@@ -354,6 +384,34 @@ impl<T: Transport, F: VFile + Send + 'static> Effects for AgentEffects<T, F> {
         })?;
         inputs.extend(self.syncs.drain(..).map(|(io, _)| Input::Synced { io }));
         Ok(())
+    }
+
+    /// A clean stop asked for: once nothing is held, each disk's next seq is persisted and the
+    /// loop ends; until then the loop looks again every `STOP_POLL`.
+    fn before_wait(
+        &mut self,
+        agent: &mut Agent,
+        _inputs: &mut VecDeque<Input>,
+        now: Timestamp,
+    ) -> Result<Option<Timestamp>, RoleError> {
+        if !self.stop.requested() || self.stopped {
+            return Ok(None);
+        }
+        let Some(next) = agent.resume_points() else {
+            return Ok(Some(now.plus_millis(STOP_POLL.as_millis() as u64)));
+        };
+        for (disk, seq) in next.into_iter().enumerate() {
+            let id = self.disk_id(disk);
+            self.meta.set_agent_resume(&id, seq).map_err(fail)?;
+        }
+        tracing::info!("agent stopped cleanly: every write is cached at the process server");
+        self.stopped = true;
+        self.stop.set_done();
+        Ok(None)
+    }
+
+    fn finished(&self) -> bool {
+        self.stopped
     }
 
     fn after_round(&mut self, agent: &Agent, now: Timestamp) {

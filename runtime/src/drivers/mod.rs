@@ -8,6 +8,7 @@
 //! recovery points), so that the simulation's clock applies.
 
 pub mod agent;
+mod agent_stop;
 pub mod config_server;
 pub mod master_target;
 pub mod process_server;

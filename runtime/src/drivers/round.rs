@@ -69,6 +69,12 @@ pub trait Effects: Send + 'static {
 
     /// After each round: publish what the API reads.
     fn after_round(&mut self, _m: &Self::M, _now: Timestamp) {}
+
+    /// True when the role has stopped itself (the agent's clean stop): the loop ends before it
+    /// takes another input.
+    fn finished(&self) -> bool {
+        false
+    }
 }
 
 /// A source of requests: a bounded or an unbounded channel.
@@ -140,6 +146,9 @@ where
             let early = self
                 .effects
                 .before_wait(&mut self.machine, &mut self.inputs, now)?;
+            if self.effects.finished() {
+                return Ok(());
+            }
             let deadline = if self.inputs.is_empty() {
                 earliest(self.machine.poll_timeout(), early)
             } else {
