@@ -56,6 +56,16 @@ fn connects(out: &[ps::Output], addr: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Whether the outputs connect to the master target under `epoch`.
+fn connects_under(out: &[ps::Output], epoch: Epoch) -> bool {
+    out.iter().any(|o| {
+        matches!(
+            o,
+            ps::Output::Net(NetCommand::Connect { epoch: e, addr, .. }) if addr == Node::Mt.addr() && *e == epoch
+        )
+    })
+}
+
 fn closes(out: &[ps::Output]) -> Vec<ConnId> {
     out.iter()
         .filter_map(|o| match o {
@@ -553,13 +563,7 @@ fn open_stream_fences_older_epochs_and_saves_what_changed() {
         ),
         "{out:?}"
     );
-    assert!(
-        out.iter().any(|o| matches!(
-            o,
-            ps::Output::Net(NetCommand::Connect { epoch: Epoch(2), addr, .. }) if addr == Node::Mt.addr()
-        )),
-        "{out:?}"
-    );
+    assert!(connects_under(&out, Epoch(2)), "{out:?}");
 }
 
 /// A connection is made for one epoch: an `OpenStream` under another, or on a connection never
@@ -742,13 +746,7 @@ fn a_route_with_a_new_epoch_reconnects_the_master_target_under_it() {
     closed(&mut p, MT);
     p.ps.handle(p.now, ps::Input::DiskSaved { save: save[0] });
     let out = p.outputs();
-    assert!(
-        out.iter().any(|o| matches!(
-            o,
-            ps::Output::Net(NetCommand::Connect { epoch: Epoch(2), addr, .. }) if addr == Node::Mt.addr()
-        )),
-        "{out:?}"
-    );
+    assert!(connects_under(&out, Epoch(2)), "{out:?}");
 }
 
 /// A master-target stream idle for longer than the stall bound is not stalled: the first batch
