@@ -66,6 +66,17 @@ fn connects_under(out: &[ps::Output], epoch: Epoch) -> bool {
     })
 }
 
+/// disk0's route to mt1 under `epoch`.
+fn mt1_route(epoch: u64) -> Route {
+    Route {
+        disk: disk_id(),
+        epoch: Epoch(epoch),
+        size_bytes: DISK_BYTES as u64,
+        master_target: ComponentId::new("mt1").unwrap(),
+        master_target_addr: Node::Mt.addr().into(),
+    }
+}
+
 fn closes(out: &[ps::Output]) -> Vec<ConnId> {
     out.iter()
         .filter_map(|o| match o {
@@ -274,13 +285,7 @@ fn a_route_completes_a_disk_known_only_from_its_cached_batches() {
         bytes: frame_of(1),
     }];
     let ps = ps::ProcessServer::new(ps_settings(), vec![], cached, now);
-    let route = Route {
-        disk: disk_id(),
-        epoch: Epoch(2),
-        size_bytes: DISK_BYTES as u64,
-        master_target: ComponentId::new("mt1").unwrap(),
-        master_target_addr: Node::Mt.addr().into(),
-    };
+    let route = mt1_route(2);
     let mut p = Ps { ps, now };
     let out = p.outputs();
     connected(&mut p, connect_token(&out, Node::Cs.addr()), CS);
@@ -340,13 +345,7 @@ fn a_newer_epoch_releases_what_is_cached_of_older_ones() {
     assert_eq!(p.ps.cache_bytes(), frame_of(1) + frame_of(2));
     let out = p.outputs();
     connected(&mut p, connect_token(&out, Node::Cs.addr()), CS);
-    let route = Route {
-        disk: disk_id(),
-        epoch: Epoch(2),
-        size_bytes: DISK_BYTES as u64,
-        master_target: ComponentId::new("mt1").unwrap(),
-        master_target_addr: Node::Mt.addr().into(),
-    };
+    let route = mt1_route(2);
     let out = p.recv(CS, Message::Routes(vec![route]), vec![]);
     assert!(
         out.iter()
@@ -729,13 +728,7 @@ fn poll_timeout_is_the_heartbeat_or_a_backoff() {
 #[test]
 fn a_route_with_a_new_epoch_reconnects_the_master_target_under_it() {
     let mut p = Ps::new(ps_settings(), 0, 1);
-    let route = |epoch| Route {
-        disk: disk_id(),
-        epoch: Epoch(epoch),
-        size_bytes: DISK_BYTES as u64,
-        master_target: ComponentId::new("mt1").unwrap(),
-        master_target_addr: Node::Mt.addr().into(),
-    };
+    let route = mt1_route;
     let out = p.recv(CS, Message::Routes(vec![route(0)]), vec![]);
     assert!(out.is_empty(), "an older route: {out:?}");
     let out = p.recv(CS, Message::Routes(vec![route(2)]), vec![]);
