@@ -21,7 +21,7 @@ fn not_copied(size_bytes: u64) -> AgentDisk {
         disk: disk_id(),
         size_bytes,
         reserved: 0,
-        copied: false,
+        copied: None,
     }
 }
 
@@ -265,4 +265,51 @@ fn reads_wait_for_writes_in_flight_and_writes_wait_for_an_outstanding_read() {
         },
     );
     assert_eq!(kinds(&outputs(&mut agent)), ["write"]);
+}
+
+/// The copy is recorded with the epoch it was made under. An agent that was away while its
+/// disk was unprotected and protected again never hears the retirement: an `Assign` of a newer
+/// epoch than its copy's copies the disk again (the new protection's replica is empty); one of
+/// the copy's own epoch, or a copy recorded without an epoch (older stores), does not.
+#[test]
+fn a_newer_epoch_than_the_copys_copies_the_disk_again() {
+    let copies_after_assign = |copied: Option<haven_core::Epoch>, epoch: u64| {
+        let mut disk = not_copied(4 * CHUNK);
+        disk.copied = copied;
+        let mut a = A::new(agent_settings(), vec![disk]);
+        let assign = assignment(disk_id(), haven_core::Epoch(epoch), Node::Ps.addr());
+        a.recv(CS, Message::Assign(vec![assign]));
+        a.advance(5);
+        a.copy_reads.len()
+    };
+    let e = haven_core::Epoch;
+    assert!(
+        copies_after_assign(Some(e(1)), 2) > 0,
+        "a newer epoch: copied again"
+    );
+    assert_eq!(
+        copies_after_assign(Some(e(2)), 2),
+        0,
+        "the copy's own epoch"
+    );
+    assert_eq!(copies_after_assign(Some(e(0)), 2), 0, "no epoch recorded");
+    assert!(copies_after_assign(None, 1) > 0, "never copied");
+
+    // And the copy that ends is recorded under the epoch it was streamed under.
+    let mut a = copying(CHUNK, |_| {});
+    for _ in 0..20 {
+        a.advance(1);
+        let last = a.agent.stats().disks[0].seq_written;
+        a.recv(
+            PS,
+            Message::BatchAck {
+                disk: disk_id(),
+                epoch: EPOCH,
+                cached_seq: last,
+                applied_seq: 0,
+            },
+        );
+    }
+    assert_eq!(a.copies_cached, [0]);
+    assert_eq!(a.copied_epochs, [EPOCH]);
 }

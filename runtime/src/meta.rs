@@ -6,7 +6,7 @@
 
 use haven_core::config_server::state::event_slot;
 use haven_core::config_server::{ConfigState, Record};
-use haven_core::ids::{ComponentId, DiskId, Seq};
+use haven_core::ids::{ComponentId, DiskId, Epoch, Seq};
 use haven_core::master_target::ReplicaMeta;
 use haven_core::process_server::CacheDiskMeta;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -17,7 +17,10 @@ mod legacy;
 
 const AGENT_RESERVED: TableDefinition<&str, u64> = TableDefinition::new("agent_reserved");
 /// Disks whose initial copy has completed.
+/// Agent, as stores before 2026-12-04 kept it: disk id -> copied (no epoch). Read, never written.
 const AGENT_COPIED: TableDefinition<&str, bool> = TableDefinition::new("agent_copied");
+/// Agent: disk id -> the epoch under which the disk's whole copy is cached.
+const AGENT_COPIED_EPOCH: TableDefinition<&str, u64> = TableDefinition::new("agent_copied_epoch");
 /// Agent: disk id -> the next seq at a clean stop (every seq before it cached at the process
 /// server). Taken (read and deleted durably) at the next start, before any seq is used.
 const AGENT_RESUME: TableDefinition<&str, u64> = TableDefinition::new("agent_resume");
@@ -93,6 +96,7 @@ impl MetaStore {
             tx.open_table(AGENT_RESERVED).map_err(db_err)?;
             tx.open_table(PS_DISKS).map_err(db_err)?;
             tx.open_table(AGENT_COPIED).map_err(db_err)?;
+            tx.open_table(AGENT_COPIED_EPOCH).map_err(db_err)?;
             tx.open_table(AGENT_RESUME).map_err(db_err)?;
             tx.open_table(MT_REPLICAS).map_err(db_err)?;
             tx.open_table(MT_POINTS).map_err(db_err)?;
@@ -142,20 +146,42 @@ impl MetaStore {
         })
     }
 
-    pub fn agent_copied(&self, disk: &DiskId) -> Result<bool, MetaError> {
+    /// The epoch the disk's cached copy was made under; `Some(Epoch(0))` for a copy an older
+    /// store recorded without one; `None`: not copied.
+    pub fn agent_copied(&self, disk: &DiskId) -> Result<Option<Epoch>, MetaError> {
         let tx = self.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(AGENT_COPIED).map_err(db_err)?;
-        Ok(t.get(disk.as_str())
+        let t = tx.open_table(AGENT_COPIED_EPOCH).map_err(db_err)?;
+        if let Some(v) = t.get(disk.as_str()).map_err(db_err)? {
+            return Ok(Some(Epoch(v.value())));
+        }
+        let old = tx.open_table(AGENT_COPIED).map_err(db_err)?;
+        let copied = old
+            .get(disk.as_str())
             .map_err(db_err)?
-            .map(|v| v.value())
-            .unwrap_or(false))
+            .is_some_and(|v| v.value());
+        Ok(copied.then_some(Epoch(0)))
     }
 
-    pub fn set_agent_copied(&self, disk: &DiskId) -> Result<(), MetaError> {
+    pub fn set_agent_copied(&self, disk: &DiskId, epoch: Epoch) -> Result<(), MetaError> {
         self.write(|tx| {
+            tx.open_table(AGENT_COPIED_EPOCH)
+                .map_err(db_err)?
+                .insert(disk.as_str(), epoch.0)
+                .map_err(db_err)?;
+            Ok(())
+        })
+    }
+
+    /// The disk's protection ended: a later protection copies it again.
+    pub fn clear_agent_copied(&self, disk: &DiskId) -> Result<(), MetaError> {
+        self.write(|tx| {
+            tx.open_table(AGENT_COPIED_EPOCH)
+                .map_err(db_err)?
+                .remove(disk.as_str())
+                .map_err(db_err)?;
             tx.open_table(AGENT_COPIED)
                 .map_err(db_err)?
-                .insert(disk.as_str(), true)
+                .remove(disk.as_str())
                 .map_err(db_err)?;
             Ok(())
         })
@@ -179,17 +205,6 @@ impl MetaStore {
             let mut t = tx.open_table(AGENT_RESUME).map_err(db_err)?;
             let v = t.remove(disk.as_str()).map_err(db_err)?.map(|v| v.value());
             Ok(v)
-        })
-    }
-
-    /// The disk's protection ended: a later protection copies it again.
-    pub fn clear_agent_copied(&self, disk: &DiskId) -> Result<(), MetaError> {
-        self.write(|tx| {
-            tx.open_table(AGENT_COPIED)
-                .map_err(db_err)?
-                .remove(disk.as_str())
-                .map_err(db_err)?;
-            Ok(())
         })
     }
 
@@ -424,5 +439,41 @@ impl MetaStore {
             out.push(postcard::from_bytes(v.value()).map_err(db_err)?);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent's copy record: under an epoch once set; a store that recorded it as a bool
+    /// (before epochs) reads as copied under no recorded epoch; cleared, both are gone. The
+    /// clean-stop mark is read once.
+    #[test]
+    fn agent_copy_records_and_resume_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = MetaStore::open(&dir.path().join("agent.redb")).unwrap();
+        let d = DiskId::new("disk0").unwrap();
+        assert_eq!(m.agent_copied(&d).unwrap(), None);
+        m.write(|tx| {
+            tx.open_table(AGENT_COPIED)
+                .map_err(db_err)?
+                .insert(d.as_str(), true)
+                .map_err(db_err)?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(m.agent_copied(&d).unwrap(), Some(Epoch(0)));
+        m.set_agent_copied(&d, Epoch(3)).unwrap();
+        assert_eq!(m.agent_copied(&d).unwrap(), Some(Epoch(3)));
+        m.clear_agent_copied(&d).unwrap();
+        assert_eq!(m.agent_copied(&d).unwrap(), None);
+
+        assert_eq!(m.take_agent_resume(&d).unwrap(), None);
+        m.set_agent_resume(&d, 42).unwrap();
+        drop(m);
+        let m = MetaStore::open(&dir.path().join("agent.redb")).unwrap();
+        assert_eq!(m.take_agent_resume(&d).unwrap(), Some(42));
+        assert_eq!(m.take_agent_resume(&d).unwrap(), None, "taken once");
     }
 }

@@ -358,7 +358,7 @@ impl Cluster {
                         disk: disk.id.clone(),
                         size_bytes: disk.wl.source.len() as u64,
                         reserved,
-                        copied: true,
+                        copied: Some(haven_core::Epoch(0)), // copied, under no recorded epoch: never again
                     });
                 }
                 let settings = self.agent_settings[a].clone();

@@ -148,7 +148,11 @@ impl Agent {
         if let CopyState::Caching { through } = s.copy {
             if s.cached_seq >= through {
                 s.copy = CopyState::Idle;
-                self.out.push_back(Output::CopyCached { disk });
+                s.copied_under = Some(s.epoch);
+                self.out.push_back(Output::CopyCached {
+                    disk,
+                    epoch: s.epoch,
+                });
             }
         }
     }

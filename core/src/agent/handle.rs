@@ -7,13 +7,14 @@ impl Agent {
     /// stored one, so that a crash never reuses a seq; a disk not yet copied is copied.
     pub fn new(settings: AgentSettings, disks: Vec<AgentDisk>, now: Timestamp) -> Agent {
         let n = disks.len();
-        let to_copy: Vec<usize> = (0..n).filter(|i| !disks[*i].copied).collect();
+        let to_copy: Vec<usize> = (0..n).filter(|i| disks[*i].copied.is_none()).collect();
         let mut agent = Agent {
             settings,
             streams: disks
                 .into_iter()
                 .map(|d| {
                     let mut s = Stream::new(d.disk, d.size_bytes, d.reserved);
+                    s.copied_under = d.copied;
                     // Only a seq inside the durable reservation (never one past it).
                     if let Some(n) = d.resume.filter(|n| (1..=d.reserved + 1).contains(n)) {
                         s.next_seq = n;

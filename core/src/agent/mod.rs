@@ -18,7 +18,7 @@ pub use stream::{Stream, RPO_MARKS_MAX};
 
 use crate::batch::BLOCK_BYTES;
 use crate::deadlines::Deadlines;
-use crate::ids::{ComponentId, ConnId, DiskId, Seq};
+use crate::ids::{ComponentId, ConnId, DiskId, Epoch, Seq};
 use crate::net::{ConnectToken, NetCommand, NetEvent};
 use crate::protocol::{DiskInfo, Message, Registration};
 use crate::stats::AgentStats;
@@ -162,10 +162,12 @@ pub enum Output {
         disk: usize,
         offset: u64,
     },
-    /// The process server holds the whole initial copy of the disk: persist that it is copied,
-    /// so that a restart does not copy it again.
+    /// The process server holds the whole initial copy of the disk, streamed under `epoch`:
+    /// persist that it is copied under that epoch, so that a restart does not copy it again and
+    /// a later protection (a new epoch) does.
     CopyCached {
         disk: usize,
+        epoch: Epoch,
     },
     /// The disk's protection ended: persist that it is not copied, so that a later protection
     /// (or a restart during one) copies it again.
@@ -220,9 +222,11 @@ pub struct AgentDisk {
     pub size_bytes: u64,
     /// The durable seq reservation.
     pub reserved: Seq,
-    /// Whether a copy of the whole disk is cached at the process server (`CopyCached` was
-    /// persisted); if not, the agent copies it.
-    pub copied: bool,
+    /// The epoch under which a copy of the whole disk is cached at the process server
+    /// (`CopyCached` was persisted); `Some(Epoch(0))` when copied under an epoch not recorded;
+    /// `None`: not copied, the agent copies it. An `Assign` of a newer epoch than the copy's
+    /// (the disk protected again while this agent was away) copies it again.
+    pub copied: Option<Epoch>,
     /// The next seq a clean stop left (every seq before it cached at the process server): the
     /// stream resumes there, with no gap. `None` after a crash: the stream starts past the
     /// reservation.

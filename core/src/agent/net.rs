@@ -184,8 +184,12 @@ impl Agent {
             }
             s.batch_bytes_max = a.batch_bytes_max;
             s.batch_delay_ms = a.batch_delay_ms;
-            if s.retired {
-                // Protected again: stream anew from the next seq, starting with a full copy.
+            // Protected again: stream anew from the next seq, starting with a full copy. Also when
+            // this agent missed the retirement (it was away while the disk was unprotected and
+            // protected again): its copy is of an older protection.
+            let missed = s.copied_under.is_some_and(|e| e != Epoch(0) && e < a.epoch)
+                && matches!(s.copy, super::copy::CopyState::Idle);
+            if s.retired || missed {
                 s.retired = false;
                 self.start_copy(i);
             }

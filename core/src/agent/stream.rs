@@ -56,6 +56,8 @@ pub struct Stream {
     pub(super) copy: super::copy::CopyState,
     /// The protection ended (`Retire`): writes reach the disk but are not streamed.
     pub retired: bool,
+    /// The epoch the disk's cached copy was made under (see `AgentDisk::copied`).
+    pub copied_under: Option<Epoch>,
     /// Batch bounds of this disk's policy (None: the agent's settings).
     pub batch_bytes_max: Option<u64>,
     pub batch_delay_ms: Option<u64>,
@@ -82,6 +84,7 @@ impl Stream {
             bytes_written: 0,
             copy: super::copy::CopyState::Idle,
             retired: false,
+            copied_under: None,
             batch_bytes_max: None,
             batch_delay_ms: None,
             source_path: String::new(),
@@ -92,6 +95,7 @@ impl Stream {
     /// it), and the stream reads as caught up.
     pub fn retire(&mut self) {
         self.retired = true;
+        self.copied_under = None;
         self.copy = super::copy::CopyState::Idle;
         self.open = None;
         self.queue.clear();

@@ -28,6 +28,8 @@ pub struct A {
     pub copy_reads: Vec<(usize, u64)>,
     /// `CopyCached` outputs (disk indexes), in order.
     pub copies_cached: Vec<usize>,
+    /// The epoch of each `CopyCached`.
+    pub copied_epochs: Vec<Epoch>,
     /// Messages sent to the configuration server, in order.
     pub to_cs: Vec<Message>,
     /// The `Reserve` outputs' `reserved`, in order (each answered `Reserved` at once).
@@ -51,7 +53,7 @@ pub fn copied_disk(disk: DiskId, size_bytes: u64, reserved: Seq) -> AgentDisk {
         disk,
         size_bytes,
         reserved,
-        copied: true,
+        copied: Some(EPOCH),
     }
 }
 
@@ -129,6 +131,7 @@ impl A {
             images,
             copy_reads: vec![],
             copies_cached: vec![],
+            copied_epochs: vec![],
             to_cs: vec![],
             reserves: vec![],
             completed: vec![],
@@ -199,8 +202,9 @@ impl A {
                     let data = image[offset.min(end) as usize..end as usize].to_vec();
                     Some(agent::Input::CopyData { disk, offset, data })
                 }
-                agent::Output::CopyCached { disk } => {
+                agent::Output::CopyCached { disk, epoch } => {
                     self.copies_cached.push(disk);
+                    self.copied_epochs.push(epoch);
                     None
                 }
                 agent::Output::SourceSync { io, .. } => Some(agent::Input::Synced { io }),

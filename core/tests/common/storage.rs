@@ -25,7 +25,9 @@ impl Cluster {
                 self.local
                     .push_back(Local::Agent(agent::Input::CopyData { disk, offset, data }));
             }
-            agent::Output::CopyCached { disk } => self.lifecycle.push(format!("CopyCached {disk}")),
+            agent::Output::CopyCached { disk, epoch } => {
+                self.lifecycle.push(format!("CopyCached {disk} {epoch}"))
+            }
             agent::Output::Retired { disk } => self.lifecycle.push(format!("Retired {disk}")),
             agent::Output::SourceWrite { io, disk, op } => {
                 assert_eq!(disk, 0);

@@ -357,9 +357,9 @@ impl<T: Transport, F: VFile + Send + 'static> Effects for AgentEffects<T, F> {
                 let (offset, data) = super::blocking(|| self.copy_read(disk, offset))?;
                 inputs.push_back(Input::CopyData { disk, offset, data });
             }
-            Output::CopyCached { disk } => {
+            Output::CopyCached { disk, epoch } => {
                 let id = self.disk_id(disk);
-                self.meta.set_agent_copied(&id).map_err(fail)?;
+                self.meta.set_agent_copied(&id, epoch).map_err(fail)?;
                 tracing::info!("initial copy of {id} is cached at the process server");
             }
         }
