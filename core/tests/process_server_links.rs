@@ -577,10 +577,21 @@ fn open_stream_only_under_the_epoch_of_its_connections_hello() {
         [Message::Reject { reason }] => assert!(reason.contains("made for epoch e1"), "{reason}"),
         other => panic!("{other:?}"),
     }
+    // The refused connection is closing: what else arrives on it is stale and ignored.
     let (h, d) = one_block_batch(1);
-    appended(&p.recv(AGENT, Message::Batch(h), d)); // Still open under epoch 1.
+    assert!(p.recv(AGENT, Message::Batch(h), d).is_empty());
     let out = p.recv(ConnId(30), open(1, DISK_BYTES as u64, 1), vec![]);
     assert!(refused(&out, ConnId(30)), "{out:?}");
+    // The disk is still at epoch 1: a connection made for it opens at once, nothing to save.
+    let out = open_on(&mut p, ConnId(31), 1, DISK_BYTES as u64, 1);
+    assert!(saves(&out).is_empty(), "{out:?}");
+    assert!(
+        matches!(
+            sent(&out, ConnId(31))[..],
+            [Message::StreamState { epoch: EPOCH, .. }]
+        ),
+        "{out:?}"
+    );
 }
 
 /// The agent lost writes (it crashed): its stream resumes past a gap with nothing cached, so
@@ -593,6 +604,10 @@ fn a_gap_with_nothing_cached_reopens_the_master_target_stream() {
     let out = open_on(&mut p, agent2, 1, DISK_BYTES as u64, 10);
     assert_eq!(closes(&out), [MT], "{out:?}");
     let token = connects(&out, Node::Mt.addr())[0]; // reconnected at once
+                                                    // The master target's answer that was on its way on the old link is stale: ignored, not
+                                                    // refused (no Reject, no warning in the log).
+    let out = p.recv(MT, stream_state(0), vec![]);
+    assert!(out.is_empty(), "{out:?}");
     closed(&mut p, MT);
     let out = connected(&mut p, token, ConnId(12));
     assert!(

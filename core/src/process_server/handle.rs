@@ -24,6 +24,7 @@ impl ProcessServer {
             touched: Vec::new(),
             touched_all: true,
             peers: ConnEpochs::default(),
+            closing: BTreeSet::new(),
             cs: Link::Idle,
             next_token: 1,
             next_heartbeat: now,
@@ -203,6 +204,7 @@ impl ProcessServer {
             self.cs = backoff;
         }
         self.peers.closed(conn);
+        self.closing.remove(&conn);
         for d in self.disks.values_mut() {
             if d.agent == Some(conn) {
                 d.agent = None;
@@ -216,6 +218,11 @@ impl ProcessServer {
     }
 
     fn on_message(&mut self, conn: ConnId, msg: Message, data: Vec<u8>) {
+        if self.closing.contains(&conn) {
+            // Sent before the peer heard of our close (the master target's answer on a link
+            // reopened for a gap or a new epoch): nobody is waiting for it.
+            return;
+        }
         match msg {
             Message::OpenStream {
                 disk,
@@ -508,6 +515,12 @@ impl crate::machine::Machine for ProcessServer {
         }
         self.on_timers();
         self.refile();
+        // What this input closed: a frame that was already on its way there is stale.
+        for o in &self.out {
+            if let Output::Net(NetCommand::Close { conn }) = o {
+                self.closing.insert(*conn);
+            }
+        }
     }
 
     fn poll_output(&mut self) -> Option<Output> {

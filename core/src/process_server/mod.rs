@@ -22,7 +22,7 @@ use crate::ids::{ComponentId, ConnId, DiskId, Epoch, Seq};
 use crate::net::{ConnEpochs, ConnectToken, NetCommand, NetEvent};
 use crate::protocol::Message;
 use crate::time::Timestamp;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 const CS_TOKEN: ConnectToken = u64::MAX;
 /// A master-target stream waiting for an answer this long is reconnected (see the agent's).
@@ -161,6 +161,9 @@ pub struct ProcessServer {
     touched_all: bool,
     /// The epoch each agent connection was made for.
     peers: ConnEpochs,
+    /// Connections this process server closed and has not yet heard `Closed` of: one entry
+    /// per open connection at most.
+    closing: BTreeSet<ConnId>,
     cs: Link,
     next_token: ConnectToken,
     next_heartbeat: Timestamp,
