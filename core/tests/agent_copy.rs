@@ -299,16 +299,7 @@ fn a_newer_epoch_than_the_copys_copies_the_disk_again() {
     let mut a = copying(CHUNK, |_| {});
     for _ in 0..20 {
         a.advance(1);
-        let last = a.agent.stats().disks[0].seq_written;
-        a.recv(
-            PS,
-            Message::BatchAck {
-                disk: disk_id(),
-                epoch: EPOCH,
-                cached_seq: last,
-                applied_seq: 0,
-            },
-        );
+        a.ack_all_cached();
     }
     assert_eq!(a.copies_cached, [0]);
     assert_eq!(a.copied_epochs, [EPOCH]);

@@ -108,15 +108,7 @@ fn a_clean_stop_resumes_the_stream_where_it_was() {
     a.advance(10);
     assert_eq!(a.agent.resume_points(), None, "sent, not yet cached");
     let last = a.agent.stats().disks[0].seq_written;
-    a.recv(
-        PS,
-        Message::BatchAck {
-            disk: disk_id(),
-            epoch: EPOCH,
-            cached_seq: last,
-            applied_seq: 0,
-        },
-    );
+    a.ack_all_cached();
     let resume = a.agent.resume_points().expect("drained");
     assert_eq!(resume, [last + 1]);
 

@@ -1,7 +1,6 @@
 //! The agent's connections: one to the configuration server, one per disk to its process server.
 
 use super::*;
-use crate::ids::Epoch;
 
 impl Agent {
     pub(super) fn connect_cs(&mut self) {

@@ -166,6 +166,18 @@ impl A {
         self.write_block_on(0, block);
     }
 
+    /// The process server acknowledges disk0's stream as cached through everything written.
+    pub fn ack_all_cached(&mut self) {
+        let cached_seq = self.agent.stats().disks[0].seq_written;
+        let ack = Message::BatchAck {
+            disk: disk_id(),
+            epoch: EPOCH,
+            cached_seq,
+            applied_seq: 0,
+        };
+        self.recv(PS, ack);
+    }
+
     /// Writes one block of disk number `disk`.
     pub fn write_block_on(&mut self, disk: usize, block: usize) {
         let io = self.next_io;

@@ -266,7 +266,6 @@ pub async fn start<T: Transport, V: Vfs + Clone>(
         stats,
         stats_at: None,
         stop: stop.clone(),
-        stopped: false,
     };
     let task = tokio::spawn(Driver::new(agent, effects, clock).run(ev_rx, nbd_rx));
     Ok(AgentHandle {
@@ -291,9 +290,9 @@ struct AgentEffects<T: Transport, F: VFile> {
     /// The stats snapshot the API reads, and when it was last refreshed.
     stats: watch::Sender<haven_core::stats::AgentStats>,
     stats_at: Option<Timestamp>,
+    /// A clean stop: asked by the handle; done once the marks are persisted (the loop then
+    /// ends before another input).
     stop: Arc<StopRequest>,
-    /// The clean stop's marks are persisted: the loop ends before another input.
-    stopped: bool,
 }
 
 impl<T: Transport, F: VFile + Send + 'static> Effects for AgentEffects<T, F> {
@@ -394,7 +393,7 @@ impl<T: Transport, F: VFile + Send + 'static> Effects for AgentEffects<T, F> {
         _inputs: &mut VecDeque<Input>,
         now: Timestamp,
     ) -> Result<Option<Timestamp>, RoleError> {
-        if !self.stop.requested() || self.stopped {
+        if !self.stop.requested() || self.stop.done() {
             return Ok(None);
         }
         let Some(next) = agent.resume_points() else {
@@ -405,13 +404,12 @@ impl<T: Transport, F: VFile + Send + 'static> Effects for AgentEffects<T, F> {
             self.meta.set_agent_resume(&id, seq).map_err(fail)?;
         }
         tracing::info!("agent stopped cleanly: every write is cached at the process server");
-        self.stopped = true;
         self.stop.set_done();
         Ok(None)
     }
 
     fn finished(&self) -> bool {
-        self.stopped
+        self.stop.done()
     }
 
     fn after_round(&mut self, agent: &Agent, now: Timestamp) {

@@ -25,6 +25,11 @@ impl StopRequest {
         self.requested.load(Ordering::Acquire)
     }
 
+    /// Whether the driver persisted the marks (it takes no more input).
+    pub fn done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
     /// The driver persisted the marks and takes no more input.
     pub fn set_done(&self) {
         self.done.store(true, Ordering::Release);
@@ -39,7 +44,7 @@ pub async fn stop(req: &Arc<StopRequest>, within: Duration) -> bool {
     let wait = async {
         loop {
             let notified = req.notify.notified();
-            if req.done.load(Ordering::Acquire) {
+            if req.done() {
                 return;
             }
             notified.await;
